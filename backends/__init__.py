@@ -1,0 +1,1 @@
+"""maskc's backends, one module per target: ``reference`` (NumPy, the specification)."""

@@ -1,0 +1,378 @@
+"""The NumPy reference: the exact dense mask of any IR, and float64 reference attention.
+
+This module *is* the specification every other backend is tested against. Each IR node
+has one entry in ``LOWERINGS``; a node evaluates to a boolean array that broadcasts to
+``(B, H, Lq, Lk)`` (a dimension of size 1 where the node does not depend on it).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from maskc import ir
+from maskc.errors import MaskError, MaskInputError, MaskSizeError, MaskValueError
+from maskc.rng import random_table
+
+__all__ = ["dense", "attention", "prepare_inputs", "dense_limit", "set_dense_limit",
+           "LOWERINGS"]
+
+_DEFAULT_LIMIT = 1 << 28
+_limit: int | None = None
+
+
+def dense_limit() -> int:
+    """Most elements ``dense()`` will build (default 2**28, or ``$MASKC_DENSE_LIMIT``)."""
+    if _limit is not None:
+        return _limit
+    env = os.environ.get("MASKC_DENSE_LIMIT")
+    return int(env) if env and env.isdigit() else _DEFAULT_LIMIT
+
+
+def set_dense_limit(n: int | None) -> None:
+    """Set the most elements a dense mask may have (``None`` restores the default)."""
+    global _limit
+    _limit = None if n is None else int(n)
+
+
+@dataclass(frozen=True)
+class _Env:
+    """Index arrays, each 4-D and broadcastable to (B, H, Lq, Lk)."""
+
+    P: np.ndarray   # aligned query position
+    Q: np.ndarray   # raw query index
+    K: np.ndarray   # key position
+    Hh: np.ndarray  # head index
+    Lq: object      # as seen by predicates (an int, or an array inside within)
+    Lk: object
+    Lk_outer: int   # length of the key axis in the current position space
+    inputs: dict
+    grid: ir.Grid | None
+
+
+def _eval(node: ir.Node, env: _Env) -> np.ndarray:
+    fn = LOWERINGS.get(type(node))
+    if fn is None:
+        raise MaskError(f"the reference backend cannot evaluate {type(node).__name__}",
+                        node.span)
+    return fn(node, env)
+
+
+def _const(n: ir.Const, env):
+    return np.full((1, 1, 1, 1), n.keep)
+
+
+def _window(n: ir.Window, env):
+    diff = env.P - env.K
+    keep = (diff <= n.before * n.dilation) & (-diff <= n.after * n.dilation)
+    return keep & (diff % n.dilation == 0) if n.dilation > 1 else keep
+
+
+def _in(x: np.ndarray, s: ir.IntSet) -> np.ndarray:
+    out = np.zeros(x.shape, dtype=bool)
+    for a, b in s.intervals:
+        out |= (x >= a) & (x < b)
+    return out
+
+
+def _gather(x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x[b, idx]`` for ``x`` of shape (B, L); also whether ``idx`` was in range."""
+    L = x.shape[1]
+    valid = (idx >= 0) & (idx < L)
+    b = np.arange(x.shape[0]).reshape(-1, 1, 1, 1)
+    return x[b, np.clip(idx, 0, L - 1)], valid
+
+
+def _same(n: ir.Same, env):
+    x = env.inputs[n.input]
+    xp, vp = _gather(x, env.P)
+    xk, vk = _gather(x, env.K)
+    return (xp == xk) & vp & vk
+
+
+def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: the first index of its run of equal values, and the run's length."""
+    B, L = x.shape
+    idx = np.broadcast_to(np.arange(L), (B, L))
+    starts = np.ones((B, L), dtype=bool)
+    starts[:, 1:] = x[:, 1:] != x[:, :-1]
+    ends = np.ones((B, L), dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    start = np.maximum.accumulate(np.where(starts, idx, 0), axis=1)
+    end = np.minimum.accumulate(np.where(ends, idx, L)[:, ::-1], axis=1)[:, ::-1]
+    return start, end - start + 1
+
+
+def _within(n: ir.Within, env):
+    x = env.inputs[n.input]
+    start, length = _runs(x)
+    sp, _ = _gather(start, env.P)
+    sk, _ = _gather(start, env.K)
+    lp, _ = _gather(length, env.P)
+    lk, _ = _gather(length, env.K)
+    P = env.P - sp
+    inner = replace(env, P=P, Q=P, K=env.K - sk, Lq=lp, Lk=lk)
+    return _same(ir.Same(n.input), env) & _eval(n.body, inner)
+
+
+def _heads(n: ir.Heads, env):
+    H = env.Hh.shape[1]
+    heads = env.Hh.reshape(-1)
+    assigned = np.zeros(H, dtype=bool)
+    out = np.zeros((1, 1, 1, 1), dtype=bool)
+    for arm in n.arms:
+        hit = np.ones(H, dtype=bool) if arm.heads is None else _in(heads, arm.heads)
+        sel = (hit & ~assigned).reshape(1, H, 1, 1)
+        if sel.any():
+            out = np.where(sel, _eval(arm.body, env), out)
+        assigned |= hit
+    if not assigned.all():
+        h = int(np.flatnonzero(~assigned)[0])
+        raise MaskValueError(f"head {h} is not covered by any arm of heads {{...}} (with "
+                             f"{H} heads); add a '_: ...' arm", n.span)
+    return out
+
+
+def _blocks(n: ir.Blocks, env):
+    P = env.P // n.size
+    nkb = -(-env.Lk_outer // n.size)
+    inner = replace(env, P=P, Q=P, K=env.K // n.size, Lq=nkb, Lk=nkb, Lk_outer=nkb)
+    return _eval(n.body, inner)
+
+
+def _random(n: ir.Random, env):
+    nkb = env.Lk_outer
+    if n.r > nkb:
+        raise MaskValueError(f"random({n.r}) needs at least {n.r} key blocks, but there are "
+                             f"{nkb}", n.span)
+    qbs, inv = np.unique(env.P, return_inverse=True)
+    table = random_table(n.seed, qbs, nkb, n.r)
+    rows = inv.reshape(env.P.shape)
+    return table[rows, np.clip(env.K, 0, nkb - 1)] & (env.K >= 0) & (env.K < nkb)
+
+
+def _layout(n: ir.Layout, env):
+    rows = len(n.rows)
+    cols = len(n.rows[0]) if rows else 0
+    if not rows or not cols:
+        return np.zeros((1, 1, 1, 1), dtype=bool)
+    M = np.array(n.rows, dtype=bool)
+    ok = (env.P >= 0) & (env.P < rows) & (env.K >= 0) & (env.K < cols)
+    return M[np.clip(env.P, 0, rows - 1), np.clip(env.K, 0, cols - 1)] & ok
+
+
+def coords(flat: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Row-major grid coordinates of flat indices (the last axis varies fastest)."""
+    out, stride = [], 1
+    for size in reversed(shape):
+        out.append((flat // stride) % size)
+        stride *= size
+    return out[::-1]
+
+
+def na_axis(qi, ki, n: int, K: int, d: int, s: int, causal: bool):
+    """NATTEN's generalized neighborhood rule on one axis (LANGUAGE.md section 2)."""
+    group = qi % d
+    ng = (n - group + d - 1) // d
+    qq, kk = qi // d, ki // d
+    if causal:
+        leader = np.minimum((qq // s) * s + s - 1, ng - 1)
+        keep = (kk <= qq) & (leader - kk < K)
+    else:
+        left, right = K // 2, K // 2 + K % 2 - 1
+        leader = np.minimum((qq // s) * s + s // 2, ng - 1)
+        center = np.maximum(left, np.minimum(leader, ng - 1 - right))
+        keep = (center - left <= kk) & (kk <= center + right)
+    return keep & (ki % d == group)
+
+
+def _neighborhood(n: ir.Neighborhood, env):
+    shape = env.grid.shape
+    out = np.ones((1, 1, 1, 1), dtype=bool)
+    for i, (qi, ki) in enumerate(zip(coords(env.P, shape), coords(env.K, shape))):
+        out = out & na_axis(qi, ki, shape[i], n.kernel[i], n.dilation[i], n.stride[i],
+                            n.causal[i])
+    return out
+
+
+def _tile(n: ir.Tile, env):
+    shape = env.grid.shape
+    out = np.ones((1, 1, 1, 1), dtype=bool)
+    for t, qi, ki in zip(n.sizes, coords(env.P, shape), coords(env.K, shape)):
+        out = out & (qi // t == ki // t)
+    return out
+
+
+def _where(n: ir.Where, env):
+    return np.asarray(_pred(n.pred, env), dtype=bool)
+
+
+_BIN = {
+    "+": np.add, "-": np.subtract, "*": np.multiply, "//": np.floor_divide, "%": np.mod,
+    "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
+    "==": np.equal, "!=": np.not_equal, "and": np.logical_and, "or": np.logical_or,
+}
+
+
+def _pred(p: ir.Pred, env):
+    if isinstance(p, ir.PConst):
+        return np.asarray(p.value)
+    if isinstance(p, ir.PVar):
+        return {"q": env.Q, "p": env.P, "k": env.K, "h": env.Hh, "Lq": env.Lq,
+                "Lk": env.Lk}[p.name]
+    if isinstance(p, ir.PAxis):
+        return coords(env.K if p.of == "k" else env.P, env.grid.shape)[p.axis]
+    if isinstance(p, ir.PUn):
+        x = _pred(p.operand, env)
+        return np.negative(x) if p.op == "-" else np.logical_not(x)
+    if isinstance(p, ir.PBin):
+        return _BIN[p.op](_pred(p.left, env), _pred(p.right, env))
+    if isinstance(p, ir.PCall):
+        args = [_pred(a, env) for a in p.args]
+        if p.func == "abs":
+            return np.abs(args[0])
+        fn = np.minimum if p.func == "min" else np.maximum
+        out = args[0]
+        for a in args[1:]:
+            out = fn(out, a)
+        return out
+    raise MaskError(f"the reference backend cannot evaluate {type(p).__name__}", p.span)
+
+
+LOWERINGS = {
+    ir.Const: _const,
+    ir.Causal: lambda n, env: env.K <= env.P,
+    ir.Window: _window,
+    ir.Global: lambda n, env: _in(env.P, n.positions) | _in(env.K, n.positions),
+    ir.Sink: lambda n, env: env.K < n.n,
+    ir.Prefix: lambda n, env: (env.P < n.n) & (env.K < n.n),
+    ir.Chunk: lambda n, env: env.P // n.n == env.K // n.n,
+    ir.Strided: lambda n, env: (env.P - env.K) % n.s == 0,
+    ir.Fixed: lambda n, env: env.K % n.s >= n.s - n.c,
+    ir.Same: _same,
+    ir.Within: _within,
+    ir.Where: _where,
+    ir.Not: lambda n, env: ~_eval(n.body, env),
+    ir.And: lambda n, env: functools.reduce(np.logical_and, (_eval(t, env) for t in n.terms)),
+    ir.Or: lambda n, env: functools.reduce(np.logical_or, (_eval(t, env) for t in n.terms)),
+    ir.Heads: _heads,
+    ir.Blocks: _blocks,
+    ir.Random: _random,
+    ir.Layout: _layout,
+    ir.Neighborhood: _neighborhood,
+    ir.Tile: _tile,
+}
+
+
+def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict) -> dict[str, np.ndarray]:
+    """Check runtime inputs and return them as int64 arrays of shape ``(B, kv_len)``."""
+    span = mdef.span
+    unknown = sorted(set(inputs) - set(mdef.inputs))
+    if unknown:
+        known = ", ".join(mdef.inputs) or "none"
+        raise MaskInputError(f"mask '{mdef.name}' has no runtime input '{unknown[0]}'; its "
+                             f"inputs are: {known}", span)
+    out = {}
+    for name in mdef.inputs:
+        if name not in inputs:
+            raise MaskInputError(f"mask '{mdef.name}' needs the runtime input '{name}' "
+                                 f"(e.g. {name}=document ids of shape ({kv_len},))", span)
+        x = inputs[name]
+        if hasattr(x, "detach"):  # a torch tensor; the core does not import torch
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        if x.dtype.kind not in "iub":
+            raise MaskInputError(f"input '{name}' must hold integers, got dtype {x.dtype}", span)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != kv_len:
+            raise MaskInputError(f"input '{name}' must have shape ({kv_len},) or (B, {kv_len}),"
+                                 f" got {tuple(np.shape(inputs[name]))}", span)
+        out[name] = x.astype(np.int64)
+    return out
+
+
+def resolve_lengths(mdef: ir.MaskDef, q_len, kv_len) -> tuple[int, int]:
+    """Default and check ``(q_len, kv_len)``; a grid fixes both to its number of tokens."""
+    if mdef.grid is not None:
+        n = mdef.grid.numel
+        for what, v in (("q_len", q_len), ("kv_len", kv_len)):
+            if v is not None and v != n:
+                raise MaskSizeError(f"mask '{mdef.name}' is over a grid of {n} tokens, but "
+                                    f"{what} = {v}", mdef.grid.span or mdef.span)
+        return n, n
+    if q_len is None:
+        raise MaskSizeError(f"mask '{mdef.name}' needs q_len (it has no grid)", mdef.span)
+    kv_len = q_len if kv_len is None else kv_len
+    for what, v in (("q_len", q_len), ("kv_len", kv_len)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise MaskSizeError(f"{what} must be a positive integer, got {v!r}", mdef.span)
+    if max(q_len, kv_len) > 2**31 - 1:
+        raise MaskSizeError("lengths must stay below 2**31", mdef.span)
+    return int(q_len), int(kv_len)
+
+
+def check_size(mdef: ir.MaskDef, shape: tuple[int, ...], what: str = "dense mask") -> None:
+    n = math.prod(shape)
+    if n > dense_limit():
+        dims = " x ".join(str(s) for s in shape)
+        raise MaskSizeError(f"a {what} of {dims} = {n:,} elements exceeds the limit of "
+                            f"{dense_limit():,} (raise it with maskc.set_dense_limit() or "
+                            "$MASKC_DENSE_LIMIT, or use a block-sparse backend)", mdef.span)
+
+
+def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -> np.ndarray:
+    """The exact mask: bool ``(heads, q_len, kv_len)``, or ``(B, heads, ...)`` for batched inputs."""
+    q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
+    if not isinstance(heads, (int, np.integer)) or heads < 1:
+        raise MaskSizeError(f"heads must be a positive integer, got {heads!r}", mdef.span)
+    xs = prepare_inputs(mdef, kv_len, inputs)
+    batch = max([x.shape[0] for x in xs.values()] or [1])
+    if any(x.shape[0] not in (1, batch) for x in xs.values()):
+        raise MaskInputError("runtime inputs disagree on the batch size", mdef.span)
+    check_size(mdef, (batch, heads, q_len, kv_len))
+    q = np.arange(q_len, dtype=np.int64).reshape(1, 1, -1, 1)
+    env = _Env(P=q + (kv_len - q_len), Q=q, K=np.arange(kv_len, dtype=np.int64).reshape(1, 1, 1, -1),
+               Hh=np.arange(heads, dtype=np.int64).reshape(1, -1, 1, 1), Lq=q_len, Lk=kv_len,
+               Lk_outer=kv_len, inputs=xs, grid=mdef.grid)
+    out = np.broadcast_to(_eval(mdef.body, env), (batch, heads, q_len, kv_len))
+    out = np.ascontiguousarray(out, dtype=bool)
+    return out if xs and any(x.shape[0] > 1 for x in xs.values()) else out[0]
+
+
+def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False):
+    """Reference attention in float64 on torch tensors (differentiable through autograd).
+
+    ``mask`` is bool ``(Hq, Lq, Lk)`` or ``(B, Hq, Lq, Lk)``. Returns the output in ``q``'s
+    dtype, and the log-sum-exp (natural log, float32-free, ``-inf`` on empty rows) if asked.
+    """
+    import torch
+
+    B, Hq, Lq, D = q.shape
+    Hkv = k.shape[1]
+    rep = Hq // Hkv
+    qd, kd, vd = q.double(), k.double(), v.double()
+    if rep > 1:
+        kd = kd.repeat_interleave(rep, dim=1)
+        vd = vd.repeat_interleave(rep, dim=1)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    keep = torch.from_numpy(np.ascontiguousarray(mask)).to(q.device)
+    if keep.dim() == 3:
+        keep = keep.unsqueeze(0)
+    s = torch.matmul(qd, kd.transpose(-1, -2)) * scale
+    s = s.masked_fill(~keep, float("-inf"))
+    m = s.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(s - m)
+    denom = e.sum(dim=-1, keepdim=True)
+    out = torch.matmul(e, vd) / torch.where(denom > 0, denom, torch.ones_like(denom))
+    out = out.to(q.dtype)
+    if not return_lse:
+        return out
+    lse = torch.where(denom > 0, torch.log(denom) + m,
+                      torch.full_like(denom, float("-inf"))).squeeze(-1)
+    return out, lse

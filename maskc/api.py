@@ -1,0 +1,142 @@
+"""The Python API: ``maskc.compile`` and the compiled :class:`Mask`.
+
+``compile`` reads top to bottom as the pipeline: read -> parse -> check -> verify ->
+simplify -> verify. Later stages (block analysis, lowering) hang off the :class:`Mask`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from pathlib import Path
+
+from . import ir
+from .check import check
+from .errors import MaskError, MaskSizeError, Source, Span
+from .parser import parse
+from .pretty import pretty
+from .simplify import simplify
+from .verify import verify
+
+__all__ = ["compile", "Mask", "read_source", "set_dense_limit", "dense_limit"]
+
+
+def read_source(source) -> tuple[str, str]:
+    """``(text, filename)``: a ``Path`` or a ``str`` naming an existing ``.mask`` file is read."""
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and source.endswith(".mask")
+                                           and "\n" not in source and Path(source).is_file()):
+        path = Path(source)
+        try:
+            return path.read_text(encoding="utf-8"), str(source)
+        except (OSError, UnicodeDecodeError) as err:
+            raise MaskError(f"cannot read {source}: {err}") from None
+    if not isinstance(source, str):
+        raise TypeError(f"maskc.compile takes source text or a path, got {type(source).__name__}")
+    return source, "<string>"
+
+
+def compile(source, name: str | None = None, **params) -> "Mask":  # noqa: A001 - fixed API name
+    """Compile a `.mask` spec (text or path) into a :class:`Mask`.
+
+    ``name`` picks the mask when the file has several; ``params`` override its parameters.
+    Raises :class:`~maskc.MaskError` (with ``.line``/``.column``) on any problem in the spec.
+    """
+    text, filename = read_source(source)
+    module = parse(text, filename)
+    mdef = verify(check(module, name, **params))
+    mdef = verify(simplify(mdef))
+    return Mask(mdef, Source(text, filename), params)
+
+
+def dense_limit() -> int:
+    """The most elements a dense mask (or reference score matrix) may have."""
+    from .backends import reference
+    return reference.dense_limit()
+
+
+def set_dense_limit(n: int | None) -> None:
+    """Change :func:`dense_limit` (``None`` restores the default of 2**28 elements)."""
+    from .backends import reference
+    reference.set_dense_limit(n)
+
+
+class Mask:
+    """A compiled mask. Build with :func:`maskc.compile`."""
+
+    def __init__(self, ir_: ir.MaskDef, source: Source, params: dict):
+        self.ir = ir_
+        self.source = source
+        self.params = dict(params)
+
+    @property
+    def name(self) -> str:
+        return self.ir.name
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Names of the runtime inputs (``input x``) that ``dense``/``attention`` need."""
+        return self.ir.inputs
+
+    @property
+    def grid(self) -> tuple[int, ...] | None:
+        """The grid's shape for a mask ``over grid(...)``, else ``None``."""
+        return self.ir.grid.shape if self.ir.grid is not None else None
+
+    def __repr__(self) -> str:
+        return f"<maskc.Mask {self.name}: {pretty(self.ir).strip()}>"
+
+    def pretty(self) -> str:
+        """The compiled mask as `.mask` source (parameters substituted); it parses back."""
+        return pretty(self.ir)
+
+    def dense(self, q_len: int | None = None, kv_len: int | None = None, heads: int = 1,
+              **inputs):
+        """The exact mask as a numpy bool array of shape ``(heads, q_len, kv_len)``.
+
+        ``kv_len`` defaults to ``q_len``; a mask over a grid defaults both to the grid's size.
+        Runtime inputs are passed by name, shape ``(kv_len,)`` or ``(B, kv_len)``; with a
+        batched input the result is ``(B, heads, q_len, kv_len)``. Sizes over
+        :func:`maskc.dense_limit` raise :class:`~maskc.MaskSizeError` before allocating.
+        """
+        from .backends import reference
+        return reference.dense(self.ir, q_len, kv_len, heads, **inputs)
+
+    def attention(self, q, k, v, scale: float | None = None, backend: str = "auto",
+                  return_lse: bool = False, **inputs):
+        """``softmax(scale * q k^T + bias) v`` with this mask, on torch tensors.
+
+        ``q: (B, Hq, Lq, D)``, ``k: (B, Hkv, Lk, D)``, ``v: (B, Hkv, Lk, Dv)``, with
+        ``Hq % Hkv == 0`` (GQA/MQA). Rows that keep no key give zeros (log-sum-exp
+        ``-inf``). ``backend``: ``"reference"`` (float64, exact) or ``"auto"``.
+        """
+        if backend not in ("auto", "reference"):
+            raise MaskError(f"unknown backend {backend!r}; available: 'auto', 'reference'")
+        from .backends import reference
+        self._check_shapes(q, k, v)
+        B, Hq, Lq, _ = q.shape
+        reference.check_size(self.ir, (B, Hq, Lq, k.shape[2]), "reference score matrix")
+        mask = self.dense(None if self.grid else Lq, None if self.grid else k.shape[2],
+                          Hq, **inputs)
+        if self.grid is not None and (Lq, k.shape[2]) != (mask.shape[-2], mask.shape[-1]):
+            raise MaskSizeError(f"mask '{self.name}' is over a grid of {mask.shape[-1]} tokens, "
+                                f"but q/k have {Lq}/{k.shape[2]}", self._span())
+        if mask.ndim == 4 and mask.shape[0] != B:
+            raise MaskSizeError(f"batched inputs have batch {mask.shape[0]} but q has {B}",
+                                self._span())
+        return reference.attention(mask, q, k, v, scale, return_lse)
+
+    def _span(self) -> Span | None:
+        return self.ir.span
+
+    def _check_shapes(self, q, k, v) -> None:
+        for t, n in ((q, "q"), (k, "k"), (v, "v")):
+            if builtins.len(t.shape) != 4:
+                raise MaskSizeError(f"{n} must have shape (B, H, L, D), got {tuple(t.shape)}",
+                                    self._span())
+        (B, Hq, _, D), (Bk, Hkv, Lk, Dk), (Bv, Hv, Lv, _) = q.shape, k.shape, v.shape
+        if not (B == Bk == Bv and Hkv == Hv and Lk == Lv and D == Dk):
+            raise MaskSizeError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                                f"v {tuple(v.shape)}", self._span())
+        if Hkv == 0 or Hq % Hkv:
+            raise MaskSizeError(f"query heads ({Hq}) must be a multiple of key/value heads "
+                                f"({Hkv})", self._span())

@@ -1,0 +1,290 @@
+"""The checker: surface syntax -> typed mask IR.
+
+Resolves names (parameters, ``let`` constants and macros, builtins), binds compile-time
+parameter overrides with type checks, evaluates integer arithmetic, validates ranges, and
+lowers ``where`` predicates. Every error points at the user's text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import ir
+from . import syntax as S
+from .errors import MaskNameError, MaskParamError, MaskTypeError, MaskValueError, Span
+from .values import InputV, ListV, RangeV, TupleV, Value, compatible, describe, from_python, kind
+
+__all__ = ["check", "mask_names", "Ctx", "Checker", "MAX_INT", "RESERVED"]
+
+MAX_INT = 2**31 - 1
+# NOTE: expansion is bounded so a file of doubling macros cannot build an exponential tree.
+MAX_EXPANSIONS = 20_000
+# NOTE: q, p, k, h, Lq, Lk may name parameters (LANGUAGE.md's own natten(h, w, k) does);
+# inside `where` the predicate variables shadow them.
+RESERVED = frozenset({"_"})
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """Where an expression is being checked: grid, inside ``blocks``, inside ``within``."""
+
+    grid: ir.Grid | None = None
+    in_blocks: bool = False
+    in_within: bool = False
+
+
+def mask_names(module: S.Module) -> list[str]:
+    return [it.name for it in module.items if isinstance(it, S.MaskItem)]
+
+
+class Checker:
+    """Checks one module; :meth:`mask` lowers one of its masks with parameter overrides."""
+
+    def __init__(self, module: S.Module):
+        self.module = module
+        self.lets: dict[str, S.LetItem] = {}
+        self.masks: dict[str, S.MaskItem] = {}
+        for it in module.items:
+            table = self.lets if isinstance(it, S.LetItem) else self.masks
+            if it.name in self.lets or it.name in self.masks:
+                raise MaskNameError(f"'{it.name}' is defined twice", it.span)
+            from .primitives import BUILTINS
+            if it.name in BUILTINS or it.name in RESERVED:
+                raise MaskNameError(f"'{it.name}' is a reserved name and cannot be redefined",
+                                    it.span)
+            table[it.name] = it
+        self._expanding: list[str] = []
+        self._expansions = 0
+
+    # ------------------------------------------------------------ masks and parameters
+    def mask(self, name: str, overrides: dict) -> ir.MaskDef:
+        item = self.masks[name]
+        env: dict[str, Value] = {}
+        inputs: list[str] = []
+        declared = {p.name: p for p in item.params}
+        for p in item.params:
+            if p.name in env:
+                raise MaskNameError(f"parameter '{p.name}' is declared twice", p.span)
+            if p.name == "_" or p.name in _builtin_names():
+                raise MaskNameError(f"'{p.name}' is a reserved name and cannot be a parameter",
+                                    p.span)
+        unknown = [k for k in overrides if k not in declared]
+        if unknown:
+            known = ", ".join(p.name for p in item.params if not p.is_input) or "none"
+            raise MaskParamError(f"mask '{name}' has no parameter '{unknown[0]}'; "
+                                 f"its parameters are: {known}", item.span)
+        for p in item.params:
+            if p.is_input:
+                if p.name in overrides:
+                    raise MaskParamError(f"'{p.name}' is a runtime input: pass it when the mask "
+                                         "is used (dense(), attention()), not to compile()",
+                                         p.span)
+                env[p.name] = InputV(p.name)
+                inputs.append(p.name)
+                continue
+            default = self.eval(p.default, env, Ctx()) if p.default is not None else None
+            if p.name in overrides:
+                try:
+                    value = from_python(overrides[p.name])
+                except TypeError as err:
+                    raise MaskParamError(f"parameter '{p.name}' of mask '{name}': {err}",
+                                         p.span) from None
+                if default is not None and not compatible(default, value):
+                    raise MaskParamError(
+                        f"parameter '{p.name}' of mask '{name}' expects a {kind(default)} "
+                        f"(default {describe(default)}), got {describe(value)}", p.span)
+            elif default is not None:
+                value = default
+            else:
+                raise MaskParamError(f"parameter '{p.name}' of mask '{name}' has no default; "
+                                     f"pass it to maskc.compile(..., {p.name}=...)", p.span)
+            env[p.name] = value
+        grid = self._grid(item, env) if item.grid is not None else None
+        body = self.mask_value(item.body, env, Ctx(grid=grid))
+        return ir.MaskDef(name, tuple(inputs), grid, body, span=item.span)
+
+    def _grid(self, item: S.MaskItem, env) -> ir.Grid:
+        named = [a.name is not None for a in item.grid]
+        if any(named) and not all(named):
+            raise MaskTypeError("grid axes must be all named or all positional", item.grid[0].span)
+        axes, seen = [], set()
+        for a in item.grid:
+            if a.name is not None and a.name in seen:
+                raise MaskNameError(f"grid axis '{a.name}' appears twice", a.span)
+            seen.add(a.name)
+            size = self.int_value(self.eval(a.value, env, Ctx()), a.value.span, "a grid size", 1)
+            axes.append(ir.GridAxis(a.name, size, span=a.span))
+        return ir.Grid(tuple(axes), span=item.grid[0].span)
+
+    # ------------------------------------------------------------ typed accessors
+    def mask_value(self, syn: S.Syn, env, ctx: Ctx) -> ir.Node:
+        v = self.eval(syn, env, ctx)
+        if not isinstance(v, ir.Node):
+            raise MaskTypeError(f"expected a mask, got {kind(v)} {describe(v)}", syn.span)
+        return v
+
+    def int_value(self, v: Value, span: Span | None, what: str, lo: int | None = None) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise MaskTypeError(f"{what} must be an integer, got {kind(v)} {describe(v)}", span)
+        if abs(v) > MAX_INT:
+            raise MaskValueError(f"{what} {v} is out of range (at most {MAX_INT})", span)
+        if lo is not None and v < lo:
+            raise MaskValueError(f"{what} must be >= {lo}, got {v}", span)
+        return v
+
+    # ------------------------------------------------------------ evaluation
+    def eval(self, syn: S.Syn, env, ctx: Ctx) -> Value:
+        method = getattr(self, "_eval_" + type(syn).__name__, None)
+        if method is None:
+            raise MaskTypeError(f"{type(syn).__name__} is not allowed here", syn.span)
+        return method(syn, env, ctx)
+
+    def _eval_Int(self, syn: S.Int, env, ctx):
+        return syn.value
+
+    def _eval_Bool(self, syn: S.Bool, env, ctx):
+        return syn.value
+
+    def _eval_TupleLit(self, syn, env, ctx):
+        return TupleV(tuple(self.eval(x, env, ctx) for x in syn.items))
+
+    def _eval_ListLit(self, syn, env, ctx):
+        return ListV(tuple(self.eval(x, env, ctx) for x in syn.items))
+
+    def _eval_RangeLit(self, syn, env, ctx):
+        a = self.int_value(self.eval(syn.start, env, ctx), syn.start.span, "a range start")
+        b = self.int_value(self.eval(syn.stop, env, ctx), syn.stop.span, "a range end")
+        return RangeV(a, b)
+
+    def _eval_Name(self, syn: S.Name, env, ctx):
+        return self._lookup(syn.id, (), syn, env, ctx)
+
+    def _eval_Call(self, syn: S.Call, env, ctx):
+        return self._lookup(syn.func, syn.args, syn, env, ctx, called=True)
+
+    def _lookup(self, name: str, args, syn, env, ctx, called: bool = False):
+        from .primitives import BUILTINS
+        if name in env:
+            if called:
+                raise MaskTypeError(f"'{name}' is a parameter, not a macro: it cannot be called",
+                                    syn.span)
+            return env[name]
+        if name in self.lets:
+            return self._expand(self.lets[name], args, syn, env, ctx, called)
+        if name in BUILTINS:
+            return BUILTINS[name](self, syn, args, env, ctx)
+        if name in ir.PRED_VARS:
+            raise MaskNameError(f"'{name}' can only be used inside a 'where' predicate", syn.span)
+        if name in self.masks:
+            raise MaskNameError(f"'{name}' is a mask; to reuse it, define it with 'let'", syn.span)
+        raise MaskNameError(f"undefined name '{name}'", syn.span)
+
+    def _expand(self, let: S.LetItem, args, syn, env, ctx, called: bool):
+        formals = let.formals or ()
+        if called and let.formals is None and not args:
+            formals = ()
+        if len(args) != len(formals) or (called and let.formals is None and args):
+            raise MaskTypeError(f"'{let.name}' takes {len(formals)} argument"
+                                f"{'' if len(formals) == 1 else 's'}, got {len(args)}", syn.span)
+        for a in args:
+            if a.name is not None:
+                raise MaskTypeError(f"macro '{let.name}' takes positional arguments only",
+                                    a.span)
+        if let.name in self._expanding:
+            raise MaskNameError(f"'{let.name}' refers to itself", syn.span)
+        self._expansions += 1
+        if self._expansions > MAX_EXPANSIONS:
+            raise MaskValueError("macro expansion is too large (over "
+                                 f"{MAX_EXPANSIONS} expansions)", syn.span)
+        local = {f: self.eval(a.value, env, ctx) for f, a in zip(formals, args)}
+        self._expanding.append(let.name)
+        try:
+            return self.eval(let.body, local, ctx)
+        finally:
+            self._expanding.pop()
+
+    def _eval_Unary(self, syn: S.Unary, env, ctx):
+        v = self.eval(syn.operand, env, ctx)
+        if syn.op == "~":
+            if not isinstance(v, ir.Node):
+                raise MaskTypeError(f"'~' applies to masks, got {kind(v)}", syn.span)
+            return ir.not_(v, span=syn.span)
+        if syn.op == "-":
+            return -self.int_value(v, syn.operand.span, "the operand of '-'")
+        raise MaskTypeError(f"'{syn.op}' is only allowed inside 'where'", syn.span)
+
+    def _eval_BinOp(self, syn: S.BinOp, env, ctx):
+        a, b = self.eval(syn.left, env, ctx), self.eval(syn.right, env, ctx)
+        op = syn.op
+        if isinstance(a, ir.Node) and isinstance(b, ir.Node) and op in ("|", "&", "-"):
+            if op == "|":
+                return ir.or_(a, b, span=syn.span)
+            if op == "&":
+                return ir.and_(a, b, span=syn.span)
+            return ir.and_(a, ir.not_(b, span=syn.right.span), span=syn.span)
+        if op in ("|", "&"):
+            bad = syn.left if not isinstance(a, ir.Node) else syn.right
+            raise MaskTypeError(f"'{op}' combines masks, got {kind(self.eval(bad, env, ctx))}",
+                                bad.span)
+        if op in ("and", "or"):
+            raise MaskTypeError(f"'{op}' is only allowed inside 'where'", syn.span)
+        if isinstance(a, ir.Node) or isinstance(b, ir.Node):
+            raise MaskTypeError(f"'{op}' needs two masks or two integers, got {kind(a)} and "
+                                f"{kind(b)}", syn.span)
+        x = self.int_value(a, syn.left.span, f"the left operand of '{op}'")
+        y = self.int_value(b, syn.right.span, f"the right operand of '{op}'")
+        if op in ("//", "%") and y <= 0:
+            raise MaskValueError(f"'{op}' needs a positive divisor, got {y}", syn.right.span)
+        r = {"+": x + y, "-": x - y, "*": x * y}.get(op) if op in "+-*" else \
+            (x // y if op == "//" else x % y)
+        return self.int_value(r, syn.span, "the result")
+
+    def _eval_HeadsLit(self, syn: S.HeadsLit, env, ctx):
+        arms = []
+        for arm in syn.arms:
+            if isinstance(arm.key, S.Name) and arm.key.id == "_":
+                heads = None
+            else:
+                heads = self.positions(self.eval(arm.key, env, ctx), arm.key.span, "a head set")
+            arms.append(ir.HeadArm(heads, self.mask_value(arm.body, env, ctx), span=arm.key.span))
+        return ir.Heads(tuple(arms), span=syn.span)
+
+    def _eval_WhereLit(self, syn: S.WhereLit, env, ctx):
+        from .predicates import lower_where
+        return lower_where(self, syn, env, ctx)
+
+    def positions(self, v: Value, span, what: str) -> ir.IntSet:
+        """A set of non-negative positions from an integer, a list or a range."""
+        if isinstance(v, RangeV):
+            self.int_value(v.start, span, f"the start of {what}", 0)
+            return ir.IntSet.range(v.start, v.stop)
+        items = v.items if isinstance(v, ListV) else (v,)
+        return ir.IntSet.of(self.int_value(x, span, f"each element of {what}", 0) for x in items)
+
+
+def _builtin_names():
+    from .primitives import BUILTINS
+    return BUILTINS
+
+
+def check(module: S.Module, name: str | None = None, **params) -> ir.MaskDef:
+    """Lower mask ``name`` of ``module`` (the only one if ``None``) with parameter overrides."""
+    names = mask_names(module)
+    span = module.items[0].span if module.items else None
+    if not names:
+        raise MaskNameError("the file defines no mask (add 'mask NAME = ...')", span)
+    if name is None:
+        if len(names) > 1:
+            raise MaskNameError("the file defines several masks; pick one with name=: "
+                                + ", ".join(names), span)
+        name = names[0]
+    elif name not in names:
+        raise MaskNameError(f"no mask named '{name}'; the file defines: " + ", ".join(names),
+                            span)
+    checker = Checker(module)
+    try:
+        return checker.mask(name, params)
+    except RecursionError:
+        raise MaskValueError("the mask expression is nested too deeply",
+                             checker.masks[name].span) from None
+

@@ -1,0 +1,51 @@
+"""The deterministic choice behind ``random(r, seed)``, shared by every backend.
+
+Key block ``j`` of query block ``i`` gets a 64-bit score ``mix(seed, i, n, j)`` (SplitMix64's
+finalizer); the ``r`` key blocks with the smallest ``(score, j)`` are kept. The choice is a
+uniformly random ``r``-subset for a good hash, reproducible on any machine and in any
+language (it uses only 64-bit integer arithmetic), and independent of numpy's generators.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["block_scores", "random_blocks", "random_table"]
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_MASK = (1 << 64) - 1
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def block_scores(seed: int, query_blocks: np.ndarray, n_key_blocks: int) -> np.ndarray:
+    """Scores of shape ``(len(query_blocks), n_key_blocks)``, as uint64."""
+    with np.errstate(over="ignore"):
+        qb = np.asarray(query_blocks, dtype=np.int64).astype(np.uint64)  # two's complement
+        h = _mix(np.full(qb.shape, np.uint64(seed & _MASK), dtype=np.uint64))
+        h = _mix(h ^ qb)
+        h = _mix(h ^ np.uint64(n_key_blocks))
+        kb = np.arange(n_key_blocks, dtype=np.uint64)
+        return _mix(h[:, None] ^ kb[None, :])
+
+
+def random_table(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int) -> np.ndarray:
+    """Boolean ``(len(query_blocks), n_key_blocks)``: which key blocks each query block keeps."""
+    scores = block_scores(seed, query_blocks, n_key_blocks)
+    order = np.argsort(scores, axis=1, kind="stable")[:, :r]
+    table = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(table, order, True, axis=1)
+    return table
+
+
+def random_blocks(seed: int, query_block: int, n_key_blocks: int, r: int) -> list[int]:
+    """The sorted key blocks that query block ``query_block`` keeps."""
+    row = random_table(seed, np.array([query_block]), n_key_blocks, r)[0]
+    return [int(j) for j in np.flatnonzero(row)]

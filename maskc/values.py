@@ -1,0 +1,103 @@
+"""Compile-time values of the checker: integers, booleans, lists, ranges, tuples, inputs.
+
+Masks are IR nodes; everything else a `.mask` expression can evaluate to lives here, with
+conversions from Python values (compile-time parameter overrides) and kind names used in
+error messages.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+from . import ir
+
+__all__ = ["ListV", "RangeV", "TupleV", "InputV", "Value", "from_python", "kind", "describe",
+           "compatible"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListV:
+    items: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class RangeV:
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, slots=True)
+class TupleV:
+    items: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class InputV:
+    """A runtime input declared with ``input name``."""
+
+    name: str
+
+
+Value = int | bool | ListV | RangeV | TupleV | InputV | ir.Node
+
+
+def from_python(value) -> Value:
+    """Convert a Python parameter value (``maskc.compile(..., w=128)``); ``TypeError`` if unsupported."""
+    if isinstance(value, (bool,)) or type(value).__name__ == "bool_":
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, range):
+        if value.step != 1:
+            raise TypeError("ranges must have step 1")
+        return RangeV(value.start, value.stop)
+    if isinstance(value, tuple):
+        return TupleV(tuple(from_python(v) for v in value))
+    if isinstance(value, list) or type(value).__name__ == "ndarray":
+        return ListV(tuple(from_python(v) for v in list(value)))
+    raise TypeError(f"unsupported value of type {type(value).__name__}")
+
+
+def kind(v: Value) -> str:
+    """A short name of the value's kind, for type checks and messages."""
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, RangeV):
+        return "list"
+    if isinstance(v, ListV):
+        return "layout" if v.items and all(isinstance(x, ListV) for x in v.items) else "list"
+    if isinstance(v, TupleV):
+        return "tuple"
+    if isinstance(v, InputV):
+        return "input"
+    return "mask"
+
+
+def compatible(default: Value, given: Value) -> bool:
+    """Whether an override ``given`` may replace a parameter whose default is ``default``."""
+    a, b = kind(default), kind(given)
+    if a == b:
+        return True
+    per_axis = {"tuple", "integer", "boolean"}
+    return (a == "tuple" and b in per_axis) or (b == "tuple" and a in per_axis) or \
+        ({a, b} == {"list", "layout"} and not (given.items if isinstance(given, ListV) else 1))
+
+
+def describe(v: Value) -> str:
+    """The value as it would be written in a `.mask` file."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, RangeV):
+        return f"{v.start}..{v.stop}"
+    if isinstance(v, ListV):
+        return "[" + ", ".join(describe(x) for x in v.items) + "]"
+    if isinstance(v, TupleV):
+        return "(" + ", ".join(describe(x) for x in v.items) + ")"
+    if isinstance(v, InputV):
+        return f"input {v.name}"
+    return "a mask"
