@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from . import ir
 
 __all__ = ["ListV", "RangeV", "TupleV", "InputV", "Value", "from_python", "kind", "describe",
-           "compatible"]
+           "compatible", "to_python"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +101,14 @@ def describe(v: Value) -> str:
     if isinstance(v, InputV):
         return f"input {v.name}"
     return "a mask"
+
+
+def to_python(v: Value):
+    """The inverse of :func:`from_python` (for values parsed from the command line)."""
+    if isinstance(v, RangeV):
+        return range(v.start, v.stop)
+    if isinstance(v, ListV):
+        return [to_python(x) for x in v.items]
+    if isinstance(v, TupleV):
+        return tuple(to_python(x) for x in v.items)
+    return v

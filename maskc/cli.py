@@ -1,0 +1,217 @@
+"""The ``maskc`` command: ``check`` and ``show`` (``compile`` arrives with the Triton backend).
+
+Errors print as ``file:line:col: error: ...`` with a caret and exit 1; a traceback only
+with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from .errors import MaskError
+
+__all__ = ["main", "parse_param", "segments"]
+
+FULL, PARTIAL, EMPTY = "█", "▒", "·"
+
+
+def parse_param(text: str):
+    """``name=value`` with a value in the language's own syntax (``128``, ``[0, 1]``, ``(3, 7)``)."""
+    from .check import Checker, Ctx
+    from .parser import parse_expr
+    from .syntax import Module
+    from .values import to_python
+
+    name, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_]\w*", name.strip()):
+        raise MaskError(f"-p expects name=value, got {text!r}")
+    syn = parse_expr(value, f"-p {name.strip()}")
+    return name.strip(), to_python(Checker(Module(())).eval(syn, {}, Ctx()))
+
+
+def segments(spec: str, length: int, name: str):
+    """Document ids from segment lengths ``"100,200,50"`` (cu_seqlens-style) for ``length`` keys."""
+    import numpy as np
+
+    try:
+        lens = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise MaskError(f"-i {name}= expects comma-separated segment lengths, got {spec!r}") \
+            from None
+    if not lens or min(lens) < 1 or sum(lens) != length:
+        raise MaskError(f"-i {name}: segment lengths must be positive and add up to {length}, "
+                        f"got {lens} (sum {sum(lens)})")
+    return np.repeat(np.arange(len(lens)), lens)
+
+
+def _masks_in(path: str) -> list[str]:
+    from .api import read_source
+    from .check import mask_names
+    from .parser import parse
+    text, filename = read_source(Path(path))
+    return mask_names(parse(text, filename))
+
+
+def cmd_check(args) -> int:
+    from .api import compile
+    from .errors import MaskParamError
+    params = dict(parse_param(p) for p in args.param)
+    failed = 0
+    for path in args.files:
+        try:
+            names = _masks_in(path)
+            skipped = []
+            for name in names:
+                own = {k: v for k, v in params.items()}
+                try:
+                    compile(Path(path), name=name, **_known(path, name, own))
+                except MaskParamError as err:
+                    if "has no default" not in err.message:
+                        raise
+                    skipped.append(name)
+            note = f" ({', '.join(skipped)}: needs -p for parameters without defaults)" \
+                if skipped else ""
+            print(f"{path}: ok, {len(names)} mask{'s' if len(names) != 1 else ''}{note}")
+        except MaskError as err:
+            print(err, file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _known(path, name, params):
+    """The ``-p`` values that mask ``name`` declares (a file's masks need not share them)."""
+    if not params:
+        return {}
+    from .api import read_source
+    from .parser import parse
+    text, filename = read_source(Path(path))
+    item = next(i for i in parse(text, filename).items if getattr(i, "params", None) is not None
+                and i.name == name)
+    declared = {p.name for p in item.params}
+    return {k: v for k, v in params.items() if k in declared}
+
+
+def tile_states(dense, block_q: int, block_k: int):
+    """Per tile of a bool ``(H, Lq, Lk)`` mask: 2 full, 1 partial, 0 empty; shape (H, nq, nk)."""
+    import numpy as np
+
+    H, Lq, Lk = dense.shape
+    nq, nk = -(-Lq // block_q), -(-Lk // block_k)
+    pad = np.zeros((H, nq * block_q, nk * block_k), dtype=np.int32)
+    valid = np.zeros_like(pad)
+    pad[:, :Lq, :Lk] = dense
+    valid[:, :Lq, :Lk] = 1
+    kept = pad.reshape(H, nq, block_q, nk, block_k).sum(axis=(2, 4))
+    size = valid.reshape(H, nq, block_q, nk, block_k).sum(axis=(2, 4))
+    return np.where(kept == 0, 0, np.where(kept == size, 2, 1))
+
+
+def render(states) -> list[str]:
+    chars = {0: EMPTY, 1: PARTIAL, 2: FULL}
+    return ["".join(chars[int(s)] for s in row) for row in states]
+
+
+def cmd_show(args) -> int:
+    import numpy as np
+
+    from .api import compile
+
+    params = dict(parse_param(p) for p in args.param)
+    name, notes = args.name, []
+    if name is None:
+        names = _masks_in(args.file)
+        if len(names) > 1:
+            # NOTE: unlike compile(), show picks a mask: the one named after the file, or the first.
+            stem = Path(args.file).stem
+            name = stem if stem in names else names[0]
+            notes.append(f"showing '{name}'; the file also defines "
+                         f"{', '.join(n for n in names if n != name)} (use --name)")
+    m = compile(Path(args.file), name=name, **params)
+    q_len = args.q_len if m.grid is None else None
+    kv_len = args.kv_len if m.grid is None else None
+    if m.grid is None and q_len is None:
+        q_len = 4096
+    Lq = q_len if q_len is not None else int(np.prod(m.grid))
+    Lk = kv_len if kv_len is not None else Lq
+    given = dict(i.split("=", 1) for i in args.input) if args.input else {}
+    inputs = {}
+    for name in m.inputs:
+        if name in given:
+            inputs[name] = segments(given[name], Lk, name)
+        else:
+            n = 4
+            lens = [Lk // n + (1 if i < Lk % n else 0) for i in range(n)]
+            inputs[name] = segments(",".join(str(x) for x in lens if x), Lk, name)
+            notes.append(f"{name}: {n} equal segments (pass -i {name}=LEN,LEN,... to choose)")
+    dense = m.dense(q_len, kv_len, args.heads, **inputs)
+    block = args.block or max(1, 1 << max(0, (max(Lq, Lk) - 1) // args.width).bit_length())
+    states = tile_states(dense, block, block)
+    print(f"mask {m.name}: {m.pretty().split(' = ', 1)[1].strip()}")
+    shape = f"grid {' x '.join(map(str, m.grid))}, " if m.grid else ""
+    print(f"{shape}q_len {Lq}, kv_len {Lk}, heads {args.heads}, tiles {block} x {block}"
+          f"   ({FULL} full  {PARTIAL} partial  {EMPTY} empty)")
+    for note in notes:
+        print(f"note: {note}")
+    groups: dict[bytes, list[int]] = {}
+    for h in range(dense.shape[0]):
+        groups.setdefault(states[h].tobytes(), []).append(h)
+    for heads in groups.values():
+        if dense.shape[0] > 1:
+            label = f"head {heads[0]}" if len(heads) == 1 else \
+                f"heads {', '.join(map(str, heads))}"
+            print(f"{label}:")
+        for line in render(states[heads[0]]):
+            print("  " + line)
+    kept = int(dense.sum())
+    total = dense.size
+    full, partial = int((states == 2).sum()), int((states == 1).sum())
+    print(f"density {kept / total:.2%}: {kept:,} of {total:,} (head, query, key) pairs kept")
+    print(f"FLOPs saved against dense attention: {1 - kept / total:.2%}")
+    print(f"tiles: {full:,} full, {partial:,} partial, {states.size - full - partial:,} empty "
+          f"of {states.size:,}; a block-sparse kernel visits {(full + partial) / states.size:.2%}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="maskc", description="Compile attention-mask specs.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="parse and validate .mask files")
+    c.add_argument("files", nargs="+")
+    c.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    s = sub.add_parser("show", help="draw a mask at tile granularity, with statistics")
+    s.add_argument("file")
+    s.add_argument("--name", help="which mask of the file (needed when it has several)")
+    s.add_argument("--q-len", type=int, help="query length (default 4096, or the grid's size)")
+    s.add_argument("--kv-len", type=int, help="key length (default: q_len)")
+    s.add_argument("--heads", type=int, default=1)
+    s.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    s.add_argument("-i", "--input", action="append", default=[], metavar="NAME=LEN,LEN,...",
+                   help="a runtime input as segment lengths (e.g. documents of a packed batch)")
+    s.add_argument("--block", type=int, help="tile size (default: fit --width columns)")
+    s.add_argument("--width", type=int, default=64, help="most tile columns to draw")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"check": cmd_check, "show": cmd_show}[args.command]
+    try:
+        return handler(args)
+    except MaskError as err:
+        if args.debug:
+            raise
+        print(err, file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
