@@ -136,7 +136,31 @@ def heads_wildcard(n):
     return None
 
 
-RULES = (double_negation, and_identities, or_identities, union_of_windows,
+_FOLD = {
+    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+    "//": lambda a, b: a // b, "%": lambda a, b: a % b, "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+    "and": lambda a, b: a and b, "or": lambda a, b: a or b,
+}
+
+
+def fold_constants(n):
+    """Predicate operations on constants are computed (Python's integer semantics)."""
+    if isinstance(n, ir.PBin) and isinstance(n.left, ir.PConst) and \
+            isinstance(n.right, ir.PConst):
+        return ir.PConst(_FOLD[n.op](n.left.value, n.right.value), span=n.span)
+    if isinstance(n, ir.PUn) and isinstance(n.operand, ir.PConst):
+        v = n.operand.value
+        return ir.PConst(not v if n.op == "not" else -v, span=n.span)
+    if isinstance(n, ir.PCall) and all(isinstance(a, ir.PConst) for a in n.args):
+        vals = [a.value for a in n.args]
+        return ir.PConst({"abs": lambda: abs(vals[0]), "min": lambda: min(vals),
+                          "max": lambda: max(vals)}[n.func](), span=n.span)
+    return None
+
+
+RULES = (fold_constants, double_negation, and_identities, or_identities, union_of_windows,
          intersection_of_windows, trivial_primitives, constant_bodies, heads_wildcard)
 
 
