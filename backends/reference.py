@@ -9,35 +9,17 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from maskc import ir
-from maskc.errors import MaskError, MaskInputError, MaskSizeError, MaskValueError
+from maskc.errors import MaskError, MaskInputError, MaskValueError
 from maskc.rng import random_table
+from maskc.sizes import check_size, dense_limit, prepare_inputs, resolve_lengths, set_dense_limit
 
-__all__ = ["dense", "attention", "prepare_inputs", "dense_limit", "set_dense_limit",
+__all__ = ["dense", "attention", "evaluate", "prepare_inputs", "dense_limit", "set_dense_limit",
            "LOWERINGS"]
-
-_DEFAULT_LIMIT = 1 << 28
-_limit: int | None = None
-
-
-def dense_limit() -> int:
-    """Most elements ``dense()`` will build (default 2**28, or ``$MASKC_DENSE_LIMIT``)."""
-    if _limit is not None:
-        return _limit
-    env = os.environ.get("MASKC_DENSE_LIMIT")
-    return int(env) if env and env.isdigit() else _DEFAULT_LIMIT
-
-
-def set_dense_limit(n: int | None) -> None:
-    """Set the most elements a dense mask may have (``None`` restores the default)."""
-    global _limit
-    _limit = None if n is None else int(n)
-
 
 @dataclass(frozen=True)
 class _Env:
@@ -268,63 +250,6 @@ LOWERINGS = {
 }
 
 
-def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict) -> dict[str, np.ndarray]:
-    """Check runtime inputs and return them as int64 arrays of shape ``(B, kv_len)``."""
-    span = mdef.span
-    unknown = sorted(set(inputs) - set(mdef.inputs))
-    if unknown:
-        known = ", ".join(mdef.inputs) or "none"
-        raise MaskInputError(f"mask '{mdef.name}' has no runtime input '{unknown[0]}'; its "
-                             f"inputs are: {known}", span)
-    out = {}
-    for name in mdef.inputs:
-        if name not in inputs:
-            raise MaskInputError(f"mask '{mdef.name}' needs the runtime input '{name}' "
-                                 f"(e.g. {name}=document ids of shape ({kv_len},))", span)
-        x = inputs[name]
-        if hasattr(x, "detach"):  # a torch tensor; the core does not import torch
-            x = x.detach().cpu().numpy()
-        x = np.asarray(x)
-        if x.dtype.kind not in "iub":
-            raise MaskInputError(f"input '{name}' must hold integers, got dtype {x.dtype}", span)
-        if x.ndim == 1:
-            x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != kv_len:
-            raise MaskInputError(f"input '{name}' must have shape ({kv_len},) or (B, {kv_len}),"
-                                 f" got {tuple(np.shape(inputs[name]))}", span)
-        out[name] = x.astype(np.int64)
-    return out
-
-
-def resolve_lengths(mdef: ir.MaskDef, q_len, kv_len) -> tuple[int, int]:
-    """Default and check ``(q_len, kv_len)``; a grid fixes both to its number of tokens."""
-    if mdef.grid is not None:
-        n = mdef.grid.numel
-        for what, v in (("q_len", q_len), ("kv_len", kv_len)):
-            if v is not None and v != n:
-                raise MaskSizeError(f"mask '{mdef.name}' is over a grid of {n} tokens, but "
-                                    f"{what} = {v}", mdef.grid.span or mdef.span)
-        return n, n
-    if q_len is None:
-        raise MaskSizeError(f"mask '{mdef.name}' needs q_len (it has no grid)", mdef.span)
-    kv_len = q_len if kv_len is None else kv_len
-    for what, v in (("q_len", q_len), ("kv_len", kv_len)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise MaskSizeError(f"{what} must be a positive integer, got {v!r}", mdef.span)
-    if max(q_len, kv_len) > 2**31 - 1:
-        raise MaskSizeError("lengths must stay below 2**31", mdef.span)
-    return int(q_len), int(kv_len)
-
-
-def check_size(mdef: ir.MaskDef, shape: tuple[int, ...], what: str = "dense mask") -> None:
-    n = math.prod(shape)
-    if n > dense_limit():
-        dims = " x ".join(str(s) for s in shape)
-        raise MaskSizeError(f"a {what} of {dims} = {n:,} elements exceeds the limit of "
-                            f"{dense_limit():,} (raise it with maskc.set_dense_limit() or "
-                            "$MASKC_DENSE_LIMIT, or use a block-sparse backend)", mdef.span)
-
-
 def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -> np.ndarray:
     """The exact mask: bool ``(heads, q_len, kv_len)``, or ``(B, heads, ...)`` for batched inputs."""
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
@@ -376,3 +301,9 @@ def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False):
     lse = torch.where(denom > 0, torch.log(denom) + m,
                       torch.full_like(denom, float("-inf"))).squeeze(-1)
     return out, lse
+
+
+def evaluate(node: ir.Node, P, Q, K, Hh, Lq: int, Lk: int, inputs: dict, grid) -> np.ndarray:
+    """Evaluate ``node`` on explicit 4-D index arrays (e.g. a few tiles, for block analysis)."""
+    return _eval(node, _Env(P=P, Q=Q, K=K, Hh=Hh, Lq=Lq, Lk=Lk, Lk_outer=Lk, inputs=inputs,
+                            grid=grid))

@@ -10,7 +10,7 @@ import builtins
 import os
 from pathlib import Path
 
-from . import ir
+from . import ir, sizes
 from .check import check
 from .errors import MaskError, MaskSizeError, Source, Span
 from .parser import parse
@@ -50,14 +50,12 @@ def compile(source, name: str | None = None, **params) -> "Mask":  # noqa: A001 
 
 def dense_limit() -> int:
     """The most elements a dense mask (or reference score matrix) may have."""
-    from .backends import reference
-    return reference.dense_limit()
+    return sizes.dense_limit()
 
 
 def set_dense_limit(n: int | None) -> None:
     """Change :func:`dense_limit` (``None`` restores the default of 2**28 elements)."""
-    from .backends import reference
-    reference.set_dense_limit(n)
+    sizes.set_dense_limit(n)
 
 
 class Mask:
@@ -101,6 +99,18 @@ class Mask:
         from .backends import reference
         return reference.dense(self.ir, q_len, kv_len, heads, **inputs)
 
+    def block_map(self, q_len: int | None = None, kv_len: int | None = None, heads: int = 1,
+                  block_q: int = 128, block_k: int | None = None, **inputs):
+        """The tile structure at this size (:class:`maskc.blocktable.BlockMap`), built from the IR.
+
+        Exact for every primitive; ``where`` predicates are analysed soundly (a tile may be
+        called partial when it is not). Cost grows with the visited tiles, not ``Lq * Lk``.
+        """
+        from .backends import reference
+        from .blocktable import build
+        return build(self.ir, q_len, kv_len, heads, block_q, block_k,
+                     evaluate=reference.evaluate, **inputs)
+
     def attention(self, q, k, v, scale: float | None = None, backend: str = "auto",
                   return_lse: bool = False, **inputs):
         """``softmax(scale * q k^T + bias) v`` with this mask, on torch tensors.
@@ -114,7 +124,7 @@ class Mask:
         from .backends import reference
         self._check_shapes(q, k, v)
         B, Hq, Lq, _ = q.shape
-        reference.check_size(self.ir, (B, Hq, Lq, k.shape[2]), "reference score matrix")
+        sizes.check_size(self.ir, (B, Hq, Lq, k.shape[2]), "reference score matrix")
         mask = self.dense(None if self.grid else Lq, None if self.grid else k.shape[2],
                           Hq, **inputs)
         if self.grid is not None and (Lq, k.shape[2]) != (mask.shape[-2], mask.shape[-1]):

@@ -93,6 +93,22 @@ def intersection_of_windows(n):
     return _merge_windows(n, ir.And, min)
 
 
+def causal_window(n):
+    """``causal & window(before = a, after = b)`` is ``window(before = a, after = 0)``.
+
+    NOTE: every window keeps ``p - k == 0``, so the causal half of it is the window with no
+    look-ahead; the block analysis then sees one exact interval instead of two partial ones.
+    """
+    if not isinstance(n, ir.And) or ir.Causal() not in n.terms:
+        return None
+    for i, t in enumerate(n.terms):
+        if isinstance(t, ir.Window):
+            terms = [x for x in n.terms if x != ir.Causal()]
+            terms[terms.index(t)] = ir.Window(t.before, 0, t.dilation, span=t.span)
+            return terms[0] if len(terms) == 1 else replace(n, terms=tuple(terms))
+    return None
+
+
 def trivial_primitives(n):
     """Primitives whose parameters make them ``all``, ``none`` or the diagonal."""
     if isinstance(n, ir.Window) and n.before == n.after == 0 and n.dilation != 1:
@@ -161,7 +177,7 @@ def fold_constants(n):
 
 
 RULES = (fold_constants, double_negation, and_identities, or_identities, union_of_windows,
-         intersection_of_windows, trivial_primitives, constant_bodies, heads_wildcard)
+         intersection_of_windows, causal_window, trivial_primitives, constant_bodies, heads_wildcard)
 
 
 def simplify(mdef: ir.MaskDef) -> ir.MaskDef:

@@ -40,6 +40,9 @@ CASES = [
     ("heads { _: causal, 0: sink(2) }", "causal"),
     ("heads { 0..2: sink(2), _: causal, 3: window(1) }", "heads { 0..2: sink(2), _: causal }"),
     ("where 1 < 2", "all"),
+    ("causal & window(5) & sink(9)", "window(before = 5, after = 0) & sink(9)"),
+    ("causal & window(before = 2, after = 7, dilation = 3)",
+     "window(before = 2, after = 0, dilation = 3)"),
     ("where not true", "none"),
 ]
 
@@ -67,5 +70,5 @@ def test_simplify_is_idempotent(body, expected):
 
 
 def test_compile_simplifies_and_pretty_shows_it():
-    m = maskc.compile("mask m = causal & all & ~~window(before = 3, after = 0) | none")
-    assert m.pretty() == "mask m = causal & window(before = 3, after = 0)\n"
+    m = maskc.compile("mask m = sink(2) & all & ~~window(before = 3, after = 0) | none")
+    assert m.pretty() == "mask m = sink(2) & window(before = 3, after = 0)\n"

@@ -1,0 +1,383 @@
+"""Block analysis: classify every (query tile, key tile) as empty, partial or full from the IR.
+
+No mask is evaluated element by element over the whole ``Lq x Lk`` square. Each node has
+a *support* (per query tile, the key positions it may keep: intervals) and a *classifier*
+(per candidate tile, vectorized interval reasoning). Named primitives are classified
+exactly; ``&``/``|`` of two partial tiles may be anything, so such tiles are resolved by
+evaluating only those tiles densely; ``where`` predicates get sound interval arithmetic
+(a tile may be called partial when it is really empty or full, never the reverse).
+The cost grows with the candidate tiles and ``N / B``, not with ``N**2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import ir
+from .errors import MaskValueError
+from .intervals import cond_range
+from .rng import random_table
+
+__all__ = ["E", "P", "F", "U", "R", "Rects", "Analysis", "classify", "support", "uses_head"]
+
+# Tile states. U: partial as far as sound analysis can tell (where); R: needs resolution.
+E, P, F, U, R = 0, 1, 2, 3, 4
+
+
+@dataclass
+class Rects:
+    """A batch of tiles: inclusive ranges of aligned query (p), raw query (q) and key positions."""
+
+    p_lo: np.ndarray
+    p_hi: np.ndarray
+    k_lo: np.ndarray
+    k_hi: np.ndarray
+    q_lo: np.ndarray
+    q_hi: np.ndarray
+    Lq: object
+    Lk: object
+    Lk_outer: int   # length of the key axis in this position space (blocks: number of blocks)
+    h: int = 0      # the head being analysed
+    grid: ir.Grid | None = None
+
+    def var(self, name):
+        return {"p": (self.p_lo, self.p_hi), "q": (self.q_lo, self.q_hi),
+                "k": (self.k_lo, self.k_hi), "Lq": (self.Lq, self.Lq),
+                "Lk": (self.Lk, self.Lk), "h": (self.h, self.h)}[name]
+
+
+@dataclass
+class Analysis:
+    """What stays fixed while one head of one batch row is analysed."""
+
+    grid: ir.Grid | None
+    inputs: dict[str, np.ndarray]   # 1-D int64 arrays of length Lk
+    head: int
+    trace: dict | None = None       # node path -> states, for live-term reduction
+    _cache: dict = field(default_factory=dict)
+
+    def cached(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+
+def uses_head(node: ir.Node) -> bool:
+    """Whether the node's meaning depends on the head index."""
+    return any(isinstance(n, ir.Heads) or (isinstance(n, ir.PVar) and n.name == "h")
+               for n in ir.walk(node))
+
+
+def _states(full, empty):
+    return np.where(empty, E, np.where(full, F, P)).astype(np.int8)
+
+
+# ------------------------------------------------------------------ composition
+
+def and_states(parts: list[np.ndarray]) -> np.ndarray:
+    s = np.stack(np.broadcast_arrays(*parts))
+    nonfull = s != F
+    count = nonfull.sum(0)
+    single = np.where(nonfull, s, 0).max(0)
+    out = np.where(count == 1, single, np.where((s == U).any(0), U, R))
+    out = np.where(count == 0, F, out)
+    return np.where((s == E).any(0), E, out).astype(np.int8)
+
+
+def not_states(s: np.ndarray) -> np.ndarray:
+    return np.where(s == E, F, np.where(s == F, E, s)).astype(np.int8)
+
+
+def or_states(parts: list[np.ndarray]) -> np.ndarray:
+    return not_states(and_states([not_states(p) for p in parts]))
+
+
+# ------------------------------------------------------------------ classifiers
+
+def classify(node: ir.Node, r: Rects, an: Analysis, path: tuple = ()) -> np.ndarray:
+    """States (int8, one per tile) of ``node`` on the tiles ``r``."""
+    fn = CLASSIFIERS.get(type(node))
+    if fn is None:
+        raise MaskValueError(f"block analysis does not know {type(node).__name__}", node.span)
+    out = np.broadcast_to(fn(node, r, an, path), r.p_lo.shape).astype(np.int8)
+    if an.trace is not None:
+        an.trace[path] = out
+    return out
+
+
+def _window(n: ir.Window, r, an, path):
+    dmin, dmax = r.p_lo - r.k_hi, r.p_hi - r.k_lo
+    lo, hi = -n.after * n.dilation, n.before * n.dilation
+    if n.dilation == 1:
+        return _states((dmin >= lo) & (dmax <= hi), (dmax < lo) | (dmin > hi))
+    x0, x1 = np.maximum(dmin, lo), np.minimum(dmax, hi)
+    has = (x0 <= x1) & (-((-x0) // n.dilation) * n.dilation <= x1)
+    return _states((dmin == dmax) & has, ~has)
+
+
+def _count_in(s: ir.IntSet, lo, hi):
+    """How many elements of ``s`` lie in ``lo..hi`` (inclusive), vectorized."""
+    total = np.zeros(np.shape(lo), dtype=np.int64)
+    for a, b in s.intervals:
+        total += np.maximum(0, np.minimum(hi + 1, b) - np.maximum(lo, a))
+    return total
+
+
+def _global(n: ir.Global, r, an, path):
+    cp = _count_in(n.positions, r.p_lo, r.p_hi)
+    ck = _count_in(n.positions, r.k_lo, r.k_hi)
+    full = (cp == r.p_hi - r.p_lo + 1) | (ck == r.k_hi - r.k_lo + 1)
+    return _states(full, (cp == 0) & (ck == 0))
+
+
+def _chunk(n: ir.Chunk, r, an, path):
+    a0, a1, b0, b1 = r.p_lo // n.n, r.p_hi // n.n, r.k_lo // n.n, r.k_hi // n.n
+    return _states((a0 == a1) & (b0 == b1) & (a0 == b0), (a1 < b0) | (b1 < a0))
+
+
+def _strided(n: ir.Strided, r, an, path):
+    dmin, dmax = r.p_lo - r.k_hi, r.p_hi - r.k_lo
+    has = -((-dmin) // n.s) * n.s <= dmax
+    return _states((dmin == dmax) & has | (n.s == 1), ~has)
+
+
+def _fixed(n: ir.Fixed, r, an, path):
+    def count(x):  # keys k < x with k % s >= s - c
+        return (x // n.s) * n.c + np.maximum(0, x % n.s - (n.s - n.c))
+    kept = count(r.k_hi + 1) - count(r.k_lo)
+    return _states(kept == r.k_hi - r.k_lo + 1, kept == 0)
+
+
+class _Input:
+    """Range min/max and run structure of one runtime input, for O(1) tile queries."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+        self.monotone = bool(np.all(x[1:] >= x[:-1])) if len(x) > 1 else True
+        self.mins, self.maxs = [x], [x]
+        step = 1
+        while 2 * step <= len(x):
+            a, b = self.mins[-1], self.maxs[-1]
+            self.mins.append(np.minimum(a[:-step], a[step:]))
+            self.maxs.append(np.maximum(b[:-step], b[step:]))
+            step *= 2
+        starts = np.ones(len(x), dtype=bool)
+        starts[1:] = x[1:] != x[:-1]
+        idx = np.arange(len(x))
+        self.start = np.maximum.accumulate(np.where(starts, idx, 0))
+        ends = np.ones(len(x), dtype=bool)
+        ends[:-1] = starts[1:]
+        self.end = np.minimum.accumulate(np.where(ends, idx, len(x))[::-1])[::-1]
+
+    def minmax(self, lo, hi):
+        level = np.floor(np.log2(np.maximum(hi - lo + 1, 1))).astype(np.int64)
+        out_min = np.empty(np.shape(lo), dtype=np.int64)
+        out_max = np.empty(np.shape(lo), dtype=np.int64)
+        for lv in np.unique(level):
+            sel = level == lv
+            a, b = lo[sel], hi[sel] - (1 << int(lv)) + 1
+            out_min[sel] = np.minimum(self.mins[lv][a], self.mins[lv][b])
+            out_max[sel] = np.maximum(self.maxs[lv][a], self.maxs[lv][b])
+        return out_min, out_max
+
+
+def _input(an: Analysis, name: str) -> _Input:
+    return an.cached(("input", name), lambda: _Input(an.inputs[name]))
+
+
+def _same_core(name, r, an):
+    """States of same(x), plus whether query rows p < 0 (which keep nothing) exist."""
+    xi = _input(an, name)
+    L = len(xi.x)
+    pv = np.clip(np.maximum(r.p_lo, 0), 0, L - 1)
+    ph = np.clip(r.p_hi, 0, L - 1)
+    none_valid = r.p_hi < 0
+    some_invalid = r.p_lo < 0
+    qmin, qmax = xi.minmax(pv, ph)
+    kmin, kmax = xi.minmax(r.k_lo, r.k_hi)
+    full = (qmin == qmax) & (kmin == kmax) & (qmin == kmin) & ~some_invalid
+    empty = none_valid | (qmax < kmin) | (kmax < qmin)
+    st = _states(full, empty)
+    if not xi.monotone:  # overlapping id ranges need not share an id
+        st = np.where(st == P, R, st).astype(np.int8)
+    return st
+
+
+def _same(n: ir.Same, r, an, path):
+    return _same_core(n.input, r, an)
+
+
+def _within(n: ir.Within, r, an, path):
+    xi = _input(an, n.input)
+    L = len(xi.x)
+    same = _same_core(n.input, r, an)
+    pv = np.clip(np.maximum(r.p_lo, 0), 0, L - 1)
+    ph = np.clip(r.p_hi, 0, L - 1)
+    sp, sk = xi.start[pv], xi.start[r.k_lo]
+    one_run = (sp == xi.start[ph]) & (sk == xi.start[r.k_hi]) & (r.p_lo >= 0)
+    inner = replace(r, p_lo=pv - sp, p_hi=ph - sp, q_lo=pv - sp, q_hi=ph - sp,
+                    k_lo=r.k_lo - sk, k_hi=r.k_hi - sk,
+                    Lq=xi.end[pv] - sp + 1, Lk=xi.end[r.k_lo] - sk + 1)
+    # NOTE: inner states of tiles that straddle segments are meaningless: keep them out of
+    # the trace that live-predicate reduction reads.
+    saved, an.trace = an.trace, None
+    body = classify(n.body, inner, an, path + (0,))
+    an.trace = saved
+    combined = and_states([same, body])
+    return np.where(one_run, combined, np.where(same == E, E, R))
+
+
+def _heads(n: ir.Heads, r, an, path):
+    for i, arm in enumerate(n.arms):
+        if arm.heads is None or an.head in arm.heads:
+            return classify(arm.body, r, an, path + (i,))
+    raise MaskValueError(f"head {an.head} is not covered by any arm of heads {{...}}; add a "
+                         "'_: ...' arm", n.span)
+
+
+def _blocks(n: ir.Blocks, r, an, path):
+    B = n.size
+    nkb = -(-r.Lk_outer // B)
+    pl, ph = r.p_lo // B, r.p_hi // B
+    inner = Rects(pl, ph, r.k_lo // B, r.k_hi // B, pl, ph, nkb, nkb, nkb, r.h, r.grid)
+    return classify(n.body, inner, an, path + (0,))
+
+
+def _rect_count(table: np.ndarray, r0, r1, c0, c1):
+    """Ones of a 2-D 0/1 table inside rows r0..r1, cols c0..c1 (inclusive; clipped)."""
+    rows, cols = table.shape
+    S = np.zeros((rows + 1, cols + 1), dtype=np.int64)
+    S[1:, 1:] = table.astype(np.int64).cumsum(0).cumsum(1)
+    a0, a1 = np.clip(r0, 0, rows), np.clip(r1 + 1, 0, rows)
+    b0, b1 = np.clip(c0, 0, cols), np.clip(c1 + 1, 0, cols)
+    a1, b1 = np.maximum(a1, a0), np.maximum(b1, b0)
+    return S[a1, b1] - S[a0, b1] - S[a1, b0] + S[a0, b0]
+
+
+def _random(n: ir.Random, r, an, path):
+    nkb = r.Lk_outer
+    if n.r > nkb:
+        raise MaskValueError(f"random({n.r}) needs at least {n.r} key blocks, but there are "
+                             f"{nkb}", n.span)
+    first, last = int(r.p_lo.min(initial=0)), int(r.p_hi.max(initial=0))
+    table = an.cached(("random", n.r, n.seed, nkb, first, last),
+                      lambda: random_table(n.seed, np.arange(first, last + 1), nkb, n.r))
+    count = _rect_count(table, r.p_lo - first, r.p_hi - first, r.k_lo, r.k_hi)
+    area = (r.p_hi - r.p_lo + 1) * (r.k_hi - r.k_lo + 1)
+    return _states(count == area, count == 0)
+
+
+def _layout(n: ir.Layout, r, an, path):
+    table = np.array(n.rows, dtype=bool).reshape(len(n.rows), -1)
+    count = _rect_count(table, r.p_lo, r.p_hi, r.k_lo, r.k_hi)
+    area = (r.p_hi - r.p_lo + 1) * (r.k_hi - r.k_lo + 1)
+    return _states(count == area, count == 0)
+
+
+def _where(n: ir.Where, r, an, path):
+    may_false, may_true = cond_range(n.pred, r)
+    return np.where(~may_true, E, np.where(~may_false, F, U)).astype(np.int8)
+
+
+def _and(n: ir.And, r, an, path):
+    return and_states([classify(t, r, an, path + (i,)) for i, t in enumerate(n.terms)])
+
+
+def _or(n: ir.Or, r, an, path):
+    return or_states([classify(t, r, an, path + (i,)) for i, t in enumerate(n.terms)])
+
+
+def _not(n: ir.Not, r, an, path):
+    return not_states(classify(n.body, r, an, path + (0,)))
+
+
+from .gridboxes import classify_grid, grid_support  # noqa: E402  (uses the helpers above)
+
+CLASSIFIERS = {
+    ir.Const: lambda n, r, an, path: np.int8(F if n.keep else E),
+    ir.Causal: lambda n, r, an, path: _states(r.k_hi <= r.p_lo, r.k_lo > r.p_hi),
+    ir.Window: _window,
+    ir.Global: _global,
+    ir.Sink: lambda n, r, an, path: _states(r.k_hi < n.n, r.k_lo >= n.n),
+    ir.Prefix: lambda n, r, an, path: _states((r.p_hi < n.n) & (r.k_hi < n.n),
+                                              (r.p_lo >= n.n) | (r.k_lo >= n.n)),
+    ir.Chunk: _chunk,
+    ir.Strided: _strided,
+    ir.Fixed: _fixed,
+    ir.Same: _same,
+    ir.Within: _within,
+    ir.Where: _where,
+    ir.Not: _not,
+    ir.And: _and,
+    ir.Or: _or,
+    ir.Heads: _heads,
+    ir.Blocks: _blocks,
+    ir.Random: _random,
+    ir.Layout: _layout,
+    ir.Neighborhood: classify_grid,
+    ir.Tile: classify_grid,
+}
+
+
+# ------------------------------------------------------------------ supports
+
+def support(node: ir.Node, p_lo, p_hi, Lk: int, an: Analysis) -> list[tuple]:
+    """Key-position intervals ``[(lo, hi), ...]`` (arrays over query rows) ``node`` may keep.
+
+    A superset: every kept key of a query in ``p_lo..p_hi`` lies in one of the intervals.
+    """
+    everything = [(np.zeros_like(p_lo), np.full_like(p_lo, Lk - 1))]
+    nothing = [(np.zeros_like(p_lo), np.full_like(p_lo, -1))]
+    if isinstance(node, ir.Const):
+        return everything if node.keep else nothing
+    if isinstance(node, ir.Causal):
+        return [(np.zeros_like(p_lo), p_hi)]
+    if isinstance(node, ir.Window):
+        return [(p_lo - node.before * node.dilation, p_hi + node.after * node.dilation)]
+    if isinstance(node, ir.Sink):
+        return [(np.zeros_like(p_lo), np.full_like(p_lo, node.n - 1))]
+    if isinstance(node, ir.Prefix):
+        return [(np.zeros_like(p_lo), np.where(p_lo < node.n, node.n - 1, -1))]
+    if isinstance(node, ir.Chunk):
+        return [((p_lo // node.n) * node.n, (p_hi // node.n) * node.n + node.n - 1)]
+    if isinstance(node, ir.Global):
+        hit = _count_in(node.positions, p_lo, p_hi) > 0
+        out = [(np.zeros_like(p_lo), np.where(hit, Lk - 1, -1))]
+        return out + [(np.full_like(p_lo, a), np.full_like(p_lo, b - 1))
+                      for a, b in node.positions.intervals]
+    if isinstance(node, (ir.Same, ir.Within)):
+        xi = _input(an, node.input)
+        if not xi.monotone:
+            return everything
+        L = len(xi.x)
+        pv, ph = np.clip(p_lo, 0, L - 1), np.clip(p_hi, 0, L - 1)
+        lo = np.searchsorted(xi.x, xi.x[pv], side="left")
+        hi = np.searchsorted(xi.x, xi.x[ph], side="right") - 1
+        return [(lo, np.where(p_hi < 0, -1, hi))]
+    if isinstance(node, ir.Or):
+        return [iv for t in node.terms for iv in support(t, p_lo, p_hi, Lk, an)]
+    if isinstance(node, ir.And):
+        positive = [t for t in node.terms if not isinstance(t, ir.Not)]
+        if not positive:
+            return everything
+        out = support(positive[0], p_lo, p_hi, Lk, an)
+        for t in positive[1:]:
+            other = support(t, p_lo, p_hi, Lk, an)
+            out = [(np.maximum(a0, b0), np.minimum(a1, b1)) for a0, a1 in out for b0, b1 in other]
+        return out
+    if isinstance(node, ir.Heads):
+        for arm in node.arms:
+            if arm.heads is None or an.head in arm.heads:
+                return support(arm.body, p_lo, p_hi, Lk, an)
+        return nothing
+    if isinstance(node, ir.Blocks):
+        B = node.size
+        nkb = -(-Lk // B)
+        inner = support(node.body, p_lo // B, p_hi // B, nkb, an)
+        return [(a * B, b * B + B - 1) for a, b in inner]
+    if isinstance(node, (ir.Neighborhood, ir.Tile)):
+        return grid_support(node, p_lo, p_hi, an)
+    return everything  # strided, fixed, where, not, random, layout: no cheaper bound
+

@@ -1,0 +1,239 @@
+"""The block IR: per head group and query tile, the key tiles to visit, full and partial.
+
+:func:`build` runs block analysis (:mod:`maskc.blockmap`) for one size and returns a
+:class:`BlockMap`, the table every backend lowers from: FlexAttention-style
+``kv_num_blocks``/``kv_indices`` for partial tiles and ``full_*`` for full tiles, plus, per
+partial tile, the index of its *live predicate* (the mask reduced to the terms that can
+still change the answer inside that tile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ir
+from .blockmap import E, F, P, R, U, Analysis, Rects, classify, support, uses_head
+from .sizes import prepare_inputs, resolve_lengths
+
+__all__ = ["BlockMap", "build", "live_predicate"]
+
+_RESOLVE_CHUNK = 1 << 22  # elements evaluated at once when resolving tiles densely
+
+
+@dataclass(frozen=True, eq=False)
+class BlockMap:
+    """Tile tables of one mask at one size. Arrays are ``(B, G, n_q_tiles[, width])`` int32.
+
+    ``head_group[h]`` is the table row ``G`` of head ``h``. Entries past a row's count are
+    padding (-1). ``variant[b, g, i, j]`` indexes ``variants``, the live predicate of
+    partial tile ``kv_indices[b, g, i, j]``.
+    """
+
+    q_len: int
+    kv_len: int
+    heads: int
+    block_q: int
+    block_k: int
+    head_group: np.ndarray
+    kv_num_blocks: np.ndarray
+    kv_indices: np.ndarray
+    full_kv_num_blocks: np.ndarray
+    full_kv_indices: np.ndarray
+    variant: np.ndarray
+    variants: tuple[ir.Node, ...]
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def n_q_tiles(self) -> int:
+        return -(-self.q_len // self.block_q)
+
+    @property
+    def n_k_tiles(self) -> int:
+        return -(-self.kv_len // self.block_k)
+
+    def states(self) -> np.ndarray:
+        """Dense ``(B, H, n_q_tiles, n_k_tiles)`` int8 of 0 empty / 1 partial / 2 full (for tests)."""
+        B = self.kv_num_blocks.shape[0]
+        out = np.zeros((B, self.heads, self.n_q_tiles, self.n_k_tiles), dtype=np.int8)
+        for b in range(B):
+            for h in range(self.heads):
+                g = self.head_group[h]
+                for i in range(self.n_q_tiles):
+                    out[b, h, i, self.kv_indices[b, g, i, :self.kv_num_blocks[b, g, i]]] = P
+                    out[b, h, i, self.full_kv_indices[b, g, i, :self.full_kv_num_blocks[b, g, i]]] = F
+        return out
+
+
+def _tile_rects(qt, kt, q_len, kv_len, bq, bk, head, grid) -> Rects:
+    off = kv_len - q_len
+    q_lo = qt * bq
+    q_hi = np.minimum(q_lo + bq, q_len) - 1
+    k_lo = kt * bk
+    return Rects(q_lo + off, q_hi + off, k_lo, np.minimum(k_lo + bk, kv_len) - 1, q_lo, q_hi,
+                 q_len, kv_len, kv_len, head, grid)
+
+
+def _candidates(body, q_len, kv_len, bq, bk, an) -> tuple[np.ndarray, np.ndarray]:
+    nq, nk = -(-q_len // bq), -(-kv_len // bk)
+    qt = np.arange(nq, dtype=np.int64)
+    off = kv_len - q_len
+    p_lo = qt * bq + off
+    p_hi = np.minimum(qt * bq + bq, q_len) - 1 + off
+    codes = []
+    for lo, hi in support(body, p_lo, p_hi, kv_len, an):
+        lo = np.broadcast_to(np.maximum(lo, 0), qt.shape)
+        hi = np.broadcast_to(np.minimum(hi, kv_len - 1), qt.shape)
+        ok = lo <= hi
+        t0, t1 = lo[ok] // bk, hi[ok] // bk
+        counts = t1 - t0 + 1
+        rows = np.repeat(qt[ok], counts)
+        starts = np.repeat(t0 - np.cumsum(counts) + counts, counts)
+        codes.append(rows * nk + np.arange(counts.sum()) + starts)
+    code = np.unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
+    return code // nk, code % nk
+
+
+def _resolve(node, rects: Rects, an: Analysis, evaluate) -> tuple[np.ndarray, np.ndarray]:
+    """``(any, all)`` per tile, by evaluating only these tiles element by element."""
+    wq = int((rects.p_hi - rects.p_lo).max(initial=0)) + 1
+    wk = int((rects.k_hi - rects.k_lo).max(initial=0)) + 1
+    n = len(rects.p_lo)
+    any_, all_ = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    step = max(1, _RESOLVE_CHUNK // (wq * wk))
+    inputs = {k: v[None, :] for k, v in an.inputs.items()}
+    for s in range(0, n, step):
+        sl = slice(s, s + step)
+        # NOTE: rows/cols past a tail tile's end repeat its last one: all()/any() are unchanged.
+        P_ = np.minimum(rects.p_lo[sl, None] + np.arange(wq), rects.p_hi[sl, None])
+        Q_ = np.minimum(rects.q_lo[sl, None] + np.arange(wq), rects.q_hi[sl, None])
+        K_ = np.minimum(rects.k_lo[sl, None] + np.arange(wk), rects.k_hi[sl, None])
+        m = evaluate(node, P=P_[:, None, :, None], Q=Q_[:, None, :, None],
+                     K=K_[:, None, None, :], Hh=np.full((1, 1, 1, 1), an.head),
+                     Lq=rects.Lq, Lk=rects.Lk, inputs=inputs, grid=an.grid)
+        m = np.broadcast_to(m, (len(P_), 1, wq, wk))
+        any_[sl], all_[sl] = m.any(axis=(1, 2, 3)), m.all(axis=(1, 2, 3))
+    return any_, all_
+
+
+def live_predicate(node: ir.Node, path: tuple, state: dict, head: int) -> ir.Node:
+    """``node`` without the terms that cannot change the answer in a tile (``state``: path -> state)."""
+    if isinstance(node, (ir.And, ir.Or)):
+        drop = F if isinstance(node, ir.And) else E
+        decided = E if isinstance(node, ir.And) else F
+        terms = []
+        for i, t in enumerate(node.terms):
+            s = state.get(path + (i,), P)
+            if s == decided:
+                return ir.Const(isinstance(node, ir.Or))
+            if s != drop:
+                terms.append(live_predicate(t, path + (i,), state, head))
+        if not terms:
+            return ir.Const(isinstance(node, ir.And))
+        return (ir.and_ if isinstance(node, ir.And) else ir.or_)(*terms)
+    if isinstance(node, ir.Not):
+        return ir.Not(live_predicate(node.body, path + (0,), state, head))
+    if isinstance(node, ir.Heads):
+        for i, arm in enumerate(node.arms):
+            if arm.heads is None or head in arm.heads:
+                return live_predicate(arm.body, path + (i,), state, head)
+    if isinstance(node, ir.Blocks):
+        return ir.Blocks(node.size, live_predicate(node.body, path + (0,), state, head))
+    return node
+
+
+def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: int = 128,
+          block_k: int | None = None, evaluate=None, **inputs) -> BlockMap:
+    """Classify every tile of ``mdef`` at this size; see :class:`BlockMap`.
+
+    ``evaluate`` (the reference evaluator) resolves tiles that composition leaves undecided;
+    without it they stay partial (sound, not exact).
+    """
+    q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
+    block_k = block_k or block_q
+    xs = prepare_inputs(mdef, kv_len, inputs)
+    batch = max([x.shape[0] for x in xs.values()] or [1])
+    per_head = uses_head(mdef.body)
+    analysed = range(heads) if per_head else range(1)
+    nq = -(-q_len // block_q)
+    rows: list[list] = []
+    variants: dict[ir.Node, int] = {}
+    stats = {"tiles": 0, "full": 0, "partial": 0, "unproven": 0, "resolved": 0,
+             "candidates": 0}
+    for b in range(batch):
+        row = []
+        for h in analysed:
+            an = Analysis(mdef.grid, {k: v[min(b, v.shape[0] - 1)] for k, v in xs.items()}, h,
+                          trace={})
+            qt, kt = _candidates(mdef.body, q_len, kv_len, block_q, block_k, an)
+            rects = _tile_rects(qt, kt, q_len, kv_len, block_q, block_k, h, mdef.grid)
+            st = classify(mdef.body, rects, an).copy()
+            stats["candidates"] += len(qt)
+            todo = np.flatnonzero(st == R)
+            if len(todo) and evaluate is not None:
+                sub = _tile_rects(qt[todo], kt[todo], q_len, kv_len, block_q, block_k, h,
+                                  mdef.grid)
+                any_, all_ = _resolve(mdef.body, sub, an, evaluate)
+                st[todo] = np.where(~any_, E, np.where(all_, F, P))
+                stats["resolved"] += len(todo)
+            stats["unproven"] += int(np.isin(st, (U, R)).sum())
+            st = np.where(np.isin(st, (U, R)), P, st)
+            row.append(_tables(st, qt, kt, nq, an.trace, mdef.body, h, variants))
+        rows.append(row)
+    tables = _stack(rows)
+    stats["tiles"] = batch * len(analysed) * nq * (-(-kv_len // block_k))
+    stats["full"] = int(tables[2].sum())
+    stats["partial"] = int(tables[0].sum())
+    head_group = np.arange(heads) if per_head else np.zeros(heads, dtype=np.int64)
+    return BlockMap(q_len, kv_len, heads, block_q, block_k, head_group.astype(np.int32),
+                    *tables, tuple(variants), stats)
+
+
+def _tables(st, qt, kt, nq, trace, body, head, variants):
+    """Per query tile: partial and full key tiles (sorted) and the live predicate of each partial."""
+    part, full = st == P, st == F
+    paths = sorted(trace)
+    sig = np.stack([trace[p] for p in paths], axis=1)[part] if paths else np.zeros((0, 0))
+    var = np.zeros(int(part.sum()), dtype=np.int64)
+    if part.any():
+        uniq, inv = np.unique(sig, axis=0, return_inverse=True)
+        ids = []
+        for u in uniq:
+            node = live_predicate(body, (), dict(zip(paths, u.tolist())), head)
+            ids.append(variants.setdefault(node, len(variants)))
+        var = np.asarray(ids, dtype=np.int64)[inv.reshape(-1)]
+    return _csr(qt[part], kt[part], nq, var), _csr(qt[full], kt[full], nq, None)
+
+
+def _csr(qt, kt, nq, values):
+    counts = np.bincount(qt, minlength=nq)
+    width = int(counts.max(initial=0))
+    idx = np.full((nq, max(width, 1)), -1, dtype=np.int32)
+    val = np.full((nq, max(width, 1)), -1, dtype=np.int32)
+    order = np.lexsort((kt, qt))
+    qt, kt = qt[order], kt[order]
+    pos = np.arange(len(qt)) - np.repeat(np.cumsum(counts) - counts, counts)
+    idx[qt, pos] = kt
+    if values is not None:
+        val[qt, pos] = values[order]
+    return counts.astype(np.int32), idx, val
+
+
+def _stack(rows):
+    """Stack per-(batch, head) CSR tables into padded ``(B, G, nq, width)`` arrays."""
+    def pad(arrs):
+        w = max(a.shape[-1] for a in arrs)
+        return [np.pad(a, ((0, 0), (0, w - a.shape[-1])), constant_values=-1) for a in arrs]
+
+    parts = [cell[0] for row in rows for cell in row]
+    fulls = [cell[1] for row in rows for cell in row]
+    B, G = len(rows), len(rows[0])
+    shape = (B, G, -1)
+    kv_num = np.stack([p[0] for p in parts]).reshape(B, G, -1)
+    kv_idx = np.stack(pad([p[1] for p in parts])).reshape(*shape[:2], *pad([p[1] for p in parts])[0].shape)
+    var = np.stack(pad([p[2] for p in parts])).reshape(kv_idx.shape)
+    full_num = np.stack([f[0] for f in fulls]).reshape(B, G, -1)
+    full_idx_list = pad([f[1] for f in fulls])
+    full_idx = np.stack(full_idx_list).reshape(B, G, *full_idx_list[0].shape)
+    return kv_num, kv_idx, full_num, full_idx, var
