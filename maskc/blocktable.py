@@ -75,9 +75,9 @@ def _tile_rects(qt, kt, q_len, kv_len, bq, bk, head, grid) -> Rects:
                  q_len, kv_len, kv_len, head, grid)
 
 
-def _candidates(body, q_len, kv_len, bq, bk, an) -> tuple[np.ndarray, np.ndarray]:
+def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None):
     nq, nk = -(-q_len // bq), -(-kv_len // bk)
-    qt = np.arange(nq, dtype=np.int64)
+    qt = np.arange(nq, dtype=np.int64) if q_tiles is None else np.asarray(q_tiles, dtype=np.int64)
     off = kv_len - q_len
     p_lo = qt * bq + off
     p_hi = np.minimum(qt * bq + bq, q_len) - 1 + off
@@ -144,11 +144,12 @@ def live_predicate(node: ir.Node, path: tuple, state: dict, head: int) -> ir.Nod
 
 
 def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: int = 128,
-          block_k: int | None = None, evaluate=None, **inputs) -> BlockMap:
+          block_k: int | None = None, evaluate=None, q_tiles=None, **inputs) -> BlockMap:
     """Classify every tile of ``mdef`` at this size; see :class:`BlockMap`.
 
     ``evaluate`` (the reference evaluator) resolves tiles that composition leaves undecided;
-    without it they stay partial (sound, not exact).
+    without it they stay partial (sound, not exact). ``q_tiles`` restricts the analysis to
+    some query tiles (the others come out empty): for cost estimates on a sample.
     """
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
     block_k = block_k or block_q
@@ -166,7 +167,7 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
         for h in analysed:
             an = Analysis(mdef.grid, {k: v[min(b, v.shape[0] - 1)] for k, v in xs.items()}, h,
                           trace={})
-            qt, kt = _candidates(mdef.body, q_len, kv_len, block_q, block_k, an)
+            qt, kt = _candidates(mdef.body, q_len, kv_len, block_q, block_k, an, q_tiles)
             rects = _tile_rects(qt, kt, q_len, kv_len, block_q, block_k, h, mdef.grid)
             st = classify(mdef.body, rects, an).copy()
             stats["candidates"] += len(qt)

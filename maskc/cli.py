@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from .errors import MaskError
+from .pretty import pretty_mask
+from .sizes import dense_limit
 
 __all__ = ["main", "parse_param", "segments"]
 
@@ -146,33 +148,78 @@ def cmd_show(args) -> int:
             lens = [Lk // n + (1 if i < Lk % n else 0) for i in range(n)]
             inputs[name] = segments(",".join(str(x) for x in lens if x), Lk, name)
             notes.append(f"{name}: {n} equal segments (pass -i {name}=LEN,LEN,... to choose)")
-    dense = m.dense(q_len, kv_len, args.heads, **inputs)
     block = args.block or max(1, 1 << max(0, (max(Lq, Lk) - 1) // args.width).bit_length())
-    states = tile_states(dense, block, block)
+    dense = None
+    if Lq * Lk * args.heads <= dense_limit():
+        dense = m.dense(q_len, kv_len, args.heads, **inputs)
+        dense = dense[0] if dense.ndim == 4 else dense
+        states = tile_states(dense, block, block)
+    else:  # too large to draw from the dense mask: draw the block analysis instead
+        states = m.block_map(q_len, kv_len, args.heads, block, block, **inputs).states()[0]
+        notes.append("the dense mask is over the limit: the picture comes from block analysis")
     print(f"mask {m.name}: {m.pretty().split(' = ', 1)[1].strip()}")
     shape = f"grid {' x '.join(map(str, m.grid))}, " if m.grid else ""
     print(f"{shape}q_len {Lq}, kv_len {Lk}, heads {args.heads}, tiles {block} x {block}"
           f"   ({FULL} full  {PARTIAL} partial  {EMPTY} empty)")
     for note in notes:
         print(f"note: {note}")
+    _draw(states)
+    full, partial = int((states == 2).sum()), int((states == 1).sum())
+    if dense is not None:
+        kept, total = int(dense.sum()), dense.size
+        print(f"density {kept / total:.2%}: {kept:,} of {total:,} (head, query, key) pairs kept")
+        print(f"FLOPs saved against dense attention: {1 - kept / total:.2%}")
+    print(f"tiles: {full:,} full, {partial:,} partial, {states.size - full - partial:,} empty "
+          f"of {states.size:,}; a block-sparse kernel visits {(full + partial) / states.size:.2%}")
+    _compiled_view(m, q_len, kv_len, args.heads, args.kv_heads, inputs)
+    return 0
+
+
+def _draw(states) -> None:
     groups: dict[bytes, list[int]] = {}
-    for h in range(dense.shape[0]):
+    for h in range(states.shape[0]):
         groups.setdefault(states[h].tobytes(), []).append(h)
     for heads in groups.values():
-        if dense.shape[0] > 1:
+        if states.shape[0] > 1:
             label = f"head {heads[0]}" if len(heads) == 1 else \
                 f"heads {', '.join(map(str, heads))}"
             print(f"{label}:")
         for line in render(states[heads[0]]):
             print("  " + line)
-    kept = int(dense.sum())
-    total = dense.size
-    full, partial = int((states == 2).sum()), int((states == 1).sum())
-    print(f"density {kept / total:.2%}: {kept:,} of {total:,} (head, query, key) pairs kept")
-    print(f"FLOPs saved against dense attention: {1 - kept / total:.2%}")
-    print(f"tiles: {full:,} full, {partial:,} partial, {states.size - full - partial:,} empty "
-          f"of {states.size:,}; a block-sparse kernel visits {(full + partial) / states.size:.2%}")
-    return 0
+
+
+def _compiled_view(m, q_len, kv_len, heads, kv_heads, inputs) -> None:
+    """What the block compiler makes of the mask: tile sizes, groups, runs, speed-up."""
+    from .backends import reference
+    from .passes.fusion import fuse
+    from .passes.heads import group_heads
+    from .passes.tiles import choose_tiles
+
+    bq, bk = choose_tiles(m.ir, q_len, kv_len, heads, evaluate=reference.evaluate, **inputs)
+    bm = m.block_map(q_len, kv_len, heads, bq, bk, **inputs)
+    merged, groups = group_heads(bm, kv_heads or heads)
+    runs = fuse(merged)
+    st = bm.stats
+    visited = st["full"] + st["partial"]
+    print(f"compiled: tiles {bq} x {bk} (chosen), {st['full']:,} full + {st['partial']:,} partial "
+          f"of {st['tiles']:,}; estimated speed-up over dense "
+          f"{st['tiles'] / max(visited, 1):.1f}x")
+    exact = visited - st["unproven"]
+    print(f"  classified exactly: {st['tiles'] - st['unproven']:,} of {st['tiles']:,} tiles"
+          + (f" ({st['unproven']:,} partial tiles not proven partial: 'where' is analysed "
+             "soundly)" if st["unproven"] else "") + (f"; {exact:,} visited" if visited else ""))
+    print(f"  head groups: {int(groups.predicate.max()) + 1} tables for {heads} heads "
+          f"({int(groups.structure.max()) + 1} tile structures); kv groups: "
+          + ", ".join(f"kv{kv}:{list(hs)}" for kv, hs in groups.kv_groups[:8])
+          + (" ..." if len(groups.kv_groups) > 8 else ""))
+    n_full = sum(len(f) for f in runs.full)
+    n_part = sum(len(p) for p in runs.partial)
+    print(f"  runs: {runs.n_rows:,} distinct query-tile rows, {n_full:,} full runs, "
+          f"{n_part:,} partial runs")
+    for i, v in enumerate(bm.variants[:6]):
+        print(f"  live predicate {i}: {pretty_mask(v)}")
+    if len(bm.variants) > 6:
+        print(f"  ... {len(bm.variants) - 6} more live predicates")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--q-len", type=int, help="query length (default 4096, or the grid's size)")
     s.add_argument("--kv-len", type=int, help="key length (default: q_len)")
     s.add_argument("--heads", type=int, default=1)
+    s.add_argument("--kv-heads", type=int, help="key/value heads for GQA grouping (default: heads)")
     s.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     s.add_argument("-i", "--input", action="append", default=[], metavar="NAME=LEN,LEN,...",
                    help="a runtime input as segment lengths (e.g. documents of a packed batch)")

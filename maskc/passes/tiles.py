@@ -9,7 +9,10 @@ tiles at that size, which this cost prefers.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..blocktable import BlockMap, build
+from ..sizes import resolve_lengths
 
 __all__ = ["SIZES", "cost", "choose_tiles"]
 
@@ -25,12 +28,21 @@ def cost(bm: BlockMap) -> float:
 
 
 def choose_tiles(mdef, q_len=None, kv_len=None, heads: int = 1, sizes=SIZES, evaluate=None,
-                 **inputs) -> tuple[int, int]:
-    """The ``(block_q, block_k)`` of least :func:`cost`."""
+                 sample: int = 64, **inputs) -> tuple[int, int]:
+    """The ``(block_q, block_k)`` of least :func:`cost`.
+
+    Long sequences are costed on ``sample`` query tiles spread evenly over the queries
+    (scaled up), so choosing stays cheap at a million tokens.
+    """
+    q_len, _ = resolve_lengths(mdef, q_len, kv_len)
     best = None
     for bq in sorted(sizes, reverse=True):
+        nq = -(-q_len // bq)
+        rows = None if nq <= sample else np.unique(np.linspace(0, nq - 1, sample).astype(int))
+        scale = 1.0 if rows is None else nq / len(rows)
         for bk in sorted(sizes, reverse=True):
-            c = cost(build(mdef, q_len, kv_len, heads, bq, bk, evaluate=evaluate, **inputs))
+            c = scale * cost(build(mdef, q_len, kv_len, heads, bq, bk, evaluate=evaluate,
+                                   q_tiles=rows, **inputs))
             if best is None or c < best[0]:
                 best = (c, bq, bk)
     return best[1], best[2]
