@@ -111,18 +111,51 @@ class Mask:
         return build(self.ir, q_len, kv_len, heads, block_q, block_k,
                      evaluate=reference.evaluate, **inputs)
 
+    def mask_mod(self, q_len: int | None = None, kv_len: int | None = None, heads: int = 1,
+                 device=None, **inputs):
+        """The mask as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` (generated from the IR)."""
+        from .backends import flex
+        q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
+        return flex.make_mask_mod(self.ir, q_len, kv_len, heads,
+                                  flex.torch_inputs(self.ir, kv_len, inputs, device))
+
+    def flex_block_mask(self, q_len: int | None = None, kv_len: int | None = None,
+                        heads: int = 1, block_size=128, device=None, **inputs):
+        """A FlexAttention ``BlockMask`` built from the block analysis, not from N² evaluations.
+
+        Row by row it holds the same full and partial tiles as
+        ``create_block_mask(self.mask_mod(...), ...)``; its ``mask_mod`` is the generated
+        predicate. ``block_size`` is an int or ``(block_q, block_k)``. A head-independent mask
+        has one head row, like ``create_block_mask(..., H=None)``.
+        """
+        from .backends import flex, reference
+        from .blocktable import build
+        bq, bk = (block_size, block_size) if isinstance(block_size, int) else block_size
+        q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
+        bm = build(self.ir, q_len, kv_len, heads, bq, bk, evaluate=reference.evaluate, **inputs)
+        mod = self.mask_mod(q_len, kv_len, heads, device, **inputs)
+        return flex.to_block_mask(bm, mod, device)
+
     def attention(self, q, k, v, scale: float | None = None, backend: str = "auto",
                   return_lse: bool = False, **inputs):
         """``softmax(scale * q k^T + bias) v`` with this mask, on torch tensors.
 
         ``q: (B, Hq, Lq, D)``, ``k: (B, Hkv, Lk, D)``, ``v: (B, Hkv, Lk, Dv)``, with
         ``Hq % Hkv == 0`` (GQA/MQA). Rows that keep no key give zeros (log-sum-exp
-        ``-inf``). ``backend``: ``"reference"`` (float64, exact) or ``"auto"``.
+        ``-inf``). ``backend``: ``"reference"`` (float64, exact), ``"flex"`` (FlexAttention
+        with this mask's block mask, through ``torch.compile``), ``"flex-eager"`` (the same
+        without compiling) or ``"auto"`` (``"flex"``).
         """
-        if backend not in ("auto", "reference"):
-            raise MaskError(f"unknown backend {backend!r}; available: 'auto', 'reference'")
-        from .backends import reference
+        backends = ("auto", "reference", "flex", "flex-eager")
+        if backend not in backends:
+            raise MaskError(f"unknown backend {backend!r}; available: "
+                            + ", ".join(repr(b) for b in backends))
         self._check_shapes(q, k, v)
+        if backend in ("auto", "flex", "flex-eager"):
+            from .backends import flex
+            return flex.attention(self, q, k, v, scale=scale, return_lse=return_lse,
+                                  compiled=backend != "flex-eager", **inputs)
+        from .backends import reference
         B, Hq, Lq, _ = q.shape
         sizes.check_size(self.ir, (B, Hq, Lq, k.shape[2]), "reference score matrix")
         mask = self.dense(None if self.grid else Lq, None if self.grid else k.shape[2],
