@@ -13,10 +13,11 @@ if not (_Path(__file__).parent / "backends").is_dir():
     __path__.append(str(_Path(__file__).resolve().parent.parent))  # noqa: F821
 
 from .api import Mask, compile, set_dense_limit, dense_limit  # noqa: E402
+from .sizes import document_ids  # noqa: E402
 from .errors import (MaskError, MaskInputError, MaskNameError, MaskParamError,  # noqa: E402
                      MaskSizeError, MaskSyntaxError, MaskTypeError, MaskValueError)
 
 __all__ = ["compile", "Mask", "MaskError", "MaskSyntaxError", "MaskNameError", "MaskTypeError",
            "MaskValueError", "MaskParamError", "MaskInputError", "MaskSizeError",
-           "set_dense_limit", "dense_limit"]
+           "set_dense_limit", "dense_limit", "document_ids"]
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import MaskError
 from .pretty import pretty_mask
-from .sizes import dense_limit
+from .sizes import dense_limit, document_ids
 
 __all__ = ["main", "parse_param", "segments"]
 
@@ -36,8 +36,6 @@ def parse_param(text: str):
 
 def segments(spec: str, length: int, name: str):
     """Document ids from segment lengths ``"100,200,50"`` (cu_seqlens-style) for ``length`` keys."""
-    import numpy as np
-
     try:
         lens = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
@@ -46,7 +44,7 @@ def segments(spec: str, length: int, name: str):
     if not lens or min(lens) < 1 or sum(lens) != length:
         raise MaskError(f"-i {name}: segment lengths must be positive and add up to {length}, "
                         f"got {lens} (sum {sum(lens)})")
-    return np.repeat(np.arange(len(lens)), lens)
+    return document_ids(lens)
 
 
 def _masks_in(path: str) -> list[str]:

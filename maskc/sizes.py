@@ -10,7 +10,8 @@ import numpy as np
 from . import ir
 from .errors import MaskInputError, MaskSizeError
 
-__all__ = ["dense_limit", "set_dense_limit", "prepare_inputs", "resolve_lengths", "check_size"]
+__all__ = ["dense_limit", "set_dense_limit", "prepare_inputs", "resolve_lengths", "check_size",
+           "document_ids"]
 
 _DEFAULT_LIMIT = 1 << 28
 _limit: int | None = None
@@ -87,3 +88,30 @@ def check_size(mdef: ir.MaskDef, shape: tuple[int, ...], what: str = "dense mask
                             "$MASKC_DENSE_LIMIT, or use a block-sparse backend)", mdef.span)
 
 
+
+
+def document_ids(lengths=None, *, cu_seqlens=None):
+    """Document ids for ``same(doc)``/``within(doc, ...)`` from sequence lengths.
+
+    Give the lengths of the packed sequences (``[3, 5, 2]`` -> ``[0,0,0,1,1,1,1,1,2,2]``) or
+    FlashAttention-style cumulative offsets ``cu_seqlens`` (``[0, 3, 8, 10]``). A torch
+    tensor in gives a torch tensor out (on its device); anything else gives numpy int64.
+    """
+    if (lengths is None) == (cu_seqlens is None):
+        raise ValueError("give exactly one of lengths and cu_seqlens")
+    given = lengths if lengths is not None else cu_seqlens
+    is_torch = hasattr(given, "detach")
+    arr = np.asarray(given.detach().cpu().numpy() if is_torch else given, dtype=np.int64)
+    if arr.ndim != 1:
+        raise ValueError(f"expected a 1-D sequence, got shape {arr.shape}")
+    if cu_seqlens is not None:
+        if len(arr) < 1 or arr[0] != 0 or np.any(np.diff(arr) < 0):
+            raise ValueError("cu_seqlens must start at 0 and never decrease")
+        arr = np.diff(arr)
+    if np.any(arr < 0):
+        raise ValueError("sequence lengths must be >= 0")
+    ids = np.repeat(np.arange(len(arr), dtype=np.int64), arr)
+    if is_torch:
+        import torch
+        return torch.from_numpy(ids).to(given.device)
+    return ids

@@ -141,3 +141,12 @@ def test_live_predicate_drops_terms_that_cannot_matter():
     # far from the sink columns and global rows, the partial tiles need only the window
     assert any(v == maskc.compile("mask m = window(before = 20, after = 0)").ir.body
                for v in bm.variants), names
+
+
+def test_document_ids_from_lengths_and_cu_seqlens():
+    assert maskc.document_ids([3, 0, 2]).tolist() == [0, 0, 0, 2, 2]
+    assert maskc.document_ids(cu_seqlens=[0, 2, 5]).tolist() == [0, 0, 1, 1, 1]
+    with pytest.raises(ValueError):
+        maskc.document_ids(cu_seqlens=[1, 3])
+    with pytest.raises(ValueError):
+        maskc.document_ids([2], cu_seqlens=[0, 2])
