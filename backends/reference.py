@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from maskc import ir
-from maskc.errors import MaskError, MaskInputError, MaskValueError
+from maskc.errors import MaskError, MaskInputError, MaskSizeError, MaskValueError
 from maskc.rng import random_table
 from maskc.sizes import check_size, dense_limit, prepare_inputs, resolve_lengths, set_dense_limit
 
@@ -265,7 +265,7 @@ def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -
                Hh=np.arange(heads, dtype=np.int64).reshape(1, -1, 1, 1), Lq=q_len, Lk=kv_len,
                Lk_outer=kv_len, inputs=xs, grid=mdef.grid)
     out = np.broadcast_to(_eval(mdef.body, env), (batch, heads, q_len, kv_len))
-    out = np.ascontiguousarray(out, dtype=bool)
+    out = np.array(out, dtype=bool, order="C")  # writable, unlike a broadcast view
     return out if xs and any(x.shape[0] > 1 for x in xs.values()) else out[0]
 
 
@@ -285,7 +285,7 @@ def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False):
         kd = kd.repeat_interleave(rep, dim=1)
         vd = vd.repeat_interleave(rep, dim=1)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    keep = torch.from_numpy(np.ascontiguousarray(mask)).to(q.device)
+    keep = torch.from_numpy(np.array(mask, dtype=bool, order="C")).to(q.device)
     if keep.dim() == 3:
         keep = keep.unsqueeze(0)
     s = torch.matmul(qd, kd.transpose(-1, -2)) * scale

@@ -76,6 +76,8 @@ def cmd_check(args) -> int:
                 if skipped else ""
             print(f"{path}: ok, {len(names)} mask{'s' if len(names) != 1 else ''}{note}")
         except MaskError as err:
+            if args.debug:
+                raise
             print(err, file=sys.stderr)
             failed += 1
     return 1 if failed else 0
@@ -130,6 +132,9 @@ def cmd_show(args) -> int:
             notes.append(f"showing '{name}'; the file also defines "
                          f"{', '.join(n for n in names if n != name)} (use --name)")
     m = compile(Path(args.file), name=name, **params)
+    if m.grid is not None and (args.q_len or args.kv_len):
+        notes.append(f"--q-len/--kv-len ignored: the mask is over a grid of "
+                     f"{int(np.prod(m.grid))} tokens")
     q_len = args.q_len if m.grid is None else None
     kv_len = args.kv_len if m.grid is None else None
     if m.grid is None and q_len is None:
@@ -155,7 +160,7 @@ def cmd_show(args) -> int:
     else:  # too large to draw from the dense mask: draw the block analysis instead
         states = m.block_map(q_len, kv_len, args.heads, block, block, **inputs).states()[0]
         notes.append("the dense mask is over the limit: the picture comes from block analysis")
-    print(f"mask {m.name}: {m.pretty().split(' = ', 1)[1].strip()}")
+    print(f"mask {m.name}: {pretty_mask(m.ir.body)}")
     shape = f"grid {' x '.join(map(str, m.grid))}, " if m.grid else ""
     print(f"{shape}q_len {Lq}, kv_len {Lk}, heads {args.heads}, tiles {block} x {block}"
           f"   ({FULL} full  {PARTIAL} partial  {EMPTY} empty)")

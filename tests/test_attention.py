@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import tracemalloc
-import warnings
 
 import numpy as np
 import pytest
@@ -87,6 +86,15 @@ def check(m, q, k, v, scale=None, mask=None, atol=1e-10, **inputs):
     assert isinstance(plain, torch.Tensor)
     torch.testing.assert_close(plain, out, atol=0, rtol=0)
     return out, lse
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are tiny: intra-op threads only add waits (badly so on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

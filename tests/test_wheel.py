@@ -152,9 +152,40 @@ def test_console_script_show(venv, tmp_path):
     out = res.stdout
     assert out.startswith("mask longformer: ")
     assert "q_len 256, kv_len 256, heads 1" in out
-    assert "density" in out and "tiles:" in out
+    assert "density" in out and "tiles:" in out and "compiled:" in out
     assert any(ch in out for ch in ("█", "▒"))
     assert res.stderr == ""
+
+
+DRIVER = """
+import contextlib, io, sys
+from maskc.cli import main
+for argv in ({show!r}, {check!r}):
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0, argv
+for name, mod in sorted(sys.modules.items()):
+    if name == "maskc" or name.startswith("maskc."):
+        print(name, getattr(mod, "__file__", None))
+"""
+
+
+def test_every_module_comes_from_the_wheel(venv, tmp_path):
+    """`show` and `check` import only modules the wheel installed.
+
+    A system-wide editable install of maskc (as in a dev checkout or CI) is visible through
+    --system-site-packages, and its import hook would quietly supply any subpackage the
+    wheel forgot; this catches that.
+    """
+    files = [str(f) for f in sorted(EXAMPLES.glob("*.mask"))]
+    code = DRIVER.format(show=["show", str(LONGFORMER), "--q-len", "256"],
+                         check=["check", *files])
+    res = sh([venv / "bin" / "python", "-c", code], cwd=tmp_path)
+    venv_real = venv.resolve()
+    loaded = [line.split(" ", 1) for line in res.stdout.strip().splitlines()]
+    assert any(name == "maskc.cli" for name, _ in loaded)
+    outside = [(name, f) for name, f in loaded
+               if f == "None" or venv_real not in pathlib.Path(f).resolve().parents]
+    assert not outside, f"maskc modules loaded from outside the installed wheel: {outside}"
 
 
 def test_console_script_check(venv, tmp_path):
