@@ -1,0 +1,177 @@
+"""The Triton backend: generate a FlashAttention-2-style kernel for a mask, cache it, run it.
+
+The generated module (see :mod:`backends.triton_template`) is written to a content-hashed
+file in the cache directory (``$MASKC_CACHE_DIR`` or ``~/.cache/maskc``) so that Triton's
+``@jit`` can read its source, and so a user can open it. The kernel is specialized on the
+mask's structure only; lengths, block tables and runtime inputs are arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from maskc import ir
+from maskc.errors import MaskError
+from maskc.pretty import pretty
+
+from .triton_render import Renderer
+from .triton_template import MODULE
+
+__all__ = ["generate", "cache_dir", "load_module", "forward", "available"]
+
+_MODULES: dict[str, object] = {}
+
+
+def generate(mdef: ir.MaskDef) -> tuple[str, list]:
+    """``(source, extra_args)`` of the Triton module for ``mdef``. Byte-stable."""
+    r = Renderer(mdef)
+    expr = r.render()
+    params = ""
+    for a in r.args:
+        params += f", {a.name}, " + (f"{a.name}_sb" if a.kind in ("input", "starts", "lens")
+                                     else f"{a.name}_first, {a.name}_rows, {a.name}_cols")
+    body = "\n".join(f"    {line}" for line in r.lines) or "    pass"
+    name = mdef.name
+    spec = pretty(mdef).strip().replace("\n", "\n#   ")
+    src = MODULE.format(name=name, spec=spec, params=params, args=params, body=body, expr=expr)
+    return src, r.args
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MASKC_CACHE_DIR") or Path.home() / ".cache" / "maskc")
+
+
+def write_source(src: str, name: str) -> Path:
+    """Write ``src`` to its content-hashed file (atomically: safe for concurrent writers)."""
+    digest = hashlib.sha256(src.encode()).hexdigest()[:16]
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"maskc_{name}_{digest}.py"
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(src)
+        os.replace(tmp, path)
+    return path
+
+
+def load_module(mdef: ir.MaskDef):
+    """The imported generated module for ``mdef`` (imported once per process)."""
+    src, extras = generate(mdef)
+    path = write_source(src, mdef.name)
+    key = str(path)
+    if key not in _MODULES:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+        module.EXTRAS = extras
+        _MODULES[key] = module
+    return _MODULES[key]
+
+
+def available(device) -> bool:
+    """Whether Triton can run on ``device`` here (a CUDA device, or the interpreter)."""
+    return getattr(device, "type", str(device)) == "cuda" or \
+        os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _blocks_chain(mdef):
+    """For each Random/Layout node: the product of the block sizes above it."""
+    out = {}
+
+    def go(n, size, in_within):
+        if isinstance(n, (ir.Random, ir.Layout)):
+            if in_within:
+                raise MaskError("the Triton backend does not support random()/layout() inside "
+                                "within() yet", n.span)
+            out[id(n)] = size
+        for c in ir.children(n):
+            go(c, size * n.size if isinstance(n, ir.Blocks) else size,
+               in_within or isinstance(n, ir.Within))
+    go(mdef.body, 1, False)
+    return out
+
+
+def _extra_tensors(mdef, extras, q_len, kv_len, xs, device):
+    """Kernel arguments for runtime data, in the order of the generated signature."""
+    import torch
+
+    from maskc.rng import random_table
+
+    from .reference import _runs
+    chain = _blocks_chain(mdef)
+    args = []
+    for a in extras:
+        if a.kind in ("input", "starts", "lens"):
+            x = xs[a.source]
+            if a.kind != "input":
+                start, length = _runs(x)
+                x = start if a.kind == "starts" else length
+            t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.int32), device=device)
+            args += [t, t.stride(0) if t.shape[0] > 1 else 0]
+            continue
+        size = chain[id(a.source)]
+        nkb = -(-kv_len // size)
+        first, last = (kv_len - q_len) // size, (kv_len - 1) // size
+        if a.kind == "random":
+            if a.source.r > nkb:
+                raise MaskError(f"random({a.source.r}) needs at least {a.source.r} key blocks, "
+                                f"but there are {nkb}", a.source.span)
+            table = random_table(a.source.seed, np.arange(first, last + 1), nkb, a.source.r)
+        else:
+            first = 0
+            table = np.array(a.source.rows, dtype=bool).reshape(len(a.source.rows), -1)
+        t = torch.as_tensor(np.ascontiguousarray(table, dtype=np.int8), device=device)
+        args += [t, first, t.shape[0], t.shape[1]]
+    return args
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def forward(mask, q, k, v, scale=None, block_q: int = 64, block_k: int = 64, **inputs):
+    """Run the generated forward kernel: returns ``(out, lse)`` (lse natural-log, float32)."""
+    import torch
+
+    from maskc.blocktable import build
+    from maskc.sizes import prepare_inputs
+
+    from . import reference
+    mdef = mask.ir
+    if not available(q.device):
+        raise MaskError(f"the Triton backend needs a CUDA device (got {q.device}); set "
+                        "TRITON_INTERPRET=1 to run it on the CPU through Triton's interpreter")
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk, DV = k.shape[1], k.shape[2], v.shape[3]
+    bm = build(mdef, None if mdef.grid else Lq, None if mdef.grid else Lk, Hq, block_q,
+               block_k, evaluate=reference.evaluate, **inputs)
+    xs = prepare_inputs(mdef, Lk, inputs)
+    module = load_module(mdef)
+    extra = _extra_tensors(mdef, module.EXTRAS, Lq, Lk, xs, q.device)
+    t = lambda a: torch.as_tensor(np.ascontiguousarray(a, dtype=np.int32), device=q.device)  # noqa
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.empty((B, Hq, Lq, DV), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    TB, G, NQ = bm.kv_num_blocks.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    kernel = getattr(module, f"fwd_{mdef.name}")
+    kernel[(NQ, B * Hq)](
+        q, k, v, out, lse,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        t(bm.full_kv_num_blocks), t(bm.full_kv_indices), t(bm.kv_num_blocks), t(bm.kv_indices),
+        t(bm.head_group), TB, G, NQ, bm.full_kv_indices.shape[-1], bm.kv_indices.shape[-1],
+        Lq, Lk, Hq, Hq // Hkv, D, DV, scale / math.log(2), *extra,
+        BM=block_q, BN=block_k, BD=_pow2(D), BDV=_pow2(DV))
+    return out, lse
