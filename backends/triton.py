@@ -23,9 +23,10 @@ from maskc.errors import MaskError
 from maskc.pretty import pretty
 
 from .triton_render import Renderer
-from .triton_template import MODULE
+from .triton_template import BACKWARD, MODULE
 
-__all__ = ["generate", "cache_dir", "load_module", "forward", "available"]
+__all__ = ["generate", "cache_dir", "load_module", "forward", "attention", "available",
+           "Launch"]
 
 _MODULES: dict[str, object] = {}
 
@@ -41,7 +42,9 @@ def generate(mdef: ir.MaskDef) -> tuple[str, list]:
     body = "\n".join(f"    {line}" for line in r.lines) or "    pass"
     name = mdef.name
     spec = pretty(mdef).strip().replace("\n", "\n#   ")
-    src = MODULE.format(name=name, spec=spec, params=params, args=params, body=body, expr=expr)
+    args = "".join(f", {p}" for p in params.split(", ")[1:]) if params else ""
+    src = (MODULE + BACKWARD).format(name=name, spec=spec, params=params, args=args, body=body,
+                                     expr=expr)
     return src, r.args
 
 
@@ -139,39 +142,127 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
-def forward(mask, q, k, v, scale=None, block_q: int = 64, block_k: int = 64, **inputs):
-    """Run the generated forward kernel: returns ``(out, lse)`` (lse natural-log, float32)."""
+class Launch:
+    """One attention call's kernels, tables and runtime arguments, shared by forward and backward."""
+
+    def __init__(self, mask, q, k, v, scale=None, block_q: int = 64, block_k: int = 64,
+                 **inputs):
+        import torch
+
+        from maskc.blocktable import build
+        from maskc.sizes import prepare_inputs
+
+        from . import reference
+        mdef = mask.ir
+        self._torch = torch
+        if not available(q.device):
+            raise MaskError(f"the Triton backend needs a CUDA device (got {q.device}); set "
+                            "TRITON_INTERPRET=1 to run it on the CPU through Triton's "
+                            "interpreter")
+        self.name = mdef.name
+        B, Hq, Lq, D = q.shape
+        Hkv, Lk, DV = k.shape[1], k.shape[2], v.shape[3]
+        self.shape = (B, Hq, Hkv, Lq, Lk, D, DV)
+        self.bm = build(mdef, None if mdef.grid else Lq, None if mdef.grid else Lk, Hq, block_q,
+                        block_k, evaluate=reference.evaluate, **inputs)
+        self.module = load_module(mdef)
+        xs = prepare_inputs(mdef, Lk, inputs)
+        self.extra = _extra_tensors(mdef, self.module.EXTRAS, Lq, Lk, xs, q.device)
+        self.device = q.device
+        self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+        self.blocks = dict(BM=block_q, BN=block_k, BD=_pow2(D), BDV=_pow2(DV))
+        t = self._t
+        bm = self.bm
+        self.rows = (t(bm.full_kv_num_blocks), t(bm.full_kv_indices), t(bm.kv_num_blocks),
+                     t(bm.kv_indices), t(bm.head_group))
+        TB, G, NQ = bm.kv_num_blocks.shape
+        self.row_dims = (TB, G, NQ, bm.full_kv_indices.shape[-1], bm.kv_indices.shape[-1])
+
+    def _t(self, a):
+        return self._torch.as_tensor(np.ascontiguousarray(a, dtype=np.int32), device=self.device)
+
+    def _common(self):
+        B, Hq, Hkv, Lq, Lk, D, DV = self.shape
+        return (Lq, Lk, Hq, Hq // Hkv, D, DV, self.scale / math.log(2))
+
+    def forward(self, q, k, v):
+        """``(out, lse)``; lse in natural log, float32, ``-inf`` on rows that keep nothing."""
+        torch = self._torch
+        B, Hq, Hkv, Lq, Lk, D, DV = self.shape
+        out = torch.empty((B, Hq, Lq, DV), dtype=q.dtype, device=q.device)
+        lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+        kernel = getattr(self.module, f"fwd_{self.name}")
+        kernel[(self.row_dims[2], B * Hq)](
+            q, k, v, out, lse,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            lse.stride(0), lse.stride(1), *self.rows, *self.row_dims, *self._common(),
+            *self.extra, **self.blocks)
+        return out, lse
+
+    def backward(self, q, k, v, out, lse, dout, dlse=None):
+        """``(dq, dk, dv)`` from the saved forward and the output (and lse) gradients."""
+        torch = self._torch
+        B, Hq, Hkv, Lq, Lk, D, DV = self.shape
+        dout = dout.contiguous()
+        delta = (dout.float() * out.float()).sum(-1)
+        if dlse is not None:
+            delta = delta - dlse.float()  # d lse / d s = p: folds into the softmax gradient
+        delta = delta.contiguous()
+        dq = torch.empty_like(q)
+        common = self._common() + (self.scale,)
+        getattr(self.module, f"bwd_dq_{self.name}")[(self.row_dims[2], B * Hq)](
+            q, k, v, dout, lse, delta, dq,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1),
+            dout.stride(2), lse.stride(0), lse.stride(1),
+            *self.rows, *self.row_dims, *common, *self.extra, **self.blocks)
+        pn, pi, fn, fi = self.bm.transposed()
+        t = self._t
+        TB, G, NK = pn.shape
+        dk = torch.empty((B, Hq, Lk, D), dtype=torch.float32, device=q.device)
+        dv = torch.empty((B, Hq, Lk, DV), dtype=torch.float32, device=q.device)
+        getattr(self.module, f"bwd_dkdv_{self.name}")[(NK, B * Hq)](
+            q, k, v, dout, lse, delta, dk, dv,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1),
+            dout.stride(2), lse.stride(0), lse.stride(1),
+            dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+            t(fn), t(fi), t(pn), t(pi), self.rows[4], TB, G, NK, fi.shape[-1], pi.shape[-1],
+            *common, *self.extra, **self.blocks)
+        # GQA: the query heads of one kv head add their gradients
+        rep = Hq // Hkv
+        dk = dk.view(B, Hkv, rep, Lk, D).sum(2).to(k.dtype)
+        dv = dv.view(B, Hkv, rep, Lk, DV).sum(2).to(v.dtype)
+        return dq, dk, dv
+
+
+def attention(mask, q, k, v, scale=None, return_lse=False, block_q=64, block_k=64, **inputs):
+    """Attention through the generated kernels, differentiable (``torch.autograd``)."""
     import torch
 
-    from maskc.blocktable import build
-    from maskc.sizes import prepare_inputs
+    class _Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            launch = Launch(mask, q, k, v, scale, block_q, block_k, **inputs)
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            out, lse = launch.forward(q, k, v)
+            ctx.launch = launch
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out, lse
 
-    from . import reference
-    mdef = mask.ir
-    if not available(q.device):
-        raise MaskError(f"the Triton backend needs a CUDA device (got {q.device}); set "
-                        "TRITON_INTERPRET=1 to run it on the CPU through Triton's interpreter")
-    B, Hq, Lq, D = q.shape
-    Hkv, Lk, DV = k.shape[1], k.shape[2], v.shape[3]
-    bm = build(mdef, None if mdef.grid else Lq, None if mdef.grid else Lk, Hq, block_q,
-               block_k, evaluate=reference.evaluate, **inputs)
-    xs = prepare_inputs(mdef, Lk, inputs)
-    module = load_module(mdef)
-    extra = _extra_tensors(mdef, module.EXTRAS, Lq, Lk, xs, q.device)
-    t = lambda a: torch.as_tensor(np.ascontiguousarray(a, dtype=np.int32), device=q.device)  # noqa
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out = torch.empty((B, Hq, Lq, DV), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    TB, G, NQ = bm.kv_num_blocks.shape
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    kernel = getattr(module, f"fwd_{mdef.name}")
-    kernel[(NQ, B * Hq)](
-        q, k, v, out, lse,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        t(bm.full_kv_num_blocks), t(bm.full_kv_indices), t(bm.kv_num_blocks), t(bm.kv_indices),
-        t(bm.head_group), TB, G, NQ, bm.full_kv_indices.shape[-1], bm.kv_indices.shape[-1],
-        Lq, Lk, Hq, Hq // Hkv, D, DV, scale / math.log(2), *extra,
-        BM=block_q, BN=block_k, BD=_pow2(D), BDV=_pow2(DV))
-    return out, lse
+        @staticmethod
+        def backward(ctx, dout, dlse):
+            q, k, v, out, lse = ctx.saved_tensors
+            if dout is None:
+                dout = torch.zeros_like(out)
+            return ctx.launch.backward(q, k, v, out, lse, dout, dlse)
+
+    out, lse = _Fn.apply(q, k, v)
+    return (out, lse) if return_lse else out
+
+
+def forward(mask, q, k, v, scale=None, block_q: int = 64, block_k: int = 64, **inputs):
+    """Run the generated forward kernel once: ``(out, lse)``."""
+    launch = Launch(mask, q, k, v, scale, block_q, block_k, **inputs)
+    return launch.forward(q.contiguous(), k.contiguous(), v.contiguous())

@@ -105,3 +105,115 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
              out.to(O_ptr.dtype.element_ty), mask=(offs_m[:, None] < Lq) & (offs_dv[None, :] < DV))
     tl.store(LSE_ptr + b * slb + h * slh + offs_m, lse, mask=offs_m < Lq)
 '''
+
+BACKWARD = '''
+
+@triton.jit
+def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
+                  sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
+                  full_num, full_idx, part_num, part_idx, head_group,
+                  TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
+                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
+    i = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    kvh = h // REP
+    row = ((b % TB) * G + tl.load(head_group + h)) * NQ + i
+    offs_m = i * BM + tl.arange(0, BM)
+    offs_n = tl.arange(0, BN)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    rows_ok = offs_m < Lq
+    q = tl.load(Q_ptr + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+                mask=rows_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    do = tl.load(DO_ptr + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :],
+                 mask=rows_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    lse = tl.load(LSE_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=float("-inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse / LN2)  # empty rows: p = 0
+    delta = tl.load(DELTA_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=0.0)
+    P = (offs_m + (Lk - Lq))[:, None]
+    Qi = offs_m[:, None]
+    dq = tl.zeros([BM, BD], tl.float32)
+    v_off = V_ptr + b * svb + kvh * svh + offs_dv[None, :]
+    k_off = K_ptr + b * skb + kvh * skh + offs_d[None, :]
+    n_full = tl.load(full_num + row)
+    for j in range(0, n_full + tl.load(part_num + row)):
+        if j < n_full:
+            kt = tl.load(full_idx + row * FW + j)
+        else:
+            kt = tl.load(part_idx + row * PW + j - n_full)
+        s, kk = _scores(q, K_ptr, kvh, b, kt, Lk, skb, skh, skn, offs_n, offs_d, D, qk_scale, BN)
+        if j >= n_full:
+            s = tl.where(mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk{args}), s, float("-inf"))
+        p = tl.exp2(s - lse2[:, None])
+        v = tl.load(v_off + kk[:, None] * svn, mask=(kk[:, None] < Lk) & (offs_dv[None, :] < DV),
+                    other=0.0)
+        k = tl.load(k_off + kk[:, None] * skn, mask=(kk[:, None] < Lk) & (offs_d[None, :] < D),
+                    other=0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    tl.store(DQ_ptr + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+             (dq * scale).to(DQ_ptr.dtype.element_ty), mask=rows_ok[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_ptr,
+                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
+                    sdb, sdh, sdn,
+                    sdvb, sdvh, sdvn,
+                    full_num, full_idx, part_num, part_idx, head_group,
+                    TB, G, NK, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
+                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
+    # one program per key tile and query head; the tables list, per key tile, the query
+    # tiles that visit it (the transpose of the forward tables)
+    j = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    kvh = h // REP
+    row = ((b % TB) * G + tl.load(head_group + h)) * NK + j
+    offs_n = j * BN + tl.arange(0, BN)
+    offs_m0 = tl.arange(0, BM)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    cols_ok = offs_n < Lk
+    k = tl.load(K_ptr + b * skb + kvh * skh + offs_n[:, None] * skn + offs_d[None, :],
+                mask=cols_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    v = tl.load(V_ptr + b * svb + kvh * svh + offs_n[:, None] * svn + offs_dv[None, :],
+                mask=cols_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    dk = tl.zeros([BN, BD], tl.float32)
+    dv = tl.zeros([BN, BDV], tl.float32)
+    Kc = offs_n[None, :]
+    n_full = tl.load(full_num + row)
+    for t in range(0, n_full + tl.load(part_num + row)):
+        if t < n_full:
+            i = tl.load(full_idx + row * FW + t)
+        else:
+            i = tl.load(part_idx + row * PW + t - n_full)
+        offs_m = i * BM + offs_m0
+        rows_ok = offs_m < Lq
+        q = tl.load(Q_ptr + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+                    mask=rows_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+        do = tl.load(DO_ptr + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :],
+                     mask=rows_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        lse = tl.load(LSE_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=float("-inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse / LN2)
+        delta = tl.load(DELTA_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.where(cols_ok[None, :], s, float("-inf"))
+        if t >= n_full:
+            P = (offs_m + (Lk - Lq))[:, None]
+            s = tl.where(mask_{name}(P, offs_m[:, None], Kc, h, b, Lq, Lk{args}), s,
+                         float("-inf"))
+        p = tl.exp2(s - lse2[:, None])
+        dv += tl.dot(tl.trans(p).to(do.dtype), do)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+    tl.store(DK_ptr + b * sdb + h * sdh + offs_n[:, None] * sdn + offs_d[None, :],
+             dk * scale, mask=cols_ok[:, None] & (offs_d[None, :] < D))
+    tl.store(DV_ptr + b * sdvb + h * sdvh + offs_n[:, None] * sdvn + offs_dv[None, :],
+             dv, mask=cols_ok[:, None] & (offs_dv[None, :] < DV))
+'''

@@ -53,6 +53,32 @@ class BlockMap:
     def n_k_tiles(self) -> int:
         return -(-self.kv_len // self.block_k)
 
+    def transposed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per key tile, the query tiles visiting it: ``(part_num, part_idx, full_num, full_idx)``.
+
+        Shapes ``(B, G, n_k_tiles[, width])``, the layout of the forward tables with the roles
+        of queries and keys swapped (what a backward pass over key tiles walks).
+        """
+        B, G, nq = self.kv_num_blocks.shape
+        nk = self.n_k_tiles
+        out = []
+        for num, idx in ((self.kv_num_blocks, self.kv_indices),
+                         (self.full_kv_num_blocks, self.full_kv_indices)):
+            cells = []
+            for b in range(B):
+                for g in range(G):
+                    qt = np.repeat(np.arange(nq), num[b, g])
+                    kt = np.concatenate([idx[b, g, i, :num[b, g, i]] for i in range(nq)]) \
+                        if nq else np.zeros(0, dtype=np.int64)
+                    counts, table, _ = _csr(kt.astype(np.int64), qt, nk, None)
+                    cells.append((counts, table))
+            width = max(t.shape[1] for _, t in cells)
+            counts = np.stack([c for c, _ in cells]).reshape(B, G, nk)
+            tables = np.stack([np.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=-1)
+                               for _, t in cells]).reshape(B, G, nk, width)
+            out += [counts, tables]
+        return out[0], out[1], out[2], out[3]
+
     def states(self) -> np.ndarray:
         """Dense ``(B, H, n_q_tiles, n_k_tiles)`` int8 of 0 empty / 1 partial / 2 full (for tests)."""
         B = self.kv_num_blocks.shape[0]
