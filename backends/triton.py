@@ -44,7 +44,7 @@ def generate(mdef: ir.MaskDef) -> tuple[str, list]:
     spec = pretty(mdef).strip().replace("\n", "\n#   ")
     args = "".join(f", {p}" for p in params.split(", ")[1:]) if params else ""
     src = (MODULE + BACKWARD).format(name=name, spec=spec, params=params, args=args, body=body,
-                                     expr=expr)
+                                     expr=expr, spec_src=pretty(mdef).strip())
     return src, r.args
 
 

@@ -123,6 +123,8 @@ def _in(x: str, s: ir.IntSet) -> str:
 
 def _gather(r: Renderer, ptr: str, pos: str, env) -> tuple[str, str]:
     """Load ``ptr[b, pos]`` for positions that may be out of ``0..Lk-1``; also their validity."""
+    if "Lk_in = Lk" not in r.lines:
+        r.lines.insert(0, "Lk_in = Lk  # runtime inputs have one entry per key")
     ok = r.let("ok", f"({pos} >= 0) & ({pos} < Lk_in)")
     val = r.let("x", f"tl.load({ptr} + b * {ptr}_sb + tl.where({ok}, {pos}, 0), mask={ok}, "
                      f"other=-1)")
@@ -203,7 +205,7 @@ def _tile(r: Renderer, n: ir.Tile, env):
 
 
 _MASKS = {
-    ir.Const: lambda r, n, env: "True" if n.keep else "False",
+    ir.Const: lambda r, n, env: f"(({env.P} - {env.P} + {env.K} - {env.K}) {'==' if n.keep else '!='} 0)",
     ir.Causal: lambda r, n, env: f"({env.K} <= {env.P})",
     ir.Window: _window,
     ir.Global: lambda r, n, env: f"({_in(env.P, n.positions)} | {_in(env.K, n.positions)})",

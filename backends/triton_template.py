@@ -19,6 +19,14 @@ import triton
 import triton.language as tl
 
 LN2 = 0.6931471805599453
+SPEC = """{spec_src}"""
+
+
+def attention(q, k, v, scale=None, return_lse=False, **inputs):
+    """Attention with this mask (maskc builds the block tables; kernels are below)."""
+    import maskc
+    return maskc.compile(SPEC).attention(q, k, v, scale=scale, backend="triton",
+                                         return_lse=return_lse, **inputs)
 
 
 @triton.jit
@@ -34,7 +42,6 @@ def _floordiv(a, b):
 
 @triton.jit
 def mask_{name}(P, Q, K, h, b, Lq, Lk{params}):
-    Lk_in = Lk
 {body}
     return {expr}
 

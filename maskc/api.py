@@ -111,6 +111,16 @@ class Mask:
         return build(self.ir, q_len, kv_len, heads, block_q, block_k,
                      evaluate=reference.evaluate, **inputs)
 
+    def kernel_source(self) -> str:
+        """The generated Triton module for this mask (what ``backend="triton"`` runs)."""
+        from .backends import triton
+        return triton.generate(self.ir)[0]
+
+    def kernel_path(self):
+        """Where the generated module is cached (written if needed): a content-hashed file."""
+        from .backends import triton
+        return triton.write_source(self.kernel_source(), self.name)
+
     def mask_mod(self, q_len: int | None = None, kv_len: int | None = None, heads: int = 1,
                  device=None, **inputs):
         """The mask as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` (generated from the IR)."""
@@ -142,16 +152,23 @@ class Mask:
 
         ``q: (B, Hq, Lq, D)``, ``k: (B, Hkv, Lk, D)``, ``v: (B, Hkv, Lk, Dv)``, with
         ``Hq % Hkv == 0`` (GQA/MQA). Rows that keep no key give zeros (log-sum-exp
-        ``-inf``). ``backend``: ``"reference"`` (float64, exact), ``"flex"`` (FlexAttention
-        with this mask's block mask, through ``torch.compile``), ``"flex-eager"`` (the same
-        without compiling) or ``"auto"`` (``"flex"``).
+        ``-inf``). ``backend``: ``"reference"`` (float64, exact), ``"triton"`` (the generated
+        kernels; CUDA, or the CPU with ``TRITON_INTERPRET=1``), ``"flex"`` (FlexAttention with
+        this mask's block mask, through ``torch.compile``), ``"flex-eager"`` (the same without
+        compiling) or ``"auto"`` (``"triton"`` on CUDA tensors, ``"flex"`` elsewhere).
         """
-        backends = ("auto", "reference", "flex", "flex-eager")
+        backends = ("auto", "reference", "flex", "flex-eager", "triton")
         if backend not in backends:
             raise MaskError(f"unknown backend {backend!r}; available: "
                             + ", ".join(repr(b) for b in backends))
         self._check_shapes(q, k, v)
-        if backend in ("auto", "flex", "flex-eager"):
+        if backend == "auto":
+            backend = "triton" if q.device.type == "cuda" else "flex"
+        if backend == "triton":
+            from .backends import triton
+            return triton.attention(self, q, k, v, scale=scale, return_lse=return_lse,
+                                    **inputs)
+        if backend in ("flex", "flex-eager"):
             from .backends import flex
             return flex.attention(self, q, k, v, scale=scale, return_lse=return_lse,
                                   compiled=backend != "flex-eager", **inputs)

@@ -1,4 +1,4 @@
-"""The ``maskc`` command: ``check`` and ``show`` (``compile`` arrives with the Triton backend).
+"""The ``maskc`` command: ``check``, ``show`` and ``compile``.
 
 Errors print as ``file:line:col: error: ...`` with a caret and exit 1; a traceback only
 with ``--debug``.
@@ -225,6 +225,57 @@ def _compiled_view(m, q_len, kv_len, heads, kv_heads, inputs) -> None:
         print(f"  ... {len(bm.variants) - 6} more live predicates")
 
 
+def cmd_compile(args) -> int:
+    from .api import compile
+    params = dict(parse_param(p) for p in args.param)
+    m = compile(Path(args.file), name=args.name, **params)
+    if args.backend != "triton":
+        raise MaskError(f"unknown backend {args.backend!r}; available: triton")
+    src = m.kernel_source()
+    if args.output in (None, "-"):
+        sys.stdout.write(src)
+    else:
+        Path(args.output).write_text(src, encoding="utf-8")
+        print(f"wrote {args.output}: Triton kernels for mask '{m.name}'")
+    return 0
+
+
+def cmd_test(args) -> int:
+    """Property-test the generated Triton kernel of each mask against the reference."""
+    import os
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        import torch
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+    from .api import compile
+    from .testing import assert_attention_matches
+
+    params = dict(parse_param(p) for p in args.param)
+    names = [args.name] if args.name else _masks_in(args.file)
+    device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    failed = ran = 0
+    shapes = [dict(q_len=args.q_len, kv_len=args.q_len, heads=2, kv_heads=1),
+              dict(q_len=args.q_len - 7, kv_len=args.q_len + 5, heads=4, kv_heads=2, batch=2)]
+    for name in names:
+        m = compile(Path(args.file), name=name, **_known(args.file, name, params))
+        for shape in shapes:
+            try:
+                assert_attention_matches(
+                    lambda q, k, v, **kw: m.attention(q, k, v, backend="triton", return_lse=True,
+                                                      **kw), m, device=device, **shape)
+                status = "ok"
+            except AssertionError as err:
+                status, failed = f"FAILED: {err}", failed + 1
+            ran += 1
+            where = f"grid {m.grid}" if m.grid else f"q_len {shape['q_len']}, kv_len {shape['kv_len']}"
+            print(f"{args.file}: {name} ({where}, heads {shape['heads']}/{shape['kv_heads']}): "
+                  f"{status}")
+            if m.grid:
+                break
+    print(f"{ran - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="maskc", description="Compile attention-mask specs.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -244,12 +295,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a runtime input as segment lengths (e.g. documents of a packed batch)")
     s.add_argument("--block", type=int, help="tile size (default: fit --width columns)")
     s.add_argument("--width", type=int, default=64, help="most tile columns to draw")
+    k = sub.add_parser("compile", help="write the generated kernel module")
+    k.add_argument("file")
+    k.add_argument("--name", help="which mask of the file (needed when it has several)")
+    k.add_argument("--backend", default="triton")
+    k.add_argument("-o", "--output", help="the .py file to write (default: standard output)")
+    k.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    t = sub.add_parser("test", help="property-test a spec's generated kernel against the "
+                                    "reference (on the CPU through Triton's interpreter)")
+    t.add_argument("file")
+    t.add_argument("--name", help="test only this mask of the file")
+    t.add_argument("--q-len", type=int, default=96)
+    t.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"check": cmd_check, "show": cmd_show}[args.command]
+    handler = {"check": cmd_check, "show": cmd_show, "compile": cmd_compile,
+               "test": cmd_test}[args.command]
     try:
         return handler(args)
     except MaskError as err:

@@ -1,0 +1,162 @@
+"""The generated Triton kernels against the NumPy reference (interpreter on CPU, GPU if asked)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import maskc
+from maskc.backends import triton as tb
+from maskc.testing import assert_attention_matches, shapes, specs
+
+from conftest import GPU_RUN
+
+GOLDEN = Path(__file__).parent / "golden"
+EXAMPLES = Path(__file__).parent.parent / "examples"
+GOLDEN_CASES = {  # golden name -> (example file, mask name)
+    "mistral": ("mistral.mask", "mistral"),
+    "packed_sliding_window": ("packed_documents.mask", "packed_sliding_window"),
+    "bigbird": ("bigbird.mask", "bigbird"),
+    "natten2d": ("natten.mask", "natten2d"),
+    "moa": ("moa.mask", "moa"),
+}
+DTYPES = ("float32", "float16") + (("bfloat16",) if GPU_RUN else ())  # NOTES: bf16 is garbage
+PROFILE = dict(max_examples=60 if GPU_RUN else 20, deadline=None,
+               suppress_health_check=list(HealthCheck))
+
+
+def triton_attention(mask):
+    return lambda q, k, v, **kw: mask.attention(q, k, v, backend="triton", return_lse=True, **kw)
+
+
+@settings(**PROFILE)
+@given(src=specs(), shape=shapes(max_len=512 if GPU_RUN else 80, dtypes=DTYPES))
+def test_random_masks_forward_and_backward(src, shape, device):
+    m = maskc.compile(src)
+    try:
+        assert_attention_matches(triton_attention(m), m, device=device, **shape)
+    except maskc.MaskError as err:  # e.g. random(r) with fewer key blocks than r
+        assert "key blocks" in str(err)
+
+
+@pytest.mark.parametrize("file, name", sorted(GOLDEN_CASES.values()))
+def test_examples_match_the_reference(file, name, device):
+    overrides = {"natten2d": dict(height=12, width=10, kernel=5), "bigbird": dict(b=16)}
+    m = maskc.compile(EXAMPLES / file, name=name, **overrides.get(name, {}))
+    assert_attention_matches(triton_attention(m), m, device=device, heads=4, kv_heads=2,
+                             q_len=150, kv_len=150, head_dim=16)
+
+
+@pytest.mark.parametrize("head_dim", [16, 24, 64, 128, 256])
+def test_head_dims(head_dim, device):
+    m = maskc.compile("mask m = causal & window(before = 30, after = 0) | sink(2)")
+    assert_attention_matches(triton_attention(m), m, device=device, q_len=40, kv_len=53,
+                             head_dim=head_dim, grad=head_dim <= 64)
+
+
+def test_fully_masked_rows_give_zeros_and_minus_inf(device):
+    m = maskc.compile("mask m = where q >= 20 & causal")
+    q = torch.randn(1, 2, 48, 16, device=device, requires_grad=True)
+    k = torch.randn(1, 2, 48, 16, device=device, requires_grad=True)
+    v = torch.randn(1, 2, 48, 16, device=device, requires_grad=True)
+    out, lse = m.attention(q, k, v, backend="triton", return_lse=True)
+    assert torch.equal(out[:, :, :20], torch.zeros_like(out[:, :, :20]))
+    assert torch.isneginf(lse[:, :, :20]).all() and torch.isfinite(lse[:, :, 20:]).all()
+    out.sum().backward()
+    assert not any(torch.isnan(t.grad).any() for t in (q, k, v))
+    assert torch.equal(q.grad[:, :, :20], torch.zeros_like(q.grad[:, :, :20]))
+
+
+def test_no_mask_tensor_and_no_length_in_the_source():
+    m = maskc.compile("mask m(input doc) = within(doc, causal & window(before = 9, after = 0))")
+    src = m.kernel_source()
+    assert src == tb.generate(maskc.compile(m.pretty()).ir)[0]  # deterministic
+    for length in ("4096", "1024", "100"):
+        assert length not in src
+    assert "def mask_m(" in src and "window" in src  # the spec is shown in the header
+
+
+def test_new_lengths_reuse_one_kernel(device):
+    m = maskc.compile("mask m = causal & chunk(24)")
+    before = len(tb._MODULES)
+    for n in (30, 61, 95):
+        q = torch.randn(1, 1, n, 16, device=device)
+        m.attention(q, q, q, backend="triton")
+    assert len(tb._MODULES) - before <= 1
+    mod = tb.load_module(m.ir)
+    assert getattr(mod, "fwd_m") is getattr(tb.load_module(m.ir), "fwd_m")
+
+
+def test_kernel_file_is_content_hashed_and_importable(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKC_CACHE_DIR", str(tmp_path))
+    m = maskc.compile("mask m = causal & window(before = 3, after = 0)")
+    path = m.kernel_path()
+    assert path.parent == tmp_path and path.read_text() == m.kernel_source()
+    assert path.name.startswith("maskc_m_") and path == m.kernel_path()
+
+
+def test_two_processes_writing_one_kernel(tmp_path):
+    code = ("import maskc; from maskc.backends import triton as tb; "
+            "m = maskc.compile('mask m = causal & sink(3)'); "
+            "[tb.write_source(m.kernel_source() + '#' * 0, 'm') for _ in range(50)]")
+    env = {"MASKC_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(Path(__file__).parent.parent)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
+    assert all(p.wait() == 0 for p in procs)
+    files = list(tmp_path.glob("maskc_m_*.py"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
+    assert files[0].read_text() == maskc.compile("mask m = causal & sink(3)").kernel_source()
+
+
+def test_unsupported_device_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    m = maskc.compile("mask m = causal")
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(maskc.MaskError, match="TRITON_INTERPRET"):
+        m.attention(q, q, q, backend="triton")
+
+
+def test_compile_command_writes_an_importable_module(tmp_path, device):
+    from maskc.cli import main
+    out = tmp_path / "swa_kernel.py"
+    assert main(["compile", str(EXAMPLES / "mistral.mask"), "-p", "w=7", "-o", str(out)]) == 0
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import swa_kernel
+    finally:
+        sys.path.remove(str(tmp_path))
+    m = maskc.compile(EXAMPLES / "mistral.mask", w=7)
+    assert_attention_matches(lambda q, k, v: swa_kernel.attention(q, k, v), m, device=device,
+                             q_len=33)
+
+
+def test_test_command_runs_the_kit(capsys):
+    from maskc.cli import main
+    assert main(["test", str(EXAMPLES / "streamingllm.mask"), "-p", "w=20", "-p", "n=2",
+                 "--q-len", "50"]) == 0
+    assert "2 passed, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("golden", sorted(GOLDEN_CASES))
+def test_golden_kernels(golden, request):
+    file, name = GOLDEN_CASES[golden]
+    src = maskc.compile(EXAMPLES / file, name=name).kernel_source()
+    path = GOLDEN / f"{golden}.py.golden"
+    if request.config.getoption("--update-golden"):
+        path.write_text(src)
+    assert path.read_text() == src, (f"generated code for {golden} changed: review the diff and "
+                                     "rerun with --update-golden")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_realistic_sizes_on_gpu(dtype):
+    m = maskc.compile("mask m(input doc) = causal & same(doc) & window(before = 500, after = 0)")
+    doc = maskc.document_ids([1000, 3000, 96])
+    assert_attention_matches(triton_attention(m), m, device="cuda", batch=2, heads=8,
+                             kv_heads=2, q_len=4096, head_dim=128, dtype=dtype,
+                             inputs={"doc": doc})
