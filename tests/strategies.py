@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from hypothesis import strategies as st
+from hypothesis.extra.lark import LarkStrategy
+from lark.grammar import Terminal
 
 from maskc import ir
 from maskc.predicates import I64_BOUND, bound
@@ -34,7 +36,7 @@ from maskc.predicates import I64_BOUND, bound
 __all__ = [
     "Ctx", "INPUT_NAMES", "AXIS_NAMES", "int_sets", "grids", "predicates", "int_exprs",
     "bool_exprs", "mask_exprs", "mask_defs", "grid_mask_defs", "sizes", "doc_ids",
-    "dense_kwargs", "PRED_CONST",
+    "dense_kwargs", "PRED_CONST", "lark_texts", "FUZZ_NAMES",
 ]
 
 INPUT_NAMES = ("doc", "seg")
@@ -277,3 +279,88 @@ def dense_kwargs(draw, mdef: ir.MaskDef, max_len: int = 40, max_heads: int = 3) 
     for name in mdef.inputs:
         kw[name] = draw(doc_ids(kv_len))
     return kw
+
+
+# ---------------------------------------------------------------- grammar fuzzing
+
+# Names for the NAME terminal: builtins, predicate variables, functions, likely parameter
+# and input names, `_`; never a keyword (a keyword drawn as NAME would not lex as one).
+FUZZ_NAMES = (
+    "all", "none", "causal", "window", "global", "sink", "prefix", "chunk", "strided",
+    "fixed", "same", "within", "blocks", "random", "layout", "neighborhood", "tile",
+    "q", "p", "k", "h", "Lq", "Lk", "abs", "min", "max",
+    "w", "w", "n", "doc", "doc", "x", "y", "m", "f", "seed", "before", "after", "dilation",
+    "stride", "kernel", "_",
+)
+
+
+class _BoundedLark(LarkStrategy):
+    """``from_lark`` with a depth bound: past ``max_depth`` nested rules, each rule takes one
+    of its expansions of least height, so draws stay small instead of overrunning."""
+
+    def __init__(self, grammar, start, explicit, max_depth: int):
+        super().__init__(grammar, start, explicit, st.characters(codec="utf-8"))
+        starts = grammar.options.start if start is None else [start]
+        _, rules, _ = grammar.grammar.compile(starts, ())
+        alts: dict[str, list[tuple]] = {}
+        for r in rules:
+            alts.setdefault(r.origin.name, []).append(tuple(r.expansion))
+        height: dict[str, int] = {}
+
+        def h_of(alt):
+            hs = [0 if isinstance(x, Terminal) else height.get(x.name) for x in alt]
+            return None if None in hs else 1 + max(hs, default=0)
+
+        changed = True
+        while changed:
+            changed = False
+            for name, options in alts.items():
+                for alt in options:
+                    h = h_of(alt)
+                    if h is not None and h < height.get(name, 1 << 30):
+                        height[name], changed = h, True
+        self._shallow = {name: st.sampled_from([a for a in options if h_of(a) == height[name]])
+                         for name, options in alts.items()}
+        self._max_depth = max_depth
+        self._depth = 0
+
+    def draw_symbol(self, data, symbol, draw_state):
+        if isinstance(symbol, Terminal):
+            return super().draw_symbol(data, symbol, draw_state)
+        self._depth += 1
+        try:
+            if self._depth <= self._max_depth:
+                return super().draw_symbol(data, symbol, draw_state)
+            for e in data.draw(self._shallow[symbol.name]):
+                self.draw_symbol(data, e, draw_state)
+                self.gen_ignore(data, draw_state)
+        finally:
+            self._depth -= 1
+
+
+def lark_texts(start: str = "start", max_depth: int = 10, names=FUZZ_NAMES,
+               max_int: int = 12) -> st.SearchStrategy[str]:
+    """Syntactically valid `.mask` text drawn from maskc's own Lark grammar.
+
+    Built on :func:`hypothesis.extra.lark.from_lark`'s generator with explicit terminals:
+    ``NAME`` from ``names``, ``INT`` in ``0..max_int``, keywords and names padded with
+    spaces (the generator only sometimes puts whitespace between tokens), comments that
+    end their line. ``start`` is a rule of the grammar (``"start"`` for whole files,
+    ``"expr"`` for one expression).
+    """
+    from maskc.parser import lark_parser
+
+    grammar = lark_parser()
+    terminals, _, _ = grammar.grammar.compile([start], ())
+    used = {t.name for t in terminals}
+    explicit = {t.name: st.just(f" {t.pattern.value} ") for t in terminals
+                if t.pattern.type == "str" and t.pattern.value.isalpha()}
+    explicit.update(
+        NAME=st.sampled_from(names).map(" {} ".format),
+        INT=st.integers(0, max_int).map(" {} ".format),
+        # NOTE: the generator picks WS and COMMENT alike between tokens; mostly spaces here.
+        COMMENT=st.sampled_from(["# c\n", " ", " ", " "]),
+        WS=st.sampled_from([" ", " ", "\n"]),
+    )
+    explicit = {k: v for k, v in explicit.items() if k in used}
+    return _BoundedLark(grammar, start, explicit, max_depth)
