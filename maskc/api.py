@@ -127,7 +127,8 @@ class Mask:
         from .backends import flex
         q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
         return flex.make_mask_mod(self.ir, q_len, kv_len, heads,
-                                  flex.torch_inputs(self.ir, kv_len, inputs, device))
+                                  flex.torch_inputs(self.ir, kv_len, inputs, device),
+                                  device=device)
 
     def flex_block_mask(self, q_len: int | None = None, kv_len: int | None = None,
                         heads: int = 1, block_size=128, device=None, **inputs):

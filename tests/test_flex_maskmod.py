@@ -227,9 +227,18 @@ def test_block_mask_and_int32_indices():
         assert np.array_equal(got, m.dense(37, 40, 2, doc=doc)[h])
 
 
+def test_mask_api():
+    """``Mask.mask_mod`` goes through this lowering."""
+    m = maskc.compile("mask m(input doc) = within(doc, causal) | heads {0: sink(2), _: none}")
+    doc = doc_for(30)
+    mod = m.mask_mod(21, 30, 2, doc=doc)
+    got = create_mask(mod, 1, 2, 21, 30, device="cpu")[0].numpy()
+    assert np.array_equal(got, m.dense(21, 30, 2, doc=doc))
+
+
 # ---------------------------------------------------------------- random IR
 
-_SETTINGS = settings(max_examples=60, deadline=None,
+_SETTINGS = settings(max_examples=150, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
