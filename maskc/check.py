@@ -270,7 +270,7 @@ def _builtin_names():
 def check(module: S.Module, name: str | None = None, **params) -> ir.MaskDef:
     """Lower mask ``name`` of ``module`` (the only one if ``None``) with parameter overrides."""
     names = mask_names(module)
-    span = module.items[0].span if module.items else None
+    span = module.items[0].span if module.items else module.span
     if not names:
         raise MaskNameError("the file defines no mask (add 'mask NAME = ...')", span)
     if name is None:

@@ -79,7 +79,8 @@ class _ToSyntax(Transformer):
     # ---- items ----
     @v_args(meta=True)
     def start(self, meta, items):
-        return S.Module(tuple(items), span=self._s(meta))
+        # NOTE: an empty file still gets a span (line 1) so errors about it name the file
+        return S.Module(tuple(items), span=self._s(meta) or Span(self.src, 1, 1, 1, 2))
 
     @v_args(meta=True)
     def let_item(self, meta, ch):

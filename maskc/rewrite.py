@@ -45,7 +45,8 @@ def rewrite(node: ir.Node, rules: Sequence[Rule], max_steps: int = 100_000) -> i
                     steps += 1
                     if steps > max_steps:
                         raise RuntimeError("rewrite did not reach a fixed point")
-                    n = map_children(out, go) if type(out) is not type(n) else out
+                    # NOTE: a rule may build new children (a merged window): simplify them too
+                    n = map_children(out, go)
                     break
             else:
                 return n

@@ -43,12 +43,21 @@ def _dedupe(terms):
     return out
 
 
+def may_fail(n: ir.Node) -> bool:
+    """Whether evaluating ``n`` can raise at some size (``random(r)`` with too few key blocks,
+    ``heads`` without ``_``): such terms are never dropped, so errors do not depend on rules."""
+    return any(isinstance(x, ir.Random) or (isinstance(x, ir.Heads) and
+                                             all(a.heads is not None for a in x.arms))
+               for x in ir.walk(n))
+
+
 def and_identities(n):
     """Flatten; ``x & all = x``; ``x & none = none``; ``x & x = x``; ``x & ~x = none``."""
     if not isinstance(n, ir.And):
         return None
     terms = _dedupe(t for t in _flat(n, ir.And) if t != ALL)
-    if NONE in terms or any(ir.Not(t) in terms for t in terms):
+    if (NONE in terms or any(ir.Not(t) in terms for t in terms)) and \
+            not any(may_fail(t) for t in terms):
         return _const(False, n)
     if not terms:
         return _const(True, n)
@@ -60,7 +69,8 @@ def or_identities(n):
     if not isinstance(n, ir.Or):
         return None
     terms = _dedupe(t for t in _flat(n, ir.Or) if t != NONE)
-    if ALL in terms or any(ir.Not(t) in terms for t in terms):
+    if (ALL in terms or any(ir.Not(t) in terms for t in terms)) and \
+            not any(may_fail(t) for t in terms):
         return _const(True, n)
     if not terms:
         return _const(False, n)

@@ -117,8 +117,6 @@ def test_simplify_keeps_the_dense_mask(mdef, data):
         assert np.array_equal(before, after), (pretty(mdef), pretty(simple))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: simplify drops an erroring subterm "
-                   "(none - blocks(1, random(2)) -> none), so dense() no longer raises")
 @settings(PROPS, max_examples=100)
 @example(mdef=DEAD_ERROR_REPRO, size=(1, 1, 1))
 @given(mdef=ANY_MASK, size=sizes(max_len=12))
@@ -132,8 +130,6 @@ def test_simplify_keeps_dense_errors(mdef, size):
         assert _is_error(_dense(simplify(mdef), kw)), pretty(mdef)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: simplify is not idempotent (a window rewritten "
-                   "inside an And is not simplified again: window(0, dilation = 3) stays)")
 @PROPS
 @example(mdef=IDEMPOTENCE_REPRO)
 @given(mdef=ANY_MASK)
@@ -470,8 +466,6 @@ def test_syntax_error_in_a_file(tmp_path):
     _check_message(info.value, str(path), 4, 15, source)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a file with no items gives an error with no "
-                   "location, so the message does not name the file")
 def test_empty_file_error_names_the_file(tmp_path):
     path = tmp_path / "empty.mask"
     path.write_text("# only a comment\n")
