@@ -1,0 +1,131 @@
+"""FlexAttention interop: block masks from the block IR equal create_block_mask's, row by row;
+flex_attention with them (and the flex backends) equals the reference."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+import maskc
+from maskc.api import Mask
+from maskc.errors import MaskError, Source
+from maskc.simplify import simplify
+
+from strategies import dense_kwargs, mask_defs
+
+SPECS = [
+    "causal & window(before = 40, after = 0) | sink(4)",
+    "heads { 0: causal, 1: window(9, dilation = 2), _: global([3]) | chunk(17) }",
+    "same(doc) & causal", "within(doc, causal & window(before = 5, after = 0))",
+    "blocks(16, window(1) | random(1, seed = 2))", "where (p - k) % 5 == 0 | prefix(10)",
+    "~causal - strided(7)",
+]
+
+
+def rows(bm) -> list:
+    """Per (batch, head, query tile): the sorted partial and full key tiles."""
+    out = []
+    kn, ki, fn, fi = (t.cpu() for t in (bm.kv_num_blocks, bm.kv_indices,
+                                        bm.full_kv_num_blocks, bm.full_kv_indices))
+    for b in range(kn.shape[0]):
+        for h in range(kn.shape[1]):
+            for i in range(kn.shape[2]):
+                out.append((sorted(ki[b, h, i, :kn[b, h, i]].tolist()),
+                            sorted(fi[b, h, i, :fn[b, h, i]].tolist())))
+    return out
+
+
+def theirs(m, q_len, kv_len, heads, block, **inputs):
+    per_head = heads if any(c in m.pretty() for c in ("heads", "h ")) else None
+    return create_block_mask(m.mask_mod(q_len, kv_len, heads, **inputs), None, per_head, q_len,
+                             kv_len, device="cpu", BLOCK_SIZE=block)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("q_len, kv_len, block", [(300, 300, 64), (130, 257, 32),
+                                                  (257, 130, (32, 64)), (1, 90, 16)])
+def test_block_mask_equals_create_block_mask(spec, q_len, kv_len, block):
+    m = maskc.compile(f"mask m(input doc) = {spec}")
+    doc = maskc.document_ids([kv_len // 3, kv_len // 3, kv_len - 2 * (kv_len // 3)])
+    try:
+        ours = m.flex_block_mask(q_len, kv_len, 3, block, doc=doc)
+    except MaskError as err:  # random(1) needs a key block: same error from both sides
+        assert "key blocks" in str(err)
+        return
+    assert rows(ours) == rows(theirs(m, q_len, kv_len, 3, block, doc=doc))
+    assert ours.seq_lengths == (q_len, kv_len)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), mdef=mask_defs(), block=st.sampled_from([8, 16, (8, 16)]))
+def test_random_masks_agree_with_create_block_mask(data, mdef, block):
+    kw = data.draw(dense_kwargs(mdef))
+    q_len, kv_len, heads = kw.pop("q_len"), kw.pop("kv_len"), kw.pop("heads")
+    m = Mask(simplify(mdef), Source(""), {})
+    try:
+        ours = m.flex_block_mask(q_len, kv_len, heads, block, **kw)
+    except MaskError:
+        with pytest.raises(MaskError):
+            m.dense(q_len, kv_len, heads, **kw)
+        return
+    ref = create_block_mask(m.mask_mod(q_len, kv_len, heads, **kw), None, heads, q_len, kv_len,
+                            device="cpu", BLOCK_SIZE=block)
+    got = rows(ours)
+    if ours.kv_num_blocks.shape[1] == 1 and heads > 1:  # one shared head row
+        got = got * heads if ours.kv_num_blocks.shape[0] == 1 else got
+        ref_rows = rows(ref)
+        per = len(ref_rows) // heads
+        assert all(ref_rows[h * per:(h + 1) * per] == got[:per] for h in range(heads))
+    else:
+        assert got == rows(ref)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_flex_attention_with_our_block_mask_equals_the_reference(spec):
+    m = maskc.compile(f"mask m(input doc) = {spec}")
+    doc = maskc.document_ids([50, 30, 48])
+    q, k, v = (torch.randn(2, 3, 128, 16, dtype=torch.float64) for _ in range(3))
+    try:
+        bm = m.flex_block_mask(128, 128, 3, 32, doc=doc)
+    except MaskError:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = flex_attention(q, k, v, block_mask=bm)
+    ref = m.attention(q, k, v, backend="reference", doc=doc)
+    assert torch.allclose(out, ref, atol=1e-10)
+
+
+def test_flex_eager_backend_gqa_lse_and_empty_rows():
+    m = maskc.compile("mask m = where q >= 20 & causal & window(before = 30, after = 0)")
+    q = torch.randn(2, 4, 80, 16, dtype=torch.float64)
+    k, v = torch.randn(2, 2, 96, 16, dtype=torch.float64), torch.randn(2, 2, 96, 16,
+                                                                      dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, lse = m.attention(q, k, v, backend="flex-eager", return_lse=True)
+    ref, rlse = m.attention(q, k, v, backend="reference", return_lse=True)
+    assert torch.allclose(out, ref, atol=1e-10)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(rlse))
+    fin = torch.isfinite(rlse)
+    assert torch.allclose(lse[fin].double(), rlse[fin], atol=1e-6)
+    assert not torch.isnan(out).any()
+
+
+def test_flex_backend_compiled_is_auto_on_cpu():
+    m = maskc.compile("mask m(input doc) = causal & same(doc)")
+    doc = maskc.document_ids(cu_seqlens=torch.tensor([0, 40, 100, 128]))
+    q, k, v = (torch.randn(1, 2, 128, 16) for _ in range(3))
+    out = m.attention(q, k, v, doc=doc)  # auto: FlexAttention through torch.compile on the CPU
+    ref = m.attention(q, k, v, backend="reference", doc=doc)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_block_mask_needs_no_n_squared_work():
+    m = maskc.compile("mask m = causal & window(before = 256, after = 0)")
+    bm = m.flex_block_mask(1 << 17, block_size=128)  # create_block_mask needs ~30 s here
+    assert bm.kv_num_blocks.shape == (1, 1, 1024)
+    assert int(bm.full_kv_num_blocks.sum() + bm.kv_num_blocks.sum()) == 3069
