@@ -266,7 +266,8 @@ def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -
                Lk_outer=kv_len, inputs=xs, grid=mdef.grid)
     out = np.broadcast_to(_eval(mdef.body, env), (batch, heads, q_len, kv_len))
     out = np.array(out, dtype=bool, order="C")  # writable, unlike a broadcast view
-    return out if xs and any(x.shape[0] > 1 for x in xs.values()) else out[0]
+    batched = any(getattr(x, "ndim", np.ndim(x)) == 2 for x in inputs.values())
+    return out if batched else out[0]
 
 
 def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False):

@@ -35,8 +35,7 @@ QUICK = ("swa256-8K", "natten2d-128x128-k13", "bigbird-16K")
 # FlexAttention runs that cannot finish or fit here are not attempted (NOTES.md measured them):
 # eager create_block_mask at 64K tokens tries to allocate 32 GiB.
 SKIP = {("eager", "swa256-128K"): "eager create_block_mask needs > 32 GiB at >= 64K tokens",
-        ("eager", "swa256-1M"): "eager create_block_mask needs > 32 GiB at >= 64K tokens",
-        ("compiled", "swa256-1M"): "create_block_mask(_compile=True) evaluates 2**40 pairs"}
+        ("eager", "swa256-1M"): "eager create_block_mask needs > 32 GiB at >= 64K tokens"}
 BLOCK = 128
 
 
@@ -53,12 +52,15 @@ def _inputs(name, n):
 
 def run_case(side: str, name: str, repeats: int) -> dict:
     """In the child: build the tile structure ``repeats`` times; report times and peak RSS."""
+    import tracemalloc
+
     import maskc
     src, n = CASES[name]
     m = maskc.compile(src)
     n = n or int(__import__("numpy").prod(m.grid))
     inputs = _inputs(name, n)
     times = []
+    tracemalloc.start()
     for _ in range(repeats):
         t0 = time.perf_counter()
         if side == "maskc":
@@ -71,8 +73,9 @@ def run_case(side: str, name: str, repeats: int) -> dict:
                                       _compile=side == "compiled")
             visited = int(bmask.kv_num_blocks.sum() + bmask.full_kv_num_blocks.sum())
         times.append(time.perf_counter() - t0)
+    traced_mb = tracemalloc.get_traced_memory()[1] / 2**20
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"times": times, "peak_mb": peak_mb, "visited": visited}
+    return {"times": times, "peak_mb": peak_mb, "traced_mb": traced_mb, "visited": visited}
 
 
 def _child(side, name, repeats, timeout):
@@ -87,9 +90,10 @@ def _child(side, name, repeats, timeout):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _base_mb() -> float:
-    """Peak RSS of a child that only imports maskc and torch (subtracted from each case)."""
-    code = ("import resource, maskc, torch, numpy; "
+def _base_mb(side: str) -> float:
+    """Peak RSS of a child that only imports what ``side`` imports (subtracted from each case)."""
+    mods = "maskc, numpy" if side == "maskc" else "maskc, numpy, torch"
+    code = (f"import resource, {mods}; "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True,
                                 text=True).stdout)
@@ -99,7 +103,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--child", nargs=3)
-    ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--cases", nargs="*", help="run only these cases")
     args = ap.parse_args()
     if args.child:
         side, name, repeats = args.child
@@ -109,20 +114,22 @@ def main() -> None:
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}, "
           f"python {platform.python_version()}, torch {torch.__version__}")
     print(f"# command: python bench/blockmap.py{' --quick' if args.quick else ''}")
-    print(f"# tile size {BLOCK}; times are medians (n runs); memory is the case's peak RSS "
-          "above a process that only imported maskc and torch")
-    base = _base_mb()
-    header = (f"| case | maskc | flex eager | flex _compile=True | eager / maskc | "
-              f"compiled / maskc | maskc MB | eager MB | compiled MB |")
+    print(f"# tile size {BLOCK}; times are medians (n runs); MB is the case's peak RSS above a "
+          "process that only imported the same modules (maskc side: maskc and numpy; flex "
+          "side: also torch); 'traced' is maskc's peak allocation seen by tracemalloc")
+    base = {side: _base_mb(side) for side in ("maskc", "eager")}
+    base["compiled"] = base["eager"]
+    header = ("| case | maskc | flex eager | flex _compile=True | eager / maskc | "
+              "compiled / maskc | maskc MB (traced) | eager MB | compiled MB |")
     print(header)
     print("|" + "---|" * 9)
-    for name in (QUICK if args.quick else CASES):
+    for name in args.cases or (QUICK if args.quick else CASES):
         row = {}
         for side, repeats in (("maskc", 5), ("eager", 1), ("compiled", 1)):
             if (side, name) in SKIP:
                 row[side] = {"error": SKIP[(side, name)]}
                 continue
-            row[side] = _child(side, name, repeats, args.timeout)
+            row[side] = _child(side, name, repeats if side == "maskc" else 1, args.timeout)
 
         def t(side):
             r = row[side]
@@ -133,7 +140,10 @@ def main() -> None:
 
         def mb(side):
             r = row[side]
-            return "—" if "error" in r else f"{max(0.0, r['peak_mb'] - base):,.0f}"
+            if "error" in r:
+                return "—"
+            traced = f" ({r['traced_mb']:,.1f})" if side == "maskc" else ""
+            return f"{max(0.0, r['peak_mb'] - base[side]):,.0f}{traced}"
 
         (ms, m_t), (es, e_t), (cs, c_t) = t("maskc"), t("eager"), t("compiled")
         ratio = lambda x: f"{x / m_t:,.0f}x" if x and m_t else "—"  # noqa: E731

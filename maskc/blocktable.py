@@ -121,20 +121,31 @@ def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None):
     return code // nk, code % nk
 
 
-def _resolve(node, rects: Rects, an: Analysis, evaluate) -> tuple[np.ndarray, np.ndarray]:
-    """``(any, all)`` per tile, by evaluating only these tiles element by element."""
-    wq = int((rects.p_hi - rects.p_lo).max(initial=0)) + 1
-    wk = int((rects.k_hi - rects.k_lo).max(initial=0)) + 1
+def _resolve(node, rects: Rects, an: Analysis, evaluate,
+             explicit: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(any, all)`` per tile, by evaluating only these tiles element by element.
+
+    With ``explicit``, ``rects.p_lo``/``q_lo``/``k_lo`` hold each tile's positions, shape
+    ``(tiles, width)``, instead of ranges (tiles of a permuted token layout).
+    """
+    if explicit:
+        wq, wk = rects.p_lo.shape[1], rects.k_lo.shape[1]
+    else:
+        wq = int((rects.p_hi - rects.p_lo).max(initial=0)) + 1
+        wk = int((rects.k_hi - rects.k_lo).max(initial=0)) + 1
     n = len(rects.p_lo)
     any_, all_ = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     step = max(1, _RESOLVE_CHUNK // (wq * wk))
     inputs = {k: v[None, :] for k, v in an.inputs.items()}
     for s in range(0, n, step):
         sl = slice(s, s + step)
-        # NOTE: rows/cols past a tail tile's end repeat its last one: all()/any() are unchanged.
-        P_ = np.minimum(rects.p_lo[sl, None] + np.arange(wq), rects.p_hi[sl, None])
-        Q_ = np.minimum(rects.q_lo[sl, None] + np.arange(wq), rects.q_hi[sl, None])
-        K_ = np.minimum(rects.k_lo[sl, None] + np.arange(wk), rects.k_hi[sl, None])
+        if explicit:
+            P_, Q_, K_ = rects.p_lo[sl], rects.q_lo[sl], rects.k_lo[sl]
+        else:
+            # NOTE: rows/cols past a tail tile's end repeat its last one: all()/any() hold.
+            P_ = np.minimum(rects.p_lo[sl, None] + np.arange(wq), rects.p_hi[sl, None])
+            Q_ = np.minimum(rects.q_lo[sl, None] + np.arange(wq), rects.q_hi[sl, None])
+            K_ = np.minimum(rects.k_lo[sl, None] + np.arange(wk), rects.k_hi[sl, None])
         m = evaluate(node, P=P_[:, None, :, None], Q=Q_[:, None, :, None],
                      K=K_[:, None, None, :], Hh=np.full((1, 1, 1, 1), an.head),
                      Lq=rects.Lq, Lk=rects.Lk, inputs=inputs, grid=an.grid)

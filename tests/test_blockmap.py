@@ -2,10 +2,13 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import maskc
+import maskc.ir
 from maskc.cli import tile_states
+
+from strategies import dense_kwargs, mask_defs
 
 ONE_D = [
     "causal", "window(5)", "causal & window(before = 9, after = 0)", "window(3, dilation = 2)",
@@ -150,3 +153,27 @@ def test_document_ids_from_lengths_and_cu_seqlens():
         maskc.document_ids(cu_seqlens=[1, 3])
     with pytest.raises(ValueError):
         maskc.document_ids([2], cu_seqlens=[0, 2])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), mdef=mask_defs(), bq=st.sampled_from([1, 4, 8, 16]),
+       bk=st.sampled_from([2, 8, 16]))
+def test_random_ir_exact_or_sound(data, mdef, bq, bk):
+    """Random IR (every construct): exact without `where`, sound with it."""
+    from backends import reference
+    from maskc.blocktable import build
+    kw = data.draw(dense_kwargs(mdef))
+    q_len, kv_len, heads = kw.pop("q_len"), kw.pop("kv_len"), kw.pop("heads")
+    try:
+        want = reference.dense(mdef, q_len, kv_len, heads, **kw)
+    except maskc.MaskError:
+        with pytest.raises(maskc.MaskError):
+            build(mdef, q_len, kv_len, heads, bq, bk, evaluate=reference.evaluate, **kw)
+        return
+    got = build(mdef, q_len, kv_len, heads, bq, bk, evaluate=reference.evaluate, **kw).states()
+    want = want[None] if want.ndim == 3 else want
+    want = np.stack([tile_states(x, bq, bk) for x in want])
+    if any(isinstance(n, maskc.ir.Where) for n in maskc.ir.walk(mdef.body)):
+        assert_sound(got, want)
+    else:
+        assert np.array_equal(got, want)

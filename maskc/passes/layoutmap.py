@@ -1,0 +1,100 @@
+"""Block tables of a grid mask under a token layout (:mod:`maskc.passes.layout`).
+
+Requires: a mask over a grid and a :class:`~maskc.passes.layout.TokenLayout` of that grid.
+Guarantees: a :class:`~maskc.blocktable.BlockMap` over *permuted* positions whose tiles are
+exactly the tiles of ``permuted_dense(dense, layout)`` (checked in tests). Candidate key
+tiles come from the bounding box of each query tile's neighborhood (for ``neighborhood``
+and ``tile`` masks; every tile otherwise); each candidate is classified by evaluating it,
+so the result is exact for every construct. The cost is the candidates times the tile area.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ir
+from ..blocktable import BlockMap, _csr, _resolve
+from ..blockmap import Analysis, Rects
+from ..gridboxes import _coords, progressions
+from ..sizes import prepare_inputs
+from .layout import TokenLayout
+
+__all__ = ["permuted_block_map", "visited_tiles"]
+
+
+def _boxes(tokens: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Per block of original tokens ``(n, B)``: the coordinate bounding box, ``(n, d)`` each."""
+    c = np.stack(_coords(tokens, shape), axis=-1)
+    return c.min(axis=1), c.max(axis=1)
+
+
+def _key_boxes(body: ir.Node, tokens, shape):
+    """Bounding box of the keys that the queries of each block may keep (or ``None``)."""
+    if not isinstance(body, (ir.Neighborhood, ir.Tile)):
+        return None
+    progs = progressions(body, tokens, shape)
+    lo = np.stack([(g + d * a).min(axis=1) for g, d, a, _ in progs], axis=-1)
+    hi = np.stack([(g + d * b).max(axis=1) for g, d, _, b in progs], axis=-1)
+    return lo, hi
+
+
+def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads: int = 1,
+                       evaluate=None, **inputs) -> BlockMap:
+    """Tile tables of ``mdef`` with tokens in ``layout`` order; see the module docstring."""
+    shape = mdef.grid.shape
+    n = mdef.grid.numel
+    nt = -(-n // block)
+    idx = np.minimum(np.arange(nt * block).reshape(nt, block), n - 1)  # pad with the last token
+    tokens = layout.perm[idx]
+    box_lo, box_hi = _boxes(tokens, shape)
+    keys = _key_boxes(mdef.body, tokens, shape)
+    if keys is None:
+        qt, kt = np.divmod(np.arange(nt * nt), nt)
+    else:
+        k_lo, k_hi = keys
+        overlap = np.all((box_lo[None, :, :] <= k_hi[:, None, :]) &
+                         (k_lo[:, None, :] <= box_hi[None, :, :]), axis=-1)
+        qt, kt = np.nonzero(overlap)
+    xs = {k: v[0] for k, v in prepare_inputs(mdef, n, inputs).items()}
+    per_head = any(isinstance(x, ir.Heads) or (isinstance(x, ir.PVar) and x.name == "h")
+                   for x in ir.walk(mdef.body))
+    cells = []
+    for h in (range(heads) if per_head else range(1)):
+        an = Analysis(mdef.grid, xs, h)
+        # NOTE: permuted blocks are not position ranges: evaluate them on their tokens.
+        any_, all_ = _resolve_tokens(mdef.body, tokens[qt], tokens[kt], n, an, evaluate)
+        keep = any_
+        full = all_ & keep
+        part = keep & ~all_
+        p = _csr(qt[part], kt[part], nt, np.zeros(int(part.sum()), dtype=np.int64))
+        f = _csr(qt[full], kt[full], nt, None)
+        cells.append((p, f))
+    width_p = max(c[0][1].shape[1] for c in cells)
+    width_f = max(c[1][1].shape[1] for c in cells)
+
+    def pad(a, w):
+        return np.pad(a, ((0, 0), (0, w - a.shape[1])), constant_values=-1)
+
+    G = len(cells)
+    kv_num = np.stack([c[0][0] for c in cells]).reshape(1, G, nt)
+    kv_idx = np.stack([pad(c[0][1], width_p) for c in cells]).reshape(1, G, nt, width_p)
+    var = np.stack([pad(c[0][2], width_p) for c in cells]).reshape(1, G, nt, width_p)
+    full_num = np.stack([c[1][0] for c in cells]).reshape(1, G, nt)
+    full_idx = np.stack([pad(c[1][1], width_f) for c in cells]).reshape(1, G, nt, width_f)
+    head_group = np.arange(heads) if per_head else np.zeros(heads, dtype=np.int64)
+    stats = {"tiles": G * nt * nt, "full": int(full_num.sum()), "partial": int(kv_num.sum()),
+             "unproven": 0, "resolved": len(qt) * G, "candidates": len(qt) * G}
+    return BlockMap(n, n, heads, block, block, head_group.astype(np.int32), kv_num, kv_idx,
+                    full_num, full_idx, var, (mdef.body,), stats)
+
+
+def _resolve_tokens(body, q_tokens, k_tokens, n, an, evaluate):
+    """``(any, all)`` per candidate tile whose rows/cols are the given original tokens."""
+    rects = Rects(q_tokens, q_tokens, k_tokens, k_tokens, q_tokens, q_tokens, n, n, n, an.head,
+                  an.grid)
+    return _resolve(body, rects, an, evaluate, explicit=True)
+
+
+def visited_tiles(bm: BlockMap) -> tuple[int, int]:
+    """``(visited, partial)`` tiles of a block map, for comparing layouts."""
+    return bm.stats["full"] + bm.stats["partial"], bm.stats["partial"]
