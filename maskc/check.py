@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from . import ir
 from . import syntax as S
-from .errors import MaskNameError, MaskParamError, MaskTypeError, MaskValueError, Span
-from .values import InputV, ListV, RangeV, TupleV, Value, compatible, describe, from_python, kind
+from .errors import MaskError, MaskNameError, MaskParamError, MaskTypeError, MaskValueError, Span
+from .values import (InputV, ListV, RangeV, TupleV, Value, a_kind, compatible, describe,
+                     from_python, kind)
+from .values import what as what_
 
 __all__ = ["check", "mask_names", "Ctx", "Checker", "MAX_INT", "RESERVED"]
 
@@ -91,7 +93,7 @@ class Checker:
                                          p.span) from None
                 if default is not None and not compatible(default, value):
                     raise MaskParamError(
-                        f"parameter '{p.name}' of mask '{name}' expects a {kind(default)} "
+                        f"parameter '{p.name}' of mask '{name}' expects {a_kind(default)} "
                         f"(default {describe(default)}), got {describe(value)}", p.span)
             elif default is not None:
                 value = default
@@ -120,12 +122,12 @@ class Checker:
     def mask_value(self, syn: S.Syn, env, ctx: Ctx) -> ir.Node:
         v = self.eval(syn, env, ctx)
         if not isinstance(v, ir.Node):
-            raise MaskTypeError(f"expected a mask, got {kind(v)} {describe(v)}", syn.span)
+            raise MaskTypeError(f"expected a mask, got {what_(v)}", syn.span)
         return v
 
     def int_value(self, v: Value, span: Span | None, what: str, lo: int | None = None) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
-            raise MaskTypeError(f"{what} must be an integer, got {kind(v)} {describe(v)}", span)
+            raise MaskTypeError(f"{what} must be an integer, got {what_(v)}", span)
         if abs(v) > MAX_INT:
             raise MaskValueError(f"{what} {v} is out of range (at most {MAX_INT})", span)
         if lo is not None and v < lo:
@@ -200,6 +202,12 @@ class Checker:
         self._expanding.append(let.name)
         try:
             return self.eval(let.body, local, ctx)
+        except MaskError as err:
+            if syn.span is None or "(in '" in err.message:
+                raise
+            # NOTE: the error stays where it is in the macro; the note names the call site.
+            raise type(err)(f"{err.message} (in '{let.name}' used at line {syn.span.line}, "
+                            f"column {syn.span.column})", err.span) from None
         finally:
             self._expanding.pop()
 

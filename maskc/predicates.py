@@ -10,7 +10,7 @@ from __future__ import annotations
 from . import ir
 from . import syntax as S
 from .errors import MaskNameError, MaskTypeError, MaskValueError
-from .values import describe, kind
+from .values import a_kind, describe
 
 __all__ = ["lower_where", "bound", "POS_BOUND", "I64_BOUND"]
 
@@ -45,7 +45,7 @@ def _lower(ck, syn, env, ctx) -> tuple[ir.Pred, str]:
             return ir.PConst(v, span=sp), "bool"
         if isinstance(v, int):
             return ir.PConst(ck.int_value(v, sp, f"'{syn.id}'"), span=sp), "int"
-        raise MaskTypeError(f"'{syn.id}' is a {kind(v)} ({describe(v)}); a 'where' predicate "
+        raise MaskTypeError(f"'{syn.id}' is {a_kind(v)} ({describe(v)}); a 'where' predicate "
                             "uses integers and booleans only", sp)
     if isinstance(syn, S.Axis):
         return _axis(syn, ctx), "int"
@@ -69,7 +69,7 @@ def _lower(ck, syn, env, ctx) -> tuple[ir.Pred, str]:
     if isinstance(syn, S.Compare):
         parts = [_lower(ck, o, env, ctx) for o in syn.operands]
         for (x, t), o in zip(parts, syn.operands):
-            _expect(t, "int", o.span, "a comparison")
+            _expect(t, "int", o.span, "comparison")
         out = None
         for i, op in enumerate(syn.ops):
             c = ir.PBin(op, parts[i][0], parts[i + 1][0], span=sp)
@@ -95,7 +95,8 @@ def _lower(ck, syn, env, ctx) -> tuple[ir.Pred, str]:
 def _expect(got: str, want: str, span, op: str) -> None:
     if got != want:
         what = {"int": "an integer", "bool": "a condition"}
-        raise MaskTypeError(f"'{op}' needs {what[want]} here, got {what[got]}", span)
+        name = op if op in ("comparison",) or op.endswith("()") else f"'{op}'"
+        raise MaskTypeError(f"{name} needs {what[want]} here, got {what[got]}", span)
 
 
 def _axis(syn: S.Axis, ctx) -> ir.PAxis:

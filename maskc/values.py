@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from . import ir
 
 __all__ = ["ListV", "RangeV", "TupleV", "InputV", "Value", "from_python", "kind", "describe",
-           "compatible", "to_python"]
+           "compatible", "to_python", "what", "a_kind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,18 @@ def compatible(default: Value, given: Value) -> bool:
     per_axis = {"tuple", "integer", "boolean"}
     return (a == "tuple" and b in per_axis) or (b == "tuple" and a in per_axis) or \
         ({a, b} == {"list", "layout"} and not (given.items if isinstance(given, ListV) else 1))
+
+
+def what(v: Value) -> str:
+    """The value for an error message: ``the integer 3``, ``the list [0, 1]``, ``a mask``."""
+    k = kind(v)
+    return "a mask" if k == "mask" else f"the {k} {describe(v)}"
+
+
+def a_kind(v: Value) -> str:
+    """``an integer``, ``a list``, ``an input``: the kind with its article."""
+    k = kind(v)
+    return ("an " if k[0] in "aeiou" else "a ") + k
 
 
 def describe(v: Value) -> str:
