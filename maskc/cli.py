@@ -219,6 +219,20 @@ def _compiled_view(m, q_len, kv_len, heads, kv_heads, inputs) -> None:
     n_part = sum(len(p) for p in runs.partial)
     print(f"  runs: {runs.n_rows:,} distinct query-tile rows, {n_full:,} full runs, "
           f"{n_part:,} partial runs")
+    if m.grid is not None:
+        from .passes.layoutmap import choose_layout
+        layout, lbm = choose_layout(m.ir, max(bq, bk), heads, evaluate=reference.evaluate,
+                                    **inputs)
+        plain = bm.stats["full"] + bm.stats["partial"]
+        if layout is None:
+            print(f"  token layout: row-major (a tiled layout would not visit fewer "
+                  f"{max(bq, bk)}-token tiles)")
+        else:
+            v = lbm.stats["full"] + lbm.stats["partial"]
+            print(f"  token layout: tiles {' x '.join(map(str, layout.tile_shape))} made "
+                  f"contiguous: {v:,} tiles of {max(bq, bk)} visited instead of {plain:,} "
+                  f"({lbm.stats['full']:,} full); estimated speed-up over dense "
+                  f"{lbm.stats['tiles'] / max(v, 1):.1f}x")
     for i, v in enumerate(bm.variants[:6]):
         print(f"  live predicate {i}: {pretty_mask(v)}")
     if len(bm.variants) > 6:

@@ -19,7 +19,7 @@ from ..gridboxes import _coords, progressions
 from ..sizes import prepare_inputs
 from .layout import TokenLayout
 
-__all__ = ["permuted_block_map", "visited_tiles"]
+__all__ = ["permuted_block_map", "visited_tiles", "choose_layout"]
 
 
 def _boxes(tokens: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -98,3 +98,21 @@ def _resolve_tokens(body, q_tokens, k_tokens, n, an, evaluate):
 def visited_tiles(bm: BlockMap) -> tuple[int, int]:
     """``(visited, partial)`` tiles of a block map, for comparing layouts."""
     return bm.stats["full"] + bm.stats["partial"], bm.stats["partial"]
+
+
+def choose_layout(mdef: ir.MaskDef, block: int, heads: int = 1, evaluate=None, **inputs):
+    """The token layout that visits fewer tiles than row-major order, or ``None``.
+
+    Requires: a grid mask. Guarantees: ``(layout, block_map)`` where ``block_map`` is the
+    permuted one when ``layout`` is not ``None``; a layout is chosen only when it visits
+    strictly fewer tiles (for small kernels on narrow grids, row-major order often wins).
+    """
+    from ..blocktable import build
+    from .layout import choose_tile_shape, make_layout
+    plain = build(mdef, None, None, heads, block, block, evaluate=evaluate, **inputs)
+    kernel = next((n.kernel for n in ir.walk(mdef.body) if isinstance(n, ir.Neighborhood)), None)
+    layout = make_layout(mdef.grid.shape, choose_tile_shape(mdef.grid.shape, block, kernel))
+    permuted = permuted_block_map(mdef, layout, block, heads, evaluate, **inputs)
+    if visited_tiles(permuted)[0] < visited_tiles(plain)[0]:
+        return layout, permuted
+    return None, plain
