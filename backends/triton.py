@@ -174,7 +174,7 @@ class Launch:
         t = self._t
         bm = self.bm
         self.rows = (t(bm.full_kv_num_blocks), t(bm.full_kv_indices), t(bm.kv_num_blocks),
-                     t(bm.kv_indices), t(bm.head_group))
+                     t(bm.kv_indices), t(bm.live), t(bm.head_group))
         TB, G, NQ = bm.kv_num_blocks.shape
         self.row_dims = (TB, G, NQ, bm.full_kv_indices.shape[-1], bm.kv_indices.shape[-1])
 
@@ -228,7 +228,7 @@ class Launch:
             v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1),
             dout.stride(2), lse.stride(0), lse.stride(1),
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-            t(fn), t(fi), t(pn), t(pi), self.rows[4], TB, G, NK, fi.shape[-1], pi.shape[-1],
+            t(fn), t(fi), t(pn), t(pi), self.rows[5], TB, G, NK, fi.shape[-1], pi.shape[-1],
             *common, *self.extra, **self.blocks)
         # GQA: the query heads of one kv head add their gradients
         rep = Hq // Hkv

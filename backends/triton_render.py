@@ -62,8 +62,24 @@ class Renderer:
         return a.name
 
     def render(self) -> str:
-        """The tile expression of the whole mask (statements go to ``self.lines``)."""
-        return self.mask(self.mdef.body, _Env())
+        """The tile expression of the whole mask (statements go to ``self.lines``).
+
+        A top-level ``&``/``|`` is rendered term by term, each under ``if`` on its bit of
+        ``live``: a partial tile evaluates only its live terms (the block IR's live bits).
+        """
+        body, env = self.mdef.body, _Env()
+        if not isinstance(body, (ir.And, ir.Or)) or len(body.terms) > 30:
+            return self.mask(body, env)
+        op = "&" if isinstance(body, ir.And) else "|"
+        self.lines.append(f"keep = {_const(isinstance(body, ir.And), env)}")
+        for i, term in enumerate(body.terms):
+            outer, self.lines = self.lines, []
+            expr = self.mask(term, env)
+            inner, self.lines = self.lines, outer
+            self.lines.append(f"if ((live >> {i}) & 1) != 0:  # term {i} can change this tile")
+            self.lines.extend(f"    {line}" for line in inner)
+            self.lines.append(f"    keep = keep {op} {expr}")
+        return "keep"
 
     # ---------------------------------------------------------------- masks
     def mask(self, n: ir.Node, env: _Env) -> str:
@@ -105,6 +121,11 @@ class Renderer:
         for s in shape[axis + 1:]:
             stride *= s
         return f"(({flat} // {stride}) % {shape[axis]})"
+
+
+def _const(keep: bool, env) -> str:
+    """A full (BM, BN) tile of ``keep``."""
+    return f"(({env.P} - {env.P} + {env.K} - {env.K}) {'==' if keep else '!='} 0)"
 
 
 def _window(r: Renderer, n: ir.Window, env):
@@ -205,7 +226,7 @@ def _tile(r: Renderer, n: ir.Tile, env):
 
 
 _MASKS = {
-    ir.Const: lambda r, n, env: f"(({env.P} - {env.P} + {env.K} - {env.K}) {'==' if n.keep else '!='} 0)",
+    ir.Const: lambda r, n, env: _const(n.keep, env),
     ir.Causal: lambda r, n, env: f"({env.K} <= {env.P})",
     ir.Window: _window,
     ir.Global: lambda r, n, env: f"({_in(env.P, n.positions)} | {_in(env.K, n.positions)})",

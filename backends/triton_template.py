@@ -41,7 +41,7 @@ def _floordiv(a, b):
 
 
 @triton.jit
-def mask_{name}(P, Q, K, h, b, Lq, Lk{params}):
+def mask_{name}(P, Q, K, h, b, Lq, Lk, live{params}):
 {body}
     return {expr}
 
@@ -70,7 +70,7 @@ def _online(s, v, m_i, l_i, acc):
 @triton.jit
 def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
-               full_num, full_idx, part_num, part_idx, head_group,
+               full_num, full_idx, part_num, part_idx, part_live, head_group,
                TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale{params},
                BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
     i = tl.program_id(0)
@@ -99,8 +99,9 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
         m_i, l_i, acc = _online(s, v, m_i, l_i, acc)
     for j in range(0, tl.load(part_num + row)):  # partial tiles: the mask decides
         kt = tl.load(part_idx + row * PW + j)
+        live = tl.load(part_live + row * PW + j)  # which terms of the mask matter here
         s, kk = _scores(q, K_ptr, kvh, b, kt, Lk, skb, skh, skn, offs_n, offs_d, D, qk_scale, BN)
-        keep = mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk{args})
+        keep = mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk, live{args})
         s = tl.where(keep, s, float("-inf"))
         v = tl.load(v_off + kk[:, None] * svn, mask=(kk[:, None] < Lk) & (offs_dv[None, :] < DV),
                     other=0.0)
@@ -118,7 +119,7 @@ BACKWARD = '''
 @triton.jit
 def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
-                  full_num, full_idx, part_num, part_idx, head_group,
+                  full_num, full_idx, part_num, part_idx, part_live, head_group,
                   TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
                   BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
     i = tl.program_id(0)
@@ -146,13 +147,16 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
     k_off = K_ptr + b * skb + kvh * skh + offs_d[None, :]
     n_full = tl.load(full_num + row)
     for j in range(0, n_full + tl.load(part_num + row)):
+        live = j * 0  # same type as the loaded bits in both branches
         if j < n_full:
             kt = tl.load(full_idx + row * FW + j)
         else:
             kt = tl.load(part_idx + row * PW + j - n_full)
+            live = tl.load(part_live + row * PW + j - n_full)
         s, kk = _scores(q, K_ptr, kvh, b, kt, Lk, skb, skh, skn, offs_n, offs_d, D, qk_scale, BN)
         if j >= n_full:
-            s = tl.where(mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk{args}), s, float("-inf"))
+            s = tl.where(mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk, live{args}), s,
+                         float("-inf"))
         p = tl.exp2(s - lse2[:, None])
         v = tl.load(v_off + kk[:, None] * svn, mask=(kk[:, None] < Lk) & (offs_dv[None, :] < DV),
                     other=0.0)
@@ -212,8 +216,8 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
         s = tl.where(cols_ok[None, :], s, float("-inf"))
         if t >= n_full:
             P = (offs_m + (Lk - Lq))[:, None]
-            s = tl.where(mask_{name}(P, offs_m[:, None], Kc, h, b, Lq, Lk{args}), s,
-                         float("-inf"))
+            s = tl.where(mask_{name}(P, offs_m[:, None], Kc, h, b, Lq, Lk, -1{args}), s,
+                         float("-inf"))  # -1: every term (live bits follow query tiles)
         p = tl.exp2(s - lse2[:, None])
         dv += tl.dot(tl.trans(p).to(do.dtype), do)
         dp = tl.dot(do, tl.trans(v))

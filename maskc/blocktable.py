@@ -44,6 +44,7 @@ class BlockMap:
     variant: np.ndarray
     variants: tuple[ir.Node, ...]
     stats: dict = field(default_factory=dict)
+    live: np.ndarray | None = None  # per partial tile: bit i = top-level term i is live
 
     @property
     def n_q_tiles(self) -> int:
@@ -219,13 +220,13 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
             st = np.where(np.isin(st, (U, R)), P, st)
             row.append(_tables(st, qt, kt, nq, an.trace, mdef.body, h, variants))
         rows.append(row)
-    tables = _stack(rows)
+    *tables, live = _stack(rows)
     stats["tiles"] = batch * len(analysed) * nq * (-(-kv_len // block_k))
     stats["full"] = int(tables[2].sum())
     stats["partial"] = int(tables[0].sum())
     head_group = np.arange(heads) if per_head else np.zeros(heads, dtype=np.int64)
     return BlockMap(q_len, kv_len, heads, block_q, block_k, head_group.astype(np.int32),
-                    *tables, tuple(variants), stats)
+                    *tables, tuple(variants), stats, live)
 
 
 def _tables(st, qt, kt, nq, trace, body, head, variants):
@@ -241,7 +242,26 @@ def _tables(st, qt, kt, nq, trace, body, head, variants):
             node = live_predicate(body, (), dict(zip(paths, u.tolist())), head)
             ids.append(variants.setdefault(node, len(variants)))
         var = np.asarray(ids, dtype=np.int64)[inv.reshape(-1)]
-    return _csr(qt[part], kt[part], nq, var), _csr(qt[full], kt[full], nq, None)
+    live = _live_bits(body, paths, sig, int(part.sum()))
+    return (_csr(qt[part], kt[part], nq, var), _csr(qt[full], kt[full], nq, None),
+            _csr(qt[part], kt[part], nq, live)[2])
+
+
+def _live_bits(body, paths, sig, n) -> np.ndarray:
+    """Per partial tile, bit ``i`` set when top-level term ``i`` of an ``&``/``|`` is live.
+
+    A term is dead in a tile when it cannot change the result there: full under ``&``,
+    empty under ``|``. Kernels skip dead terms. Anything else has the single bit 1.
+    """
+    if not isinstance(body, (ir.And, ir.Or)) or n == 0 or len(body.terms) > 30:
+        return np.ones(n, dtype=np.int64)
+    dead = F if isinstance(body, ir.And) else E
+    bits = np.zeros(n, dtype=np.int64)
+    for i in range(len(body.terms)):
+        col = paths.index((i,)) if (i,) in paths else None
+        alive = np.ones(n, dtype=bool) if col is None else sig[:, col] != dead
+        bits |= alive.astype(np.int64) << i
+    return bits
 
 
 def _csr(qt, kt, nq, values):
@@ -266,6 +286,7 @@ def _stack(rows):
 
     parts = [cell[0] for row in rows for cell in row]
     fulls = [cell[1] for row in rows for cell in row]
+    lives = [cell[2] for row in rows for cell in row]
     B, G = len(rows), len(rows[0])
     shape = (B, G, -1)
     kv_num = np.stack([p[0] for p in parts]).reshape(B, G, -1)
@@ -274,4 +295,5 @@ def _stack(rows):
     full_num = np.stack([f[0] for f in fulls]).reshape(B, G, -1)
     full_idx_list = pad([f[1] for f in fulls])
     full_idx = np.stack(full_idx_list).reshape(B, G, *full_idx_list[0].shape)
-    return kv_num, kv_idx, full_num, full_idx, var
+    live = np.stack(pad(lives)).reshape(kv_idx.shape)
+    return kv_num, kv_idx, full_num, full_idx, var, live

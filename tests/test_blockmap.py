@@ -177,3 +177,19 @@ def test_random_ir_exact_or_sound(data, mdef, bq, bk):
         assert_sound(got, want)
     else:
         assert np.array_equal(got, want)
+
+
+def test_live_bits_mark_the_terms_that_matter_per_tile():
+    m = maskc.compile("mask m = sink(4) | window(before = 20, after = 0) | global([100])")
+    bm = m.block_map(256, block_q=16)
+    n = bm.kv_num_blocks[0, 0]
+    bits = {}
+    for i in range(bm.n_q_tiles):
+        for j in range(n[i]):
+            bits[(i, int(bm.kv_indices[0, 0, i, j]))] = int(bm.live[0, 0, i, j])
+    # far from key tile 0 and from the global row/column only the window is live
+    assert bits[(10, 9)] == 0b010
+    # the sink's key tile in a query tile beyond the window: only the sink is live
+    assert bits[(12, 0)] == 0b001
+    # every partial tile has at least one live term, and tiles outside a term's reach drop it
+    assert all(b != 0 for b in bits.values())

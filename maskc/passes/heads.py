@@ -62,7 +62,8 @@ def group_heads(bm: BlockMap, kv_heads: int | None = None) -> tuple[BlockMap, He
     merged = replace(bm, head_group=predicate,
                      kv_num_blocks=bm.kv_num_blocks[:, rows], kv_indices=bm.kv_indices[:, rows],
                      full_kv_num_blocks=bm.full_kv_num_blocks[:, rows],
-                     full_kv_indices=bm.full_kv_indices[:, rows], variant=bm.variant[:, rows])
+                     full_kv_indices=bm.full_kv_indices[:, rows], variant=bm.variant[:, rows],
+                     live=None if bm.live is None else bm.live[:, rows])
     per_kv = H // kv_heads
     kv_groups = []
     for kv in range(kv_heads):
