@@ -158,7 +158,9 @@ class _Input:
         self.monotone = bool(np.all(x[1:] >= x[:-1])) if len(x) > 1 else True
         self.mins, self.maxs = [x], [x]
         step = 1
-        while 2 * step <= len(x):
+        # NOTE: sorted ids (packed documents) need only the ends of a range: O(N) in all.
+        # Other ids get a sparse table for range min/max: O(N log N) once per call.
+        while not self.monotone and 2 * step <= len(x):
             a, b = self.mins[-1], self.maxs[-1]
             self.mins.append(np.minimum(a[:-step], a[step:]))
             self.maxs.append(np.maximum(b[:-step], b[step:]))
@@ -172,6 +174,8 @@ class _Input:
         self.end = np.minimum.accumulate(np.where(ends, idx, len(x))[::-1])[::-1]
 
     def minmax(self, lo, hi):
+        if self.monotone:
+            return self.x[lo], self.x[hi]
         level = np.floor(np.log2(np.maximum(hi - lo + 1, 1))).astype(np.int64)
         out_min = np.empty(np.shape(lo), dtype=np.int64)
         out_max = np.empty(np.shape(lo), dtype=np.int64)
