@@ -132,9 +132,14 @@ def _extra_tensors(mdef, extras, q_len, kv_len, xs, device):
             table = random_table(a.source.seed, np.arange(first, last + 1), nkb, a.source.r)
         else:
             first = 0
-            table = np.array(a.source.rows, dtype=bool).reshape(len(a.source.rows), -1)
-        t = torch.as_tensor(np.ascontiguousarray(table, dtype=np.int8), device=device)
-        args += [t, first, t.shape[0], t.shape[1]]
+            rows = a.source.rows
+            table = np.array(rows, dtype=bool).reshape(len(rows), -1) if rows and rows[0] \
+                else np.zeros((0, 0), dtype=bool)
+        shape = table.shape
+        # NOTE: an empty table still needs one element to point at; its bounds stay 0.
+        t = torch.as_tensor(np.ascontiguousarray(table if table.size else np.zeros((1, 1)),
+                                                 dtype=np.int8), device=device)
+        args += [t, first, shape[0], shape[1]]
     return args
 
 

@@ -274,6 +274,8 @@ def _random(n: ir.Random, r, an, path):
 
 
 def _layout(n: ir.Layout, r, an, path):
+    if not n.rows or not n.rows[0]:
+        return np.int8(E)  # layout([]) keeps nothing
     table = np.array(n.rows, dtype=bool).reshape(len(n.rows), -1)
     count = _rect_count(table, r.p_lo, r.p_hi, r.k_lo, r.k_hi)
     area = (r.p_hi - r.p_lo + 1) * (r.k_hi - r.k_lo + 1)
