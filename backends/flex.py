@@ -31,6 +31,9 @@ from maskc.errors import MaskError, MaskInputError, MaskValueError
 from maskc.rng import random_table
 from maskc.sizes import prepare_inputs, resolve_lengths
 
+from . import reference
+from .reference import coords
+
 __all__ = ["make_mask_mod", "torch_inputs", "to_block_mask", "attention",
            "flex_attention_fn", "LOWERINGS", "PRED_LOWERINGS"]
 
@@ -243,29 +246,10 @@ def _layout(n: ir.Layout, st: _Static) -> MaskFn:
     return fn
 
 
-def coords(flat, shape: tuple[int, ...]) -> list:
-    """Row-major grid coordinates of flat indices (the last axis varies fastest)."""
-    out, stride = [], 1
-    for size in reversed(shape):
-        out.append((flat // stride) % size)
-        stride *= size
-    return out[::-1]
-
-
 def na_axis(qi, ki, n: int, K: int, d: int, s: int, causal: bool):
-    """NATTEN's generalized neighborhood rule on one axis, on tensors (LANGUAGE.md 2)."""
-    group = qi % d
-    ng = (n - group + d - 1) // d
-    qq, kk = qi // d, ki // d
-    if causal:
-        leader = torch.minimum((qq // s) * s + (s - 1), ng - 1)
-        keep = (kk <= qq) & (leader - kk < K)
-    else:
-        left, right = K // 2, K // 2 + K % 2 - 1
-        leader = torch.minimum((qq // s) * s + s // 2, ng - 1)
-        center = torch.clamp(torch.minimum(leader, ng - 1 - right), min=left)
-        keep = (center - left <= kk) & (kk <= center + right)
-    return keep & (ki % d == group)
+    """NATTEN's generalized neighborhood rule on one axis, on tensors (the reference's rule)."""
+    return reference.na_axis(qi, ki, n, K, d, s, causal, torch.minimum,
+                             lambda x, lo: torch.clamp(x, min=lo))
 
 
 def _grid_shape(node: ir.Node, st: _Static) -> tuple[int, ...]:

@@ -156,18 +156,22 @@ def coords(flat: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
     return out[::-1]
 
 
-def na_axis(qi, ki, n: int, K: int, d: int, s: int, causal: bool):
-    """NATTEN's generalized neighborhood rule on one axis (LANGUAGE.md section 2)."""
+def na_axis(qi, ki, n: int, K: int, d: int, s: int, causal: bool, minimum=np.minimum,
+            clamp_min=np.maximum):
+    """NATTEN's generalized neighborhood rule on one axis (LANGUAGE.md section 2).
+
+    Written once for NumPy and torch: pass ``torch.minimum`` and a ``clamp(min=)`` for tensors.
+    """
     group = qi % d
     ng = (n - group + d - 1) // d
     qq, kk = qi // d, ki // d
     if causal:
-        leader = np.minimum((qq // s) * s + s - 1, ng - 1)
+        leader = minimum((qq // s) * s + s - 1, ng - 1)
         keep = (kk <= qq) & (leader - kk < K)
     else:
         left, right = K // 2, K // 2 + K % 2 - 1
-        leader = np.minimum((qq // s) * s + s // 2, ng - 1)
-        center = np.maximum(left, np.minimum(leader, ng - 1 - right))
+        leader = minimum((qq // s) * s + s // 2, ng - 1)
+        center = clamp_min(minimum(leader, ng - 1 - right), left)
         keep = (center - left <= kk) & (kk <= center + right)
     return keep & (ki % d == group)
 

@@ -117,6 +117,21 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
 BACKWARD = '''
 
 @triton.jit
+def _query_rows(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, b, h, offs_m, offs_d, offs_dv, Lq, D, DV,
+                sqb, sqh, sqm, sob, soh, som, slb, slh):
+    """A query tile's q, dO, log2-domain lse (+inf on empty rows, so p = 0) and delta."""
+    rows_ok = offs_m < Lq
+    q = tl.load(Q_ptr + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+                mask=rows_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    do = tl.load(DO_ptr + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :],
+                 mask=rows_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    lse = tl.load(LSE_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=float("-inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse / LN2)
+    delta = tl.load(DELTA_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=0.0)
+    return q, do, lse2, delta
+
+
+@triton.jit
 def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                   full_num, full_idx, part_num, part_idx, part_live, head_group,
@@ -133,13 +148,8 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     rows_ok = offs_m < Lq
-    q = tl.load(Q_ptr + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-                mask=rows_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    do = tl.load(DO_ptr + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :],
-                 mask=rows_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse = tl.load(LSE_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=float("-inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse / LN2)  # empty rows: p = 0
-    delta = tl.load(DELTA_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=0.0)
+    q, do, lse2, delta = _query_rows(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, b, h, offs_m, offs_d,
+                                     offs_dv, Lq, D, DV, sqb, sqh, sqm, sob, soh, som, slb, slh)
     P = (offs_m + (Lk - Lq))[:, None]
     Qi = offs_m[:, None]
     dq = tl.zeros([BM, BD], tl.float32)
@@ -204,14 +214,9 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
         else:
             i = tl.load(part_idx + row * PW + t - n_full)
         offs_m = i * BM + offs_m0
-        rows_ok = offs_m < Lq
-        q = tl.load(Q_ptr + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-                    mask=rows_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-        do = tl.load(DO_ptr + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :],
-                     mask=rows_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        lse = tl.load(LSE_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=float("-inf"))
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse / LN2)
-        delta = tl.load(DELTA_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=0.0)
+        q, do, lse2, delta = _query_rows(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, b, h, offs_m, offs_d,
+                                         offs_dv, Lq, D, DV, sqb, sqh, sqm, sob, soh, som, slb,
+                                         slh)
         s = tl.dot(q, tl.trans(k)) * qk_scale
         s = tl.where(cols_ok[None, :], s, float("-inf"))
         if t >= n_full:
