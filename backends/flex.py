@@ -51,6 +51,7 @@ class _Static:
     grid: ir.Grid | None
     inputs: dict              # name -> int64 tensor (B, Lk)
     device: torch.device
+    reach: tuple | None = None  # the heads that reach this node (None: all of them)
 
 
 @dataclass(frozen=True)
@@ -179,18 +180,20 @@ def _nary(op):
 
 def _heads(n: ir.Heads, st: _Static) -> MaskFn:
     H = st.heads
+    reach = np.ones(H, dtype=bool) if st.reach is None else np.array(st.reach, dtype=bool)
     arm_of = np.full(H, -1, dtype=np.int64)
     bodies: list[tuple[int, MaskFn]] = []
     for i, arm in enumerate(n.arms):
         hit = np.array([arm.heads is None or h in arm.heads for h in range(H)], dtype=bool)
-        sel = hit & (arm_of < 0)
+        sel = hit & (arm_of < 0) & reach
         # NOTE: like the reference, an arm that no head takes is not lowered at all (so
-        # e.g. its random(r) cannot fail), and coverage is checked over all H heads.
+        # e.g. its random(r) cannot fail), and coverage is checked over the heads that
+        # reach this node.
         if sel.any():
-            bodies.append((i, _lower(arm.body, st)))
+            bodies.append((i, _lower(arm.body, replace(st, reach=tuple(sel.tolist())))))
         arm_of[sel] = i
-    if (arm_of < 0).any():
-        h = int(np.flatnonzero(arm_of < 0)[0])
+    if ((arm_of < 0) & reach).any():
+        h = int(np.flatnonzero((arm_of < 0) & reach)[0])
         raise MaskValueError(f"head {h} is not covered by any arm of heads {{...}} (with "
                              f"{H} heads); add a '_: ...' arm", n.span)
     table = torch.from_numpy(arm_of).to(st.device)

@@ -34,6 +34,7 @@ class _Env:
     Lk_outer: int   # length of the key axis in the current position space
     inputs: dict
     grid: ir.Grid | None
+    reach: np.ndarray | None = None  # heads that reach this node (None: every head)
 
 
 def _eval(node: ir.Node, env: _Env) -> np.ndarray:
@@ -104,16 +105,19 @@ def _within(n: ir.Within, env):
 def _heads(n: ir.Heads, env):
     H = env.Hh.shape[1]
     heads = env.Hh.reshape(-1)
+    reach = np.ones(H, dtype=bool) if env.reach is None else env.reach
     assigned = np.zeros(H, dtype=bool)
     out = np.zeros((1, 1, 1, 1), dtype=bool)
     for arm in n.arms:
         hit = np.ones(H, dtype=bool) if arm.heads is None else _in(heads, arm.heads)
-        sel = (hit & ~assigned).reshape(1, H, 1, 1)
+        sel = hit & ~assigned & reach
         if sel.any():
-            out = np.where(sel, _eval(arm.body, env), out)
+            # NOTE: nested heads { } check coverage only over the heads that reach them
+            body = _eval(arm.body, replace(env, reach=sel))
+            out = np.where(sel.reshape(1, H, 1, 1), body, out)
         assigned |= hit
-    if not assigned.all():
-        h = int(np.flatnonzero(~assigned)[0])
+    if (reach & ~assigned).any():
+        h = int(np.flatnonzero(reach & ~assigned)[0])
         raise MaskValueError(f"head {h} is not covered by any arm of heads {{...}} (with "
                              f"{H} heads); add a '_: ...' arm", n.span)
     return out

@@ -193,3 +193,17 @@ def test_live_bits_mark_the_terms_that_matter_per_tile():
     assert bits[(12, 0)] == 0b001
     # every partial tile has at least one live term, and tiles outside a term's reach drop it
     assert all(b != 0 for b in bits.values())
+
+
+def test_nested_heads_check_only_the_heads_that_reach_them():
+    import torch
+    from torch.nn.attention.flex_attention import create_mask
+    m = maskc.compile("mask m = heads { 0: heads { 0: causal }, _: all }")
+    dense = m.dense(6, heads=2)
+    assert np.array_equal(dense[0], np.tril(np.ones((6, 6), bool))) and dense[1].all()
+    assert np.array_equal(m.block_map(6, heads=2, block_q=2).states(),
+                          brute(m, 6, 6, 2, 2, 2))
+    flex = create_mask(m.mask_mod(6, heads=2), None, 2, 6, 6)[0].numpy()
+    assert np.array_equal(flex, dense)
+    with pytest.raises(maskc.MaskError, match="head 1 is not covered"):
+        maskc.compile("mask m = heads { 0..2: heads { 0: causal }, _: all }").dense(4, heads=3)
