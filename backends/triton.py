@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from maskc import ir
-from maskc.errors import MaskError
+from maskc.errors import MaskError, MaskSizeError
 from maskc.pretty import pretty
 
 from .triton_render import Renderer
@@ -68,15 +68,17 @@ def write_source(src: str, name: str) -> Path:
 
 def load_module(mdef: ir.MaskDef):
     """The imported generated module for ``mdef`` (imported once per process)."""
-    src, extras = generate(mdef)
-    path = write_source(src, mdef.name)
+    return _load(generate(mdef)[0], mdef.name)
+
+
+def _load(src: str, name: str):
+    path = write_source(src, name)
     key = str(path)
     if key not in _MODULES:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
-        module.EXTRAS = extras
         _MODULES[key] = module
     return _MODULES[key]
 
@@ -160,6 +162,11 @@ class Launch:
         from . import reference
         mdef = mask.ir
         self._torch = torch
+        for what, size in (("block_q", block_q), ("block_k", block_k)):
+            if not isinstance(size, int) or size < 1 or size & (size - 1) or \
+                    (q.device.type == "cuda" and size < 16):
+                raise MaskSizeError(f"{what} must be a power of two (>= 16 on a GPU), got "
+                                    f"{size!r}", mdef.span)
         if not available(q.device):
             raise MaskError(f"the Triton backend needs a CUDA device (got {q.device}); set "
                             "TRITON_INTERPRET=1 to run it on the CPU through Triton's "
@@ -170,9 +177,12 @@ class Launch:
         self.shape = (B, Hq, Hkv, Lq, Lk, D, DV)
         self.bm = build(mdef, None if mdef.grid else Lq, None if mdef.grid else Lk, Hq, block_q,
                         block_k, evaluate=reference.evaluate, **inputs)
-        self.module = load_module(mdef)
+        # NOTE: the runtime arguments refer to this mask's IR nodes, so they come from this
+        # generation, never from the cached module (equal masks share one module).
+        src, extras = generate(mdef)
+        self.module = _load(src, mdef.name)
         xs = prepare_inputs(mdef, Lk, inputs)
-        self.extra = _extra_tensors(mdef, self.module.EXTRAS, Lq, Lk, xs, q.device)
+        self.extra = _extra_tensors(mdef, extras, Lq, Lk, xs, q.device)
         self.device = q.device
         self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
         self.blocks = dict(BM=block_q, BN=block_k, BD=_pow2(D), BDV=_pow2(DV))

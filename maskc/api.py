@@ -27,7 +27,7 @@ def read_source(source) -> tuple[str, str]:
                                            and "\n" not in source and Path(source).is_file()):
         path = Path(source)
         try:
-            return path.read_text(encoding="utf-8"), str(source)
+            return path.read_text(encoding="utf-8-sig"), str(source)  # a BOM is not code
         except (OSError, UnicodeDecodeError) as err:
             raise MaskError(f"cannot read {source}: {err}") from None
     if not isinstance(source, str):

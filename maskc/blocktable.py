@@ -15,11 +15,13 @@ import numpy as np
 
 from . import ir
 from .blockmap import E, F, P, R, U, Analysis, Rects, classify, support, uses_head
+from .errors import MaskSizeError
 from .sizes import prepare_inputs, resolve_lengths
 
 __all__ = ["BlockMap", "build", "live_predicate"]
 
 _RESOLVE_CHUNK = 1 << 22  # elements evaluated at once when resolving tiles densely
+RESOLVE_MAX_AREA = 1 << 22  # larger tiles are never evaluated element by element
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,11 +188,15 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
     """Classify every tile of ``mdef`` at this size; see :class:`BlockMap`.
 
     ``evaluate`` (the reference evaluator) resolves tiles that composition leaves undecided;
-    without it they stay partial (sound, not exact). ``q_tiles`` restricts the analysis to
-    some query tiles (the others come out empty): for cost estimates on a sample.
+    without it they stay partial (sound, not exact); so do tiles over ``RESOLVE_MAX_AREA``
+    elements. ``q_tiles`` restricts the analysis to some query tiles, for cost estimates on
+    a sample: the tables then have one row per sampled tile.
     """
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
-    block_k = block_k or block_q
+    block_k = block_q if block_k is None else block_k
+    for what, size in (("block_q", block_q), ("block_k", block_k)):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise MaskSizeError(f"{what} must be a positive integer, got {size!r}", mdef.span)
     xs = prepare_inputs(mdef, kv_len, inputs)
     batch = max([x.shape[0] for x in xs.values()] or [1])
     per_head = uses_head(mdef.body)
@@ -209,7 +215,9 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
             rects = _tile_rects(qt, kt, q_len, kv_len, block_q, block_k, h, mdef.grid)
             st = classify(mdef.body, rects, an).copy()
             stats["candidates"] += len(qt)
-            todo = np.flatnonzero(st == R)
+            # NOTE: a tile too large to evaluate stays partial (sound): only `show` at huge
+            # sizes draws such tiles; kernels use tiles of at most 128 x 128.
+            todo = np.flatnonzero(st == R) if block_q * block_k <= RESOLVE_MAX_AREA else []
             if len(todo) and evaluate is not None:
                 sub = _tile_rects(qt[todo], kt[todo], q_len, kv_len, block_q, block_k, h,
                                   mdef.grid)
@@ -218,7 +226,10 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
                 stats["resolved"] += len(todo)
             stats["unproven"] += int(np.isin(st, (U, R)).sum())
             st = np.where(np.isin(st, (U, R)), P, st)
-            row.append(_tables(st, qt, kt, nq, an.trace, mdef.body, h, variants))
+            if q_tiles is not None:  # rows of the sample, renumbered
+                qt = np.searchsorted(np.asarray(q_tiles), qt)
+            row.append(_tables(st, qt, kt, nq if q_tiles is None else len(q_tiles), an.trace,
+                               mdef.body, h, variants))
         rows.append(row)
     *tables, live = _stack(rows)
     stats["tiles"] = batch * len(analysed) * nq * (-(-kv_len // block_k))

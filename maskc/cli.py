@@ -61,6 +61,13 @@ def cmd_check(args) -> int:
     params = dict(parse_param(p) for p in args.param)
     failed = 0
     for path in args.files:
+        declared = _declared(path) if params else set()
+        unknown = [k for k in params if k not in declared]
+        if unknown:
+            print(f"{path}: error: no mask in the file has a parameter '{unknown[0]}'",
+                  file=sys.stderr)
+            failed += 1
+            continue
         try:
             names = _masks_in(path)
             skipped = []
@@ -81,6 +88,18 @@ def cmd_check(args) -> int:
             print(err, file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+def _declared(path) -> set[str]:
+    """Every parameter name declared by some mask of the file (empty if it does not parse)."""
+    from .api import read_source
+    from .parser import parse
+    try:
+        text, filename = read_source(Path(path))
+        return {p.name for i in parse(text, filename).items
+                for p in (getattr(i, "params", None) or ())}
+    except MaskError:
+        return set()
 
 
 def _known(path, name, params):
@@ -122,6 +141,12 @@ def cmd_show(args) -> int:
     from .api import compile
 
     params = dict(parse_param(p) for p in args.param)
+    for what, value in (("--width", args.width), ("--block", args.block),
+                        ("--kv-heads", args.kv_heads)):
+        if value is not None and value < 1:
+            raise MaskError(f"{what} must be at least 1, got {value}")
+    if args.kv_heads and args.heads % args.kv_heads:
+        raise MaskError(f"--heads {args.heads} is not a multiple of --kv-heads {args.kv_heads}")
     name, notes = args.name, []
     if name is None:
         names = _masks_in(args.file)
@@ -141,7 +166,15 @@ def cmd_show(args) -> int:
         q_len = 4096
     Lq = q_len if q_len is not None else int(np.prod(m.grid))
     Lk = kv_len if kv_len is not None else Lq
-    given = dict(i.split("=", 1) for i in args.input) if args.input else {}
+    given = {}
+    for item in args.input:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MaskError(f"-i expects NAME=LEN,LEN,..., got {item!r}")
+        if key not in m.inputs:
+            raise MaskError(f"mask '{m.name}' has no runtime input '{key}'; its inputs are: "
+                            + (", ".join(m.inputs) or "none"))
+        given[key] = value
     inputs = {}
     for name in m.inputs:
         if name in given:
@@ -198,10 +231,23 @@ def _compiled_view(m, q_len, kv_len, heads, kv_heads, inputs) -> None:
     from .passes.heads import group_heads
     from .passes.tiles import choose_tiles
 
+    from .blocktable import build
+    import numpy as np
+    # NOTE: estimate the tiles a kernel would visit on a sample of query tiles first: a
+    # dense pattern at a huge size has more tiles than are worth listing here.
+    Lq = q_len or m.ir.grid.numel
+    nq = -(-Lq // 128)
+    sample = np.unique(np.linspace(0, nq - 1, min(nq, 64)).astype(np.int64))
+    est = build(m.ir, q_len, kv_len, heads, 128, 128, q_tiles=sample, **inputs).stats
+    visited = (est["full"] + est["partial"]) * nq / len(sample)
+    if visited > 5e7:
+        print(f"compiled: skipped, about {visited:,.0f} tiles of 128 x 128 would be visited")
+        return
     bq, bk = choose_tiles(m.ir, q_len, kv_len, heads, evaluate=reference.evaluate, **inputs)
     bm = m.block_map(q_len, kv_len, heads, bq, bk, **inputs)
     merged, groups = group_heads(bm, kv_heads or heads)
-    runs = fuse(merged)
+    # NOTE: fusion walks every query tile in Python: skip it for millions of them
+    runs = fuse(merged) if bm.n_q_tiles * merged.kv_num_blocks.shape[1] <= 200_000 else None
     st = bm.stats
     visited = st["full"] + st["partial"]
     print(f"compiled: tiles {bq} x {bk} (chosen), {st['full']:,} full + {st['partial']:,} partial "
@@ -215,10 +261,13 @@ def _compiled_view(m, q_len, kv_len, heads, kv_heads, inputs) -> None:
           f"({int(groups.structure.max()) + 1} tile structures); kv groups: "
           + ", ".join(f"kv{kv}:{list(hs)}" for kv, hs in groups.kv_groups[:8])
           + (" ..." if len(groups.kv_groups) > 8 else ""))
-    n_full = sum(len(f) for f in runs.full)
-    n_part = sum(len(p) for p in runs.partial)
-    print(f"  runs: {runs.n_rows:,} distinct query-tile rows, {n_full:,} full runs, "
-          f"{n_part:,} partial runs")
+    if runs is None:
+        print(f"  runs: not computed for {bm.n_q_tiles:,} query tiles")
+    else:
+        n_full = sum(len(f) for f in runs.full)
+        n_part = sum(len(p) for p in runs.partial)
+        print(f"  runs: {runs.n_rows:,} distinct query-tile rows, {n_full:,} full runs, "
+              f"{n_part:,} partial runs")
     if m.grid is not None:
         from .passes.layoutmap import choose_layout
         layout, lbm = choose_layout(m.ir, max(bq, bk), heads, evaluate=reference.evaluate,
@@ -265,6 +314,9 @@ def cmd_test(args) -> int:
     from .testing import assert_attention_matches
 
     params = dict(parse_param(p) for p in args.param)
+    if args.q_len < 8:
+        raise MaskError(f"--q-len must be at least 8 (the kit also tests q_len - 7), got "
+                        f"{args.q_len}")
     names = [args.name] if args.name else _masks_in(args.file)
     device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
     failed = ran = 0

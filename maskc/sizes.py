@@ -52,9 +52,9 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict) -> dict[str, np.
             raise MaskInputError(f"input '{name}' must hold integers, got dtype {x.dtype}", span)
         if x.ndim == 1:
             x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != kv_len:
-            raise MaskInputError(f"input '{name}' must have shape ({kv_len},) or (B, {kv_len}),"
-                                 f" got {tuple(np.shape(inputs[name]))}", span)
+        if x.ndim != 2 or x.shape[1] != kv_len or x.shape[0] == 0:
+            raise MaskInputError(f"input '{name}' must have shape ({kv_len},) or (B, {kv_len}) "
+                                 f"with B >= 1, got {tuple(np.shape(inputs[name]))}", span)
         out[name] = x.astype(np.int64)
     return out
 

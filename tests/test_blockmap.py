@@ -207,3 +207,25 @@ def test_nested_heads_check_only_the_heads_that_reach_them():
     assert np.array_equal(flex, dense)
     with pytest.raises(maskc.MaskError, match="head 1 is not covered"):
         maskc.compile("mask m = heads { 0..2: heads { 0: causal }, _: all }").dense(4, heads=3)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 4.0, True])
+def test_bad_tile_sizes_are_errors(bad):
+    m = maskc.compile("mask m = causal")
+    with pytest.raises(maskc.MaskSizeError, match="block_q"):
+        m.block_map(16, block_q=bad)
+
+
+def test_empty_batch_of_inputs_is_an_error():
+    m = maskc.compile("mask m(input doc) = same(doc)")
+    for call in (lambda: m.dense(4, doc=np.zeros((0, 4), int)),
+                 lambda: m.block_map(4, block_q=2, doc=np.zeros((0, 4), int))):
+        with pytest.raises(maskc.MaskInputError, match="B >= 1"):
+            call()
+
+
+def test_huge_tiles_are_not_evaluated_element_by_element():
+    m = maskc.compile("mask m(input doc) = causal & same(doc)")
+    doc = maskc.document_ids([3 << 20, 5 << 20])  # a boundary inside a diagonal tile
+    bm = m.block_map(1 << 23, block_q=1 << 21, doc=doc)  # would need 4 TiB if evaluated
+    assert bm.stats["unproven"] > 0 and bm.stats["resolved"] == 0

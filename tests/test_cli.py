@@ -419,3 +419,29 @@ def test_show_with_mask_error_in_size(capsys, tmp_path):
     code, out, err = run(capsys, "show", spec, "--q-len", 32, "--heads", 2)
     assert code == 1
     assert "head 1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["show", "{a}", "--q-len", "8", "--width", "0"], "--width must be at least 1"),
+    (["show", "{a}", "--q-len", "8", "--block", "0"], "--block must be at least 1"),
+    (["show", "{a}", "--heads", "3", "--kv-heads", "2"], "not a multiple of --kv-heads"),
+    (["show", "{d}", "--q-len", "64", "-i", "doc"], "-i expects NAME=LEN"),
+    (["show", "{d}", "--q-len", "64", "-i", "nosuch=1,63"], "no runtime input 'nosuch'"),
+    (["check", "{a}", "-p", "w=3"], "no mask in the file has a parameter 'w'"),
+    (["test", "{a}", "--q-len", "5"], "--q-len must be at least 8"),
+])
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
+    from maskc.cli import main
+    a, d = tmp_path / "a.mask", tmp_path / "d.mask"
+    a.write_text("mask a = causal & window(before = 9, after = 0)\n")
+    d.write_text("mask m(input doc) = causal & same(doc)\n")
+    assert main([x.format(a=a, d=d) for x in argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_byte_order_mark_is_not_code(tmp_path, capsys):
+    from maskc.cli import main
+    f = tmp_path / "bom.mask"
+    f.write_bytes(b"\xef\xbb\xbfmask b = causal\n")
+    assert main(["check", str(f)]) == 0

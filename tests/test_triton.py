@@ -160,3 +160,19 @@ def test_realistic_sizes_on_gpu(dtype):
     assert_attention_matches(triton_attention(m), m, device="cuda", batch=2, heads=8,
                              kv_heads=2, q_len=4096, head_dim=128, dtype=dtype,
                              inputs={"doc": doc})
+
+
+def test_equal_masks_compiled_twice_share_a_module_but_not_runtime_tables(device):
+    q = torch.randn(1, 2, 40, 16, device=device)
+    for _ in range(2):  # the second compile has new IR nodes for the same source
+        m = maskc.compile("mask m = blocks(8, layout([[1, 0], [1, 1], [0, 1]]) | random(1))")
+        out = m.attention(q, q, q, backend="triton")
+        assert torch.allclose(out, m.attention(q, q, q, backend="reference"), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, 24, -16, 4.0])
+def test_bad_block_sizes_are_located_errors(bad):
+    m = maskc.compile("mask m = causal")
+    q = torch.randn(1, 1, 32, 16)
+    with pytest.raises(maskc.MaskSizeError, match="block_q"):
+        tb.forward(m, q, q, q, block_q=bad)

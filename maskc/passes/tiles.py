@@ -38,7 +38,7 @@ def choose_tiles(mdef, q_len=None, kv_len=None, heads: int = 1, sizes=SIZES, eva
     best = None
     for bq in sorted(sizes, reverse=True):
         nq = -(-q_len // bq)
-        rows = None if nq <= sample else np.unique(np.linspace(0, nq - 1, sample).astype(int))
+        rows = None if nq <= sample else np.unique(np.linspace(0, nq - 1, sample).astype(np.int64))
         scale = 1.0 if rows is None else nq / len(rows)
         for bk in sorted(sizes, reverse=True):
             c = scale * cost(build(mdef, q_len, kv_len, heads, bq, bk, evaluate=evaluate,
