@@ -90,15 +90,13 @@ def available(device) -> bool:
 
 
 def _blocks_chain(mdef):
-    """For each Random/Layout node: the product of the block sizes above it."""
+    """For each Random/Layout node: the product of the block sizes above it, and whether it
+    sits inside ``within`` (positions relative to a segment start, so never before 0)."""
     out = {}
 
     def go(n, size, in_within):
         if isinstance(n, (ir.Random, ir.Layout)):
-            if in_within:
-                raise MaskError("the Triton backend does not support random()/layout() inside "
-                                "within() yet", n.span)
-            out[id(n)] = size
+            out[id(n)] = (size, in_within)
         for c in ir.children(n):
             go(c, size * n.size if isinstance(n, ir.Blocks) else size,
                in_within or isinstance(n, ir.Within))
@@ -124,9 +122,11 @@ def _extra_tensors(mdef, extras, q_len, kv_len, xs, device):
             t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.int32), device=device)
             args += [t, t.stride(0) if t.shape[0] > 1 else 0]
             continue
-        size = chain[id(a.source)]
+        size, in_within = chain[id(a.source)]
         nkb = -(-kv_len // size)
         first, last = (kv_len - q_len) // size, (kv_len - 1) // size
+        if in_within:
+            first = 0  # segment-relative blocks; rows before a segment keep nothing anyway
         if a.kind == "random":
             if a.source.r > nkb:
                 raise MaskError(f"random({a.source.r}) needs at least {a.source.r} key blocks, "

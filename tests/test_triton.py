@@ -176,3 +176,15 @@ def test_bad_block_sizes_are_located_errors(bad):
     q = torch.randn(1, 1, 32, 16)
     with pytest.raises(maskc.MaskSizeError, match="block_q"):
         tb.forward(m, q, q, q, block_q=bad)
+
+
+@pytest.mark.parametrize("spec", [
+    "within(doc, blocks(4, random(1, seed = 3) | window(1)))",
+    "within(doc, causal & blocks(8, layout([[1, 0], [1, 1]])))",
+])
+@pytest.mark.parametrize("q_len, kv_len", [(60, 60), (50, 70), (70, 50)])
+def test_block_tables_inside_within(spec, q_len, kv_len, device):
+    m = maskc.compile(f"mask m(input doc) = {spec}")
+    doc = maskc.document_ids([kv_len // 2, kv_len - kv_len // 2])
+    assert_attention_matches(triton_attention(m), m, device=device, q_len=q_len,
+                             kv_len=kv_len, inputs={"doc": doc})
