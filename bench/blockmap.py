@@ -60,20 +60,26 @@ def run_case(side: str, name: str, repeats: int) -> dict:
     n = n or int(__import__("numpy").prod(m.grid))
     inputs = _inputs(name, n)
     times = []
-    tracemalloc.start()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+    def once():
         if side == "maskc":
             bm = m.block_map(n, block_q=BLOCK, **inputs)
-            visited = bm.stats["full"] + bm.stats["partial"]
-        else:
-            from torch.nn.attention.flex_attention import create_block_mask
-            mod = m.mask_mod(n, **inputs)
-            bmask = create_block_mask(mod, None, None, n, n, device="cpu", BLOCK_SIZE=BLOCK,
-                                      _compile=side == "compiled")
-            visited = int(bmask.kv_num_blocks.sum() + bmask.full_kv_num_blocks.sum())
+            return bm.stats["full"] + bm.stats["partial"]
+        from torch.nn.attention.flex_attention import create_block_mask
+        mod = m.mask_mod(n, **inputs)
+        bmask = create_block_mask(mod, None, None, n, n, device="cpu", BLOCK_SIZE=BLOCK,
+                                  _compile=side == "compiled")
+        return int(bmask.kv_num_blocks.sum() + bmask.full_kv_num_blocks.sum())
+
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        visited = once()
         times.append(time.perf_counter() - t0)
-    traced_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    traced_mb = 0.0
+    if side == "maskc":  # one more run, traced, for memory (tracing slows allocation)
+        tracemalloc.start()
+        once()
+        traced_mb = tracemalloc.get_traced_memory()[1] / 2**20
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"times": times, "peak_mb": peak_mb, "traced_mb": traced_mb, "visited": visited}
 
@@ -116,7 +122,8 @@ def main() -> None:
     print(f"# command: python bench/blockmap.py{' --quick' if args.quick else ''}")
     print(f"# tile size {BLOCK}; times are medians (n runs); MB is the case's peak RSS above a "
           "process that only imported the same modules (maskc side: maskc and numpy; flex "
-          "side: also torch); 'traced' is maskc's peak allocation seen by tracemalloc")
+          "side: also torch); 'traced' is maskc's peak allocation seen by tracemalloc in one "
+          "extra, untimed run")
     base = {side: _base_mb(side) for side in ("maskc", "eager")}
     base["compiled"] = base["eager"]
     header = ("| case | maskc | flex eager | flex _compile=True | eager / maskc | "
@@ -142,7 +149,7 @@ def main() -> None:
             r = row[side]
             if "error" in r:
                 return "—"
-            traced = f" ({r['traced_mb']:,.1f})" if side == "maskc" else ""
+            traced = f" ({r['traced_mb']:,.2f})" if side == "maskc" else ""
             return f"{max(0.0, r['peak_mb'] - base[side]):,.0f}{traced}"
 
         (ms, m_t), (es, e_t), (cs, c_t) = t("maskc"), t("eager"), t("compiled")
