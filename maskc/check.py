@@ -15,6 +15,7 @@ from .errors import MaskError, MaskNameError, MaskParamError, MaskTypeError, Mas
 from .values import (InputV, ListV, RangeV, TupleV, Value, a_kind, compatible, describe,
                      from_python, kind)
 from .values import what as what_
+from .primitives import BUILTINS
 
 __all__ = ["check", "mask_names", "Ctx", "Checker", "MAX_INT", "RESERVED"]
 
@@ -50,7 +51,6 @@ class Checker:
             table = self.lets if isinstance(it, S.LetItem) else self.masks
             if it.name in self.lets or it.name in self.masks:
                 raise MaskNameError(f"'{it.name}' is defined twice", it.span)
-            from .primitives import BUILTINS
             if it.name in BUILTINS or it.name in RESERVED:
                 raise MaskNameError(f"'{it.name}' is a reserved name and cannot be redefined",
                                     it.span)
@@ -67,7 +67,7 @@ class Checker:
         for p in item.params:
             if p.name in env:
                 raise MaskNameError(f"parameter '{p.name}' is declared twice", p.span)
-            if p.name == "_" or p.name in _builtin_names():
+            if p.name == "_" or p.name in BUILTINS:
                 raise MaskNameError(f"'{p.name}' is a reserved name and cannot be a parameter",
                                     p.span)
         unknown = [k for k in overrides if k not in declared]
@@ -165,14 +165,13 @@ class Checker:
         return self._lookup(syn.func, syn.args, syn, env, ctx, called=True)
 
     def _lookup(self, name: str, args, syn, env, ctx, called: bool = False):
-        from .primitives import BUILTINS
         if name in env:
             if called:
                 raise MaskTypeError(f"'{name}' is a parameter, not a macro: it cannot be called",
                                     syn.span)
             return env[name]
         if name in self.lets:
-            return self._expand(self.lets[name], args, syn, env, ctx, called)
+            return self._expand(self.lets[name], args, syn, env, ctx)
         if name in BUILTINS:
             return BUILTINS[name](self, syn, args, env, ctx)
         if name in ir.PRED_VARS:
@@ -181,11 +180,9 @@ class Checker:
             raise MaskNameError(f"'{name}' is a mask; to reuse it, define it with 'let'", syn.span)
         raise MaskNameError(f"undefined name '{name}'", syn.span)
 
-    def _expand(self, let: S.LetItem, args, syn, env, ctx, called: bool):
+    def _expand(self, let: S.LetItem, args, syn, env, ctx):
         formals = let.formals or ()
-        if called and let.formals is None and not args:
-            formals = ()
-        if len(args) != len(formals) or (called and let.formals is None and args):
+        if len(args) != len(formals):
             raise MaskTypeError(f"'{let.name}' takes {len(formals)} argument"
                                 f"{'' if len(formals) == 1 else 's'}, got {len(args)}", syn.span)
         for a in args:
@@ -243,8 +240,8 @@ class Checker:
         y = self.int_value(b, syn.right.span, f"the right operand of '{op}'")
         if op in ("//", "%") and y <= 0:
             raise MaskValueError(f"'{op}' needs a positive divisor, got {y}", syn.right.span)
-        r = {"+": x + y, "-": x - y, "*": x * y}.get(op) if op in "+-*" else \
-            (x // y if op == "//" else x % y)
+        r = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
+             "//": lambda: x // y, "%": lambda: x % y}[op]()
         return self.int_value(r, syn.span, "the result")
 
     def _eval_HeadsLit(self, syn: S.HeadsLit, env, ctx):
@@ -268,11 +265,6 @@ class Checker:
             return ir.IntSet.range(v.start, v.stop)
         items = v.items if isinstance(v, ListV) else (v,)
         return ir.IntSet.of(self.int_value(x, span, f"each element of {what}", 0) for x in items)
-
-
-def _builtin_names():
-    from .primitives import BUILTINS
-    return BUILTINS
 
 
 def check(module: S.Module, name: str | None = None, **params) -> ir.MaskDef:
