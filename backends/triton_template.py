@@ -47,6 +47,12 @@ def mask_{name}(P, Q, K, h, b, Lq, Lk, live{params}):
 
 
 @triton.jit
+def _batch_head(bh, H, REP):
+    """Batch, query head and kv head (GQA: REP query heads per kv head) of a program."""
+    return bh // H, bh % H, (bh % H) // REP
+
+
+@triton.jit
 def _scores(q, K_ptr, kvh, b, kt, Lk, skb, skh, skn, offs_n, offs_d, D, qk_scale,
             BN: tl.constexpr):
     kk = kt * BN + offs_n
@@ -74,10 +80,7 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
                TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale{params},
                BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
     i = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    kvh = h // REP
+    b, h, kvh = _batch_head(tl.program_id(1), H, REP)
     row = ((b % TB) * G + tl.load(head_group + h)) * NQ + i
     offs_m = i * BM + tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
@@ -138,10 +141,7 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
                   TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
                   BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
     i = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    kvh = h // REP
+    b, h, kvh = _batch_head(tl.program_id(1), H, REP)
     row = ((b % TB) * G + tl.load(head_group + h)) * NQ + i
     offs_m = i * BM + tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
@@ -190,10 +190,7 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
     # one program per key tile and query head; the tables list, per key tile, the query
     # tiles that visit it (the transpose of the forward tables)
     j = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    kvh = h // REP
+    b, h, kvh = _batch_head(tl.program_id(1), H, REP)
     row = ((b % TB) * G + tl.load(head_group + h)) * NK + j
     offs_n = j * BN + tl.arange(0, BN)
     offs_m0 = tl.arange(0, BM)
