@@ -290,21 +290,21 @@ def _csr(qt, kt, nq, values):
 
 
 def _stack(rows):
-    """Stack per-(batch, head) CSR tables into padded ``(B, G, nq, width)`` arrays."""
-    def pad(arrs):
-        w = max(a.shape[-1] for a in arrs)
-        return [np.pad(a, ((0, 0), (0, w - a.shape[-1])), constant_values=-1) for a in arrs]
+    """Stack per-(batch, head) CSR tables into padded ``(B, G, nq, width)`` arrays.
 
-    parts = [cell[0] for row in rows for cell in row]
-    fulls = [cell[1] for row in rows for cell in row]
-    lives = [cell[2] for row in rows for cell in row]
+    ``rows[b][g]`` is ``(partial CSR, full CSR, live bits)`` as :func:`_tables` returns it.
+    """
     B, G = len(rows), len(rows[0])
-    shape = (B, G, -1)
-    kv_num = np.stack([p[0] for p in parts]).reshape(B, G, -1)
-    kv_idx = np.stack(pad([p[1] for p in parts])).reshape(*shape[:2], *pad([p[1] for p in parts])[0].shape)
-    var = np.stack(pad([p[2] for p in parts])).reshape(kv_idx.shape)
-    full_num = np.stack([f[0] for f in fulls]).reshape(B, G, -1)
-    full_idx_list = pad([f[1] for f in fulls])
-    full_idx = np.stack(full_idx_list).reshape(B, G, *full_idx_list[0].shape)
-    live = np.stack(pad(lives)).reshape(kv_idx.shape)
-    return kv_num, kv_idx, full_num, full_idx, var, live
+    cells = [cell for row in rows for cell in row]
+
+    def stacked(arrs):
+        w = max(a.shape[-1] for a in arrs)
+        out = np.stack([np.pad(a, ((0, 0), (0, w - a.shape[-1])), constant_values=-1)
+                        for a in arrs])
+        return out.reshape(B, G, *out.shape[1:])
+
+    kv_num = np.stack([c[0][0] for c in cells]).reshape(B, G, -1)
+    full_num = np.stack([c[1][0] for c in cells]).reshape(B, G, -1)
+    return (kv_num, stacked([c[0][1] for c in cells]), full_num,
+            stacked([c[1][1] for c in cells]), stacked([c[0][2] for c in cells]),
+            stacked([c[2] for c in cells]))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ir
-from ..blocktable import BlockMap, _csr, _resolve
-from ..blockmap import Analysis, Rects
+from ..blocktable import BlockMap, _csr, _resolve, _stack
+from ..blockmap import Analysis, Rects, uses_head
 from ..gridboxes import _coords, progressions
 from ..sizes import prepare_inputs
 from .layout import TokenLayout
@@ -56,36 +56,23 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
                          (k_lo[:, None, :] <= box_hi[None, :, :]), axis=-1)
         qt, kt = np.nonzero(overlap)
     xs = {k: v[0] for k, v in prepare_inputs(mdef, n, inputs).items()}
-    per_head = any(isinstance(x, ir.Heads) or (isinstance(x, ir.PVar) and x.name == "h")
-                   for x in ir.walk(mdef.body))
+    per_head = uses_head(mdef.body)
     cells = []
     for h in (range(heads) if per_head else range(1)):
         an = Analysis(mdef.grid, xs, h)
         # NOTE: permuted blocks are not position ranges: evaluate them on their tokens.
         any_, all_ = _resolve_tokens(mdef.body, tokens[qt], tokens[kt], n, an, evaluate)
-        keep = any_
-        full = all_ & keep
-        part = keep & ~all_
-        p = _csr(qt[part], kt[part], nt, np.zeros(int(part.sum()), dtype=np.int64))
-        f = _csr(qt[full], kt[full], nt, None)
-        cells.append((p, f))
-    width_p = max(c[0][1].shape[1] for c in cells)
-    width_f = max(c[1][1].shape[1] for c in cells)
-
-    def pad(a, w):
-        return np.pad(a, ((0, 0), (0, w - a.shape[1])), constant_values=-1)
-
+        full, part = any_ & all_, any_ & ~all_
+        zeros = np.zeros(int(part.sum()), dtype=np.int64)
+        cells.append((_csr(qt[part], kt[part], nt, zeros), _csr(qt[full], kt[full], nt, None),
+                      _csr(qt[part], kt[part], nt, zeros + 1)[2]))  # one term, always live
+    kv_num, kv_idx, full_num, full_idx, var, live = _stack([cells])
     G = len(cells)
-    kv_num = np.stack([c[0][0] for c in cells]).reshape(1, G, nt)
-    kv_idx = np.stack([pad(c[0][1], width_p) for c in cells]).reshape(1, G, nt, width_p)
-    var = np.stack([pad(c[0][2], width_p) for c in cells]).reshape(1, G, nt, width_p)
-    full_num = np.stack([c[1][0] for c in cells]).reshape(1, G, nt)
-    full_idx = np.stack([pad(c[1][1], width_f) for c in cells]).reshape(1, G, nt, width_f)
     head_group = np.arange(heads) if per_head else np.zeros(heads, dtype=np.int64)
     stats = {"tiles": G * nt * nt, "full": int(full_num.sum()), "partial": int(kv_num.sum()),
              "unproven": 0, "resolved": len(qt) * G, "candidates": len(qt) * G}
     return BlockMap(n, n, heads, block, block, head_group.astype(np.int32), kv_num, kv_idx,
-                    full_num, full_idx, var, (mdef.body,), stats)
+                    full_num, full_idx, var, (mdef.body,), stats, live)
 
 
 def _resolve_tokens(body, q_tokens, k_tokens, n, an, evaluate):
