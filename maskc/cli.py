@@ -47,12 +47,24 @@ def segments(spec: str, length: int, name: str):
     return document_ids(lens)
 
 
-def _masks_in(path: str) -> list[str]:
+def _module(path):
+    """The parsed file (parsed once per command; compile() reads it again per mask)."""
     from .api import read_source
-    from .check import mask_names
     from .parser import parse
-    text, filename = read_source(Path(path))
-    return mask_names(parse(text, filename))
+    return parse(*read_source(Path(path)))
+
+
+def _masks_in(module) -> list[str]:
+    from .check import mask_names
+    return mask_names(module)
+
+
+def _known(module, name, params):
+    """The ``-p`` values that mask ``name`` declares (a file's masks need not share them)."""
+    item = next(i for i in module.items if getattr(i, "params", None) is not None
+                and i.name == name)
+    declared = {p.name for p in item.params}
+    return {k: v for k, v in params.items() if k in declared}
 
 
 def cmd_check(args) -> int:
@@ -61,20 +73,17 @@ def cmd_check(args) -> int:
     params = dict(parse_param(p) for p in args.param)
     failed = 0
     for path in args.files:
-        declared = _declared(path) if params else set()
-        unknown = [k for k in params if k not in declared]
-        if unknown:
-            print(f"{path}: error: no mask in the file has a parameter '{unknown[0]}'",
-                  file=sys.stderr)
-            failed += 1
-            continue
         try:
-            names = _masks_in(path)
+            module = _module(path)
+            declared = {p.name for i in module.items for p in (getattr(i, "params", None) or ())}
+            unknown = [k for k in params if k not in declared]
+            if unknown:
+                raise MaskError(f"{path}: no mask in the file has a parameter '{unknown[0]}'")
+            names = _masks_in(module)
             skipped = []
             for name in names:
-                own = {k: v for k, v in params.items()}
                 try:
-                    compile(Path(path), name=name, **_known(path, name, own))
+                    compile(Path(path), name=name, **_known(module, name, params))
                 except MaskParamError as err:
                     if "has no default" not in err.message:
                         raise
@@ -88,31 +97,6 @@ def cmd_check(args) -> int:
             print(err, file=sys.stderr)
             failed += 1
     return 1 if failed else 0
-
-
-def _declared(path) -> set[str]:
-    """Every parameter name declared by some mask of the file (empty if it does not parse)."""
-    from .api import read_source
-    from .parser import parse
-    try:
-        text, filename = read_source(Path(path))
-        return {p.name for i in parse(text, filename).items
-                for p in (getattr(i, "params", None) or ())}
-    except MaskError:
-        return set()
-
-
-def _known(path, name, params):
-    """The ``-p`` values that mask ``name`` declares (a file's masks need not share them)."""
-    if not params:
-        return {}
-    from .api import read_source
-    from .parser import parse
-    text, filename = read_source(Path(path))
-    item = next(i for i in parse(text, filename).items if getattr(i, "params", None) is not None
-                and i.name == name)
-    declared = {p.name for p in item.params}
-    return {k: v for k, v in params.items() if k in declared}
 
 
 def tile_states(dense, block_q: int, block_k: int):
@@ -149,7 +133,7 @@ def cmd_show(args) -> int:
         raise MaskError(f"--heads {args.heads} is not a multiple of --kv-heads {args.kv_heads}")
     name, notes = args.name, []
     if name is None:
-        names = _masks_in(args.file)
+        names = _masks_in(_module(args.file))
         if len(names) > 1:
             # NOTE: unlike compile(), show picks a mask: the one named after the file, or the first.
             stem = Path(args.file).stem
@@ -317,13 +301,14 @@ def cmd_test(args) -> int:
     if args.q_len < 8:
         raise MaskError(f"--q-len must be at least 8 (the kit also tests q_len - 7), got "
                         f"{args.q_len}")
-    names = [args.name] if args.name else _masks_in(args.file)
+    module = _module(args.file)
+    names = [args.name] if args.name else _masks_in(module)
     device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
     failed = ran = 0
     shapes = [dict(q_len=args.q_len, kv_len=args.q_len, heads=2, kv_heads=1),
               dict(q_len=args.q_len - 7, kv_len=args.q_len + 5, heads=4, kv_heads=2, batch=2)]
     for name in names:
-        m = compile(Path(args.file), name=name, **_known(args.file, name, params))
+        m = compile(Path(args.file), name=name, **_known(module, name, params))
         for shape in shapes:
             try:
                 assert_attention_matches(
