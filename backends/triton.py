@@ -14,6 +14,8 @@ import math
 import os
 import sys
 import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from .triton_render import Renderer
 from .triton_template import BACKWARD, MODULE
 
 __all__ = ["generate", "cache_dir", "load_module", "forward", "attention", "available",
-           "Launch"]
+           "Launch", "Plan", "KernelConfig", "Tiles", "default_config"]
 
 _MODULES: dict[str, object] = {}
 
@@ -149,117 +151,304 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
-class Launch:
-    """One attention call's kernels, tables and runtime arguments, shared by forward and backward."""
+@dataclass(frozen=True)
+class Tiles:
+    """One kernel's tile (``block_q`` x ``block_k``) and launch options."""
 
-    def __init__(self, mask, q, k, v, scale=None, block_q: int = 64, block_k: int = 64,
-                 **inputs):
-        import torch
+    block_q: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
 
-        from maskc.blocktable import build
+    def smaller(self) -> "Tiles | None":
+        """A configuration that needs fewer resources (``None`` at the smallest)."""
+        if self.num_stages > 1:
+            return replace(self, num_stages=1)
+        if max(self.block_q, self.block_k) > 16:
+            big = "block_q" if self.block_q >= self.block_k else "block_k"
+            return replace(self, **{big: getattr(self, big) // 2})
+        return None
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tiles of the three generated kernels: forward, dq and dk/dv.
+
+    Each kernel walks block tables built at its own tile size (the dk/dv kernel their
+    transpose), so the three may differ, as they do in FlexAttention's defaults.
+    """
+
+    fwd: Tiles
+    dq: Tiles
+    dkdv: Tiles
+
+    @classmethod
+    def uniform(cls, block_q: int, block_k: int) -> "KernelConfig":
+        t = Tiles(block_q, block_k)
+        return cls(t, t, t)
+
+
+def default_config(device_type: str, dtype, head_dim: int) -> KernelConfig:
+    """Tiles by device, dtype and head dim (on Hopper close to FlexAttention's defaults).
+
+    On the CPU (Triton's interpreter) the tiles are small and unequal, so that the tests
+    walk several tiles and tables of different shapes for each kernel.
+    """
+    import torch
+    if device_type != "cuda":
+        return KernelConfig(Tiles(32, 16), Tiles(16, 32), Tiles(16, 32))
+    if dtype not in (torch.float16, torch.bfloat16):  # float32: no tensor-core tiles
+        if head_dim <= 64:
+            return KernelConfig(Tiles(64, 32), Tiles(32, 32, 4, 1), Tiles(32, 32, 4, 1))
+        return KernelConfig(Tiles(32, 32), Tiles(32, 16, 4, 1), Tiles(16, 32, 4, 1))
+    if head_dim <= 32:
+        return KernelConfig(Tiles(64, 64), Tiles(64, 64), Tiles(64, 64))
+    if head_dim <= 64:
+        return KernelConfig(Tiles(128, 128), Tiles(128, 64, 8), Tiles(64, 128, 8))
+    if head_dim <= 128:
+        return KernelConfig(Tiles(128, 64, 8), Tiles(128, 64, 8), Tiles(64, 128, 8))
+    return KernelConfig(Tiles(64, 32), Tiles(64, 32, 4, 2), Tiles(32, 64, 4, 2))
+
+
+def _check_block(size, what, mdef, on_gpu):
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size & (size - 1) or \
+            (on_gpu and size < 16):
+        raise MaskSizeError(f"{what} must be a power of two (>= 16 on a GPU), got {size!r}",
+                            mdef.span)
+
+
+def _digest(inputs: dict) -> tuple:
+    """A key for runtime inputs by content (ids change per batch; tables follow them)."""
+    out = []
+    for name in sorted(inputs):
+        x = inputs[name]
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().numpy()
+        x = np.ascontiguousarray(np.asarray(x))
+        out.append((name, x.shape, x.dtype.str, hashlib.blake2b(x.tobytes(), digest_size=16)
+                    .hexdigest()))
+    return tuple(out)
+
+
+class Plan:
+    """What one mask needs at one size on one device: block tables per tile size (forward
+    and transposed) and the runtime tables of the mask function. Cached on the ``Mask``, so
+    a training loop that repeats a shape builds its tables once."""
+
+    def __init__(self, mdef, Lq, Lk, Hq, device, inputs):
         from maskc.sizes import prepare_inputs
-
-        from . import reference
-        mdef = mask.ir
-        self._torch = torch
-        for what, size in (("block_q", block_q), ("block_k", block_k)):
-            if not isinstance(size, int) or size < 1 or size & (size - 1) or \
-                    (q.device.type == "cuda" and size < 16):
-                raise MaskSizeError(f"{what} must be a power of two (>= 16 on a GPU), got "
-                                    f"{size!r}", mdef.span)
-        if not available(q.device):
-            raise MaskError(f"the Triton backend needs a CUDA device (got {q.device}); set "
-                            "TRITON_INTERPRET=1 to run it on the CPU through Triton's "
-                            "interpreter")
-        self.name = mdef.name
-        B, Hq, Lq, D = q.shape
-        Hkv, Lk, DV = k.shape[1], k.shape[2], v.shape[3]
-        self.shape = (B, Hq, Hkv, Lq, Lk, D, DV)
-        self.bm = build(mdef, None if mdef.grid else Lq, None if mdef.grid else Lk, Hq, block_q,
-                        block_k, evaluate=reference.evaluate, **inputs)
+        self.mdef, self.Lq, self.Lk, self.Hq, self.device = mdef, Lq, Lk, Hq, device
+        self.inputs = inputs
         # NOTE: the runtime arguments refer to this mask's IR nodes, so they come from this
         # generation, never from the cached module (equal masks share one module).
         src, extras = generate(mdef)
         self.module = _load(src, mdef.name)
-        xs = prepare_inputs(mdef, Lk, inputs)
-        self.extra = _extra_tensors(mdef, extras, Lq, Lk, xs, q.device)
-        self.device = q.device
-        self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-        self.blocks = dict(BM=block_q, BN=block_k, BD=_pow2(D), BDV=_pow2(DV))
-        t = self._t
-        bm = self.bm
-        self.rows = (t(bm.full_kv_num_blocks), t(bm.full_kv_indices), t(bm.kv_num_blocks),
-                     t(bm.kv_indices), t(bm.live), t(bm.head_group))
-        TB, G, NQ = bm.kv_num_blocks.shape
-        self.row_dims = (TB, G, NQ, bm.full_kv_indices.shape[-1], bm.kv_indices.shape[-1])
+        self.extra = _extra_tensors(mdef, extras, Lq, Lk, prepare_inputs(mdef, Lk, inputs),
+                                    device)
+        self._tables: dict = {}
 
     def _t(self, a):
-        return self._torch.as_tensor(np.ascontiguousarray(a, dtype=np.int32), device=self.device)
+        import torch
+        return torch.as_tensor(np.ascontiguousarray(a, dtype=np.int32), device=self.device)
+
+    def block_map(self, block_q: int, block_k: int):
+        from maskc.blocktable import build
+
+        from . import reference
+        key = ("map", block_q, block_k)
+        if key not in self._tables:
+            grid = self.mdef.grid
+            self._tables[key] = build(self.mdef, None if grid else self.Lq,
+                                      None if grid else self.Lk, self.Hq, block_q, block_k,
+                                      evaluate=reference.evaluate, **self.inputs)
+        return self._tables[key]
+
+    def rows(self, block_q: int, block_k: int) -> tuple:
+        """Forward tables (query tile -> key tiles) as kernel arguments."""
+        key = ("rows", block_q, block_k)
+        if key not in self._tables:
+            bm = self.block_map(block_q, block_k)
+            t = self._t
+            TB, G, NQ = bm.kv_num_blocks.shape
+            self._tables[key] = (
+                t(bm.full_kv_num_blocks), t(bm.full_kv_indices), t(bm.kv_num_blocks),
+                t(bm.kv_indices), t(bm.live), t(bm.head_group),
+                TB, G, NQ, bm.full_kv_indices.shape[-1], bm.kv_indices.shape[-1])
+        return self._tables[key]
+
+    def columns(self, block_q: int, block_k: int) -> tuple:
+        """Transposed tables (key tile -> query tiles) as kernel arguments."""
+        key = ("cols", block_q, block_k)
+        if key not in self._tables:
+            bm = self.block_map(block_q, block_k)
+            pn, pi, fn, fi = bm.transposed()
+            t = self._t
+            TB, G, NK = pn.shape
+            self._tables[key] = (t(fn), t(fi), t(pn), t(pi), t(bm.head_group),
+                                 TB, G, NK, fi.shape[-1], pi.shape[-1])
+        return self._tables[key]
+
+
+_PLANS_PER_MASK = 8
+# (module file, kernel, dtype, head dims) -> tiles that ran, after a fallback for resources
+_FITTED: dict = {}
+
+
+def plan(mask, Lq, Lk, Hq, device, inputs) -> Plan:
+    """The cached :class:`Plan` of ``mask`` for this size, device and inputs."""
+    cache = mask.__dict__.setdefault("_triton_plans", OrderedDict())
+    key = (Lq, Lk, Hq, str(device), _digest(inputs))
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    p = cache[key] = Plan(mask.ir, Lq, Lk, Hq, device, inputs)
+    while len(cache) > _PLANS_PER_MASK:
+        cache.popitem(last=False)
+    return p
+
+
+class Launch:
+    """One attention call's kernels, tables and runtime arguments, shared by forward and backward."""
+
+    def __init__(self, mask, q, k, v, scale=None, config: KernelConfig | None = None,
+                 _device_checked: bool = False, **inputs):
+        mdef = mask.ir
+        B, Hq, Lq, D = q.shape
+        Hkv, Lk, DV = k.shape[1], k.shape[2], v.shape[3]
+        gpu = q.device.type == "cuda" or _device_checked
+        config = config or default_config("cuda" if gpu else q.device.type, q.dtype,
+                                          max(D, DV))
+        for kind in ("fwd", "dq", "dkdv"):
+            tiles = getattr(config, kind)
+            for what in ("block_q", "block_k"):
+                _check_block(getattr(tiles, what), what, mdef, gpu)
+        if not _device_checked and not available(q.device):
+            raise MaskError(f"the Triton backend needs a CUDA device (got {q.device}); set "
+                            "TRITON_INTERPRET=1 to run it on the CPU through Triton's "
+                            "interpreter")
+        self.gpu = gpu
+        self.name = mdef.name
+        self.shape = (B, Hq, Hkv, Lq, Lk, D, DV)
+        self.config = config
+        self.plan = plan(mask, Lq, Lk, Hq, q.device, inputs)
+        self.module = self.plan.module
+        self.extra = self.plan.extra
+        self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+        self.dims = dict(BD=_pow2(D), BDV=_pow2(DV), PREC=_precision(q.dtype))
+        self.bm = self.plan.block_map(config.fwd.block_q, config.fwd.block_k)
 
     def _common(self):
         B, Hq, Hkv, Lq, Lk, D, DV = self.shape
         return (Lq, Lk, Hq, Hq // Hkv, D, DV, self.scale / math.log(2))
 
+    def _run(self, kind: str, tiles: Tiles, dtype, launch):
+        """Launch ``kind`` with ``tiles``, falling back to smaller ones when the GPU lacks the
+        shared memory or registers (remembered per kernel, so the fallback is paid once)."""
+        key = (id(self.module), kind, str(dtype), self.shape[5], self.shape[6])
+        tiles = _FITTED.get((key, tiles), tiles)
+        first = tiles
+        while True:
+            try:
+                return launch(tiles)
+            except Exception as err:  # triton.runtime.errors.OutOfResources, by name
+                smaller = tiles.smaller() if type(err).__name__ == "OutOfResources" else None
+                if smaller is None:
+                    raise
+                tiles = smaller
+                _FITTED[(key, first)] = tiles
+
     def forward(self, q, k, v):
         """``(out, lse)``; lse in natural log, float32, ``-inf`` on rows that keep nothing."""
-        torch = self._torch
+        import torch
         B, Hq, Hkv, Lq, Lk, D, DV = self.shape
         out = torch.empty((B, Hq, Lq, DV), dtype=q.dtype, device=q.device)
         lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
         kernel = getattr(self.module, f"fwd_{self.name}")
-        kernel[(self.row_dims[2], B * Hq)](
-            q, k, v, out, lse,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            lse.stride(0), lse.stride(1), *self.rows, *self.row_dims, *self._common(),
-            *self.extra, **self.blocks)
+
+        def launch(t: Tiles):
+            rows = self.plan.rows(t.block_q, t.block_k)
+            kernel[(rows[8], B * Hq)](
+                q, k, v, out, lse,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
+                out.stride(2), lse.stride(0), lse.stride(1), *rows, *self._common(),
+                *self.extra, BM=t.block_q, BN=t.block_k, num_warps=t.num_warps,
+                num_stages=t.num_stages, **self.dims)
+        self._run("fwd", self.config.fwd, q.dtype, launch)
         return out, lse
 
     def backward(self, q, k, v, out, lse, dout, dlse=None):
         """``(dq, dk, dv)`` from the saved forward and the output (and lse) gradients."""
-        torch = self._torch
+        import torch
         B, Hq, Hkv, Lq, Lk, D, DV = self.shape
+        m = self.module
         dout = dout.contiguous()
-        delta = (dout.float() * out.float()).sum(-1)
+        delta = torch.empty_like(lse)
+        bq = 64 if self.gpu else 16
+        getattr(m, f"bwd_delta_{self.name}")[(-(-Lq // bq), B * Hq)](
+            out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0),
+            dout.stride(1), dout.stride(2), delta.stride(0), delta.stride(1), Lq, Hq, DV,
+            BM=bq, BDV=self.dims["BDV"])
         if dlse is not None:
-            delta = delta - dlse.float()  # d lse / d s = p: folds into the softmax gradient
-        delta = delta.contiguous()
-        dq = torch.empty_like(q)
+            delta -= dlse.float()  # d lse / d s = p: folds into the softmax gradient
+        strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                   v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1),
+                   dout.stride(2), lse.stride(0), lse.stride(1))
         common = self._common() + (self.scale,)
-        getattr(self.module, f"bwd_dq_{self.name}")[(self.row_dims[2], B * Hq)](
-            q, k, v, dout, lse, delta, dq,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1),
-            dout.stride(2), lse.stride(0), lse.stride(1),
-            *self.rows, *self.row_dims, *common, *self.extra, **self.blocks)
-        pn, pi, fn, fi = self.bm.transposed()
-        t = self._t
-        TB, G, NK = pn.shape
-        dk = torch.empty((B, Hq, Lk, D), dtype=torch.float32, device=q.device)
-        dv = torch.empty((B, Hq, Lk, DV), dtype=torch.float32, device=q.device)
-        getattr(self.module, f"bwd_dkdv_{self.name}")[(NK, B * Hq)](
-            q, k, v, dout, lse, delta, dk, dv,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1),
-            dout.stride(2), lse.stride(0), lse.stride(1),
-            dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-            t(fn), t(fi), t(pn), t(pi), self.rows[5], TB, G, NK, fi.shape[-1], pi.shape[-1],
-            *common, *self.extra, **self.blocks)
-        # GQA: the query heads of one kv head add their gradients
-        rep = Hq // Hkv
-        dk = dk.view(B, Hkv, rep, Lk, D).sum(2).to(k.dtype)
-        dv = dv.view(B, Hkv, rep, Lk, DV).sum(2).to(v.dtype)
+        dq = torch.empty_like(q)
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+
+        def launch_dq(t: Tiles):
+            rows = self.plan.rows(t.block_q, t.block_k)
+            getattr(m, f"bwd_dq_{self.name}")[(rows[8], B * Hq)](
+                q, k, v, dout, lse, delta, dq, *strides, *rows, *common, *self.extra,
+                BM=t.block_q, BN=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages,
+                **self.dims)
+
+        def launch_dkdv(t: Tiles):
+            cols = self.plan.columns(t.block_q, t.block_k)
+            getattr(m, f"bwd_dkdv_{self.name}")[(cols[7], B * Hkv)](
+                q, k, v, dout, lse, delta, dk, dv, *strides,
+                dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1),
+                dv.stride(2), *cols, *common, *self.extra, BM=t.block_q, BN=t.block_k,
+                num_warps=t.num_warps, num_stages=t.num_stages, **self.dims)
+        self._run("dq", self.config.dq, q.dtype, launch_dq)
+        self._run("dkdv", self.config.dkdv, q.dtype, launch_dkdv)
         return dq, dk, dv
 
 
-def attention(mask, q, k, v, scale=None, return_lse=False, block_q=64, block_k=64, **inputs):
-    """Attention through the generated kernels, differentiable (``torch.autograd``)."""
+def _precision(dtype) -> str:
+    """``tl.dot`` input precision: float32 inputs stay IEEE unless torch allows TF32 for
+    matmuls (as ``scaled_dot_product_attention`` and FlexAttention do)."""
     import torch
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _config(config, block_q, block_k):
+    if block_q is None and block_k is None:
+        return config
+    if config is not None:
+        raise TypeError("give either config or block_q/block_k, not both")
+    block_q = 64 if block_q is None else block_q
+    return KernelConfig.uniform(block_q, block_q if block_k is None else block_k)
+
+
+def attention(mask, q, k, v, scale=None, return_lse=False, block_q=None, block_k=None,
+              config: KernelConfig | None = None, **inputs):
+    """Attention through the generated kernels, differentiable (``torch.autograd``).
+
+    ``config`` (a :class:`KernelConfig`) or ``block_q``/``block_k`` (one tile size for all
+    three kernels) override :func:`default_config`.
+    """
+    import torch
+    config = _config(config, block_q, block_k)
 
     class _Fn(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v):
-            launch = Launch(mask, q, k, v, scale, block_q, block_k, **inputs)
+            launch = Launch(mask, q, k, v, scale, config, **inputs)
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
             out, lse = launch.forward(q, k, v)
             ctx.launch = launch
@@ -277,7 +466,8 @@ def attention(mask, q, k, v, scale=None, return_lse=False, block_q=64, block_k=6
     return (out, lse) if return_lse else out
 
 
-def forward(mask, q, k, v, scale=None, block_q: int = 64, block_k: int = 64, **inputs):
+def forward(mask, q, k, v, scale=None, block_q: int | None = None, block_k: int | None = None,
+            config: KernelConfig | None = None, **inputs):
     """Run the generated forward kernel once: ``(out, lse)``."""
-    launch = Launch(mask, q, k, v, scale, block_q, block_k, **inputs)
+    launch = Launch(mask, q, k, v, scale, _config(config, block_q, block_k), **inputs)
     return launch.forward(q.contiguous(), k.contiguous(), v.contiguous())

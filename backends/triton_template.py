@@ -1,8 +1,12 @@
 """The one template of generated Triton modules. It holds no logic: ``{...}`` slots only.
 
 Slots: ``name``, ``spec`` (the mask as `.mask` source), ``params`` (extra runtime arguments
-of the mask function, with a leading comma), ``body`` (the mask function's statements,
-indented) and ``expr`` (its result).
+of the mask function, with a leading comma), ``args`` (the same names, passed on),
+``body`` (the mask function's statements, indented) and ``expr`` (its result).
+
+Everything the kernels read at run time (lengths, strides, block tables, runtime inputs)
+is an argument; tile sizes, warps and pipelining depth are launch options (constexprs), so
+one generated module serves every length and every kernel configuration.
 """
 
 MODULE = '''\
@@ -11,14 +15,16 @@ MODULE = '''\
 #
 #   {spec}
 #
-# mask_{name}() is the mask on one tile: P/Q are the aligned/raw query positions (BM, 1),
-# K the key positions (1, BN). The kernels below walk the block tables: full tiles need
-# no mask, partial tiles call mask_{name}(). Lengths are arguments: nothing here depends
-# on the sequence length, so a new length compiles nothing.
+# mask_{name}() is the mask on one tile: P/Q are the aligned/raw query positions, K the
+# key positions, shaped (BM, 1)/(1, BN) in the forward and dq kernels and (1, BM)/(BN, 1)
+# in the dk/dv kernel (the mask is elementwise, so either orientation broadcasts). The
+# kernels walk the block tables: full tiles need no mask, partial tiles call
+# mask_{name}(). Lengths are arguments: nothing here depends on the sequence length, so a
+# new length compiles nothing.
 import triton
 import triton.language as tl
 
-LN2 = 0.6931471805599453
+LN2 = tl.constexpr(0.6931471805599453)
 SPEC = """{spec_src}"""
 
 
@@ -49,28 +55,36 @@ def mask_{name}(P, Q, K, h, b, Lq, Lk, live{params}):
 @triton.jit
 def _batch_head(bh, H, REP):
     """Batch, query head and kv head (GQA: REP query heads per kv head) of a program."""
+    bh = bh.to(tl.int64)  # base offsets of large tensors overflow 32 bits
     return bh // H, bh % H, (bh % H) // REP
 
 
 @triton.jit
-def _scores(q, K_ptr, kvh, b, kt, Lk, skb, skh, skn, offs_n, offs_d, D, qk_scale,
-            BN: tl.constexpr):
-    kk = kt * BN + offs_n
-    k = tl.load(K_ptr + b * skb + kvh * skh + kk[:, None] * skn + offs_d[None, :],
-                mask=(kk[:, None] < Lk) & (offs_d[None, :] < D), other=0.0)
-    s = tl.dot(q, tl.trans(k)) * qk_scale
-    return tl.where(kk[None, :] < Lk, s, float("-inf")), kk
+def _rows(ptr, offs, L, offs_d, D, stride):
+    """Rows ``offs`` (columns ``offs_d``) of a (L, D) matrix; zeros outside it."""
+    return tl.load(ptr + offs[:, None] * stride + offs_d[None, :],
+                   mask=(offs[:, None] < L) & (offs_d[None, :] < D), other=0.0)
 
 
 @triton.jit
-def _online(s, v, m_i, l_i, acc):
+def _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc, offs_n, offs_d,
+              offs_dv, D, DV, skn, svn, qk_scale{params},
+              BN: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr):
+    """One key tile of the online softmax (FlashAttention-2), masked or not."""
+    kk = kt * BN + offs_n
+    k = _rows(K_bh, kk, Lk, offs_d, D, skn)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    keep = kk[None, :] < Lk
+    if MASKED:
+        keep = keep & mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk, live{args})
+    s = tl.where(keep, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays empty
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return m_new, l_i, acc
+    v = _rows(V_bh, kk, Lk, offs_dv, DV, svn)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return m_new, l_i * alpha + tl.sum(p, 1), acc
 
 
 @triton.jit
@@ -78,7 +92,8 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                full_num, full_idx, part_num, part_idx, part_live, head_group,
                TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale{params},
-               BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
+               BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+               PREC: tl.constexpr):
     i = tl.program_id(0)
     b, h, kvh = _batch_head(tl.program_id(1), H, REP)
     row = ((b % TB) * G + tl.load(head_group + h)) * NQ + i
@@ -86,29 +101,25 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    q = tl.load(Q_ptr + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-                mask=(offs_m[:, None] < Lq) & (offs_d[None, :] < D), other=0.0)
+    q = _rows(Q_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm)
+    K_bh = K_ptr + b * skb + kvh * skh
+    V_bh = V_ptr + b * svb + kvh * svh
     P = (offs_m + (Lk - Lq))[:, None]
     Qi = offs_m[:, None]
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, BDV], tl.float32)
-    v_off = V_ptr + b * svb + kvh * svh + offs_dv[None, :]
     for j in range(0, tl.load(full_num + row)):  # full tiles: no mask
         kt = tl.load(full_idx + row * FW + j)
-        s, kk = _scores(q, K_ptr, kvh, b, kt, Lk, skb, skh, skn, offs_n, offs_d, D, qk_scale, BN)
-        v = tl.load(v_off + kk[:, None] * svn, mask=(kk[:, None] < Lk) & (offs_dv[None, :] < DV),
-                    other=0.0)
-        m_i, l_i, acc = _online(s, v, m_i, l_i, acc)
+        m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, 0, m_i, l_i, acc,
+                                  offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale{args},
+                                  BN, False, PREC)
     for j in range(0, tl.load(part_num + row)):  # partial tiles: the mask decides
         kt = tl.load(part_idx + row * PW + j)
         live = tl.load(part_live + row * PW + j)  # which terms of the mask matter here
-        s, kk = _scores(q, K_ptr, kvh, b, kt, Lk, skb, skh, skn, offs_n, offs_d, D, qk_scale, BN)
-        keep = mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk, live{args})
-        s = tl.where(keep, s, float("-inf"))
-        v = tl.load(v_off + kk[:, None] * svn, mask=(kk[:, None] < Lk) & (offs_dv[None, :] < DV),
-                    other=0.0)
-        m_i, l_i, acc = _online(s, v, m_i, l_i, acc)
+        m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc,
+                                  offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale{args},
+                                  BN, True, PREC)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
@@ -120,18 +131,41 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
 BACKWARD = '''
 
 @triton.jit
-def _query_rows(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, b, h, offs_m, offs_d, offs_dv, Lq, D, DV,
-                sqb, sqh, sqm, sob, soh, som, slb, slh):
-    """A query tile's q, dO, log2-domain lse (+inf on empty rows, so p = 0) and delta."""
-    rows_ok = offs_m < Lq
-    q = tl.load(Q_ptr + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-                mask=rows_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    do = tl.load(DO_ptr + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :],
-                 mask=rows_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse = tl.load(LSE_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=float("-inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse / LN2)
-    delta = tl.load(DELTA_ptr + b * slb + h * slh + offs_m, mask=rows_ok, other=0.0)
-    return q, do, lse2, delta
+def bwd_delta_{name}(O_ptr, DO_ptr, DELTA_ptr, sob, soh, som, sdb, sdh, sdm, slb, slh,
+                     Lq, H, DV, BM: tl.constexpr, BDV: tl.constexpr):
+    """delta = rowsum(dO * O), the softmax-gradient term of each query row (float32)."""
+    i = tl.program_id(0)
+    b, h, _ = _batch_head(tl.program_id(1), H, 1)
+    offs_m = i * BM + tl.arange(0, BM)
+    offs_dv = tl.arange(0, BDV)
+    o = _rows(O_ptr + b * sob + h * soh, offs_m, Lq, offs_dv, DV, som).to(tl.float32)
+    do = _rows(DO_ptr + b * sdb + h * sdh, offs_m, Lq, offs_dv, DV, sdm).to(tl.float32)
+    tl.store(DELTA_ptr + b * slb + h * slh + offs_m, tl.sum(o * do, 1), mask=offs_m < Lq)
+
+
+@triton.jit
+def _lse2(LSE_bh, offs_m, Lq):
+    """log2-domain log-sum-exp of query rows; +inf on rows that keep nothing (so p = 0)."""
+    lse = tl.load(LSE_bh + offs_m, mask=offs_m < Lq, other=float("-inf"))
+    return tl.where(lse == float("-inf"), float("inf"), lse / LN2)
+
+
+@triton.jit
+def _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, offs_n,
+             offs_d, offs_dv, D, DV, skn, svn, qk_scale{params},
+             BN: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr):
+    """dq += dS k over one key tile, dS = P * (dO v^T - delta)."""
+    kk = kt * BN + offs_n
+    k = _rows(K_bh, kk, Lk, offs_d, D, skn)
+    v = _rows(V_bh, kk, Lk, offs_dv, DV, svn)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    keep = kk[None, :] < Lk
+    if MASKED:
+        keep = keep & mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk, live{args})
+    p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=PREC)
 
 
 @triton.jit
@@ -139,7 +173,9 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                   full_num, full_idx, part_num, part_idx, part_live, head_group,
                   TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
-                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
+                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                  PREC: tl.constexpr):
+    # one program per query tile and query head, over the forward tables
     i = tl.program_id(0)
     b, h, kvh = _batch_head(tl.program_id(1), H, REP)
     row = ((b % TB) * G + tl.load(head_group + h)) * NQ + i
@@ -147,86 +183,94 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    rows_ok = offs_m < Lq
-    q, do, lse2, delta = _query_rows(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, b, h, offs_m, offs_d,
-                                     offs_dv, Lq, D, DV, sqb, sqh, sqm, sob, soh, som, slb, slh)
+    q = _rows(Q_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm)
+    do = _rows(DO_ptr + b * sob + h * soh, offs_m, Lq, offs_dv, DV, som)
+    lse2 = _lse2(LSE_ptr + b * slb + h * slh, offs_m, Lq)
+    delta = tl.load(DELTA_ptr + b * slb + h * slh + offs_m, mask=offs_m < Lq, other=0.0)
+    K_bh = K_ptr + b * skb + kvh * skh
+    V_bh = V_ptr + b * svb + kvh * svh
     P = (offs_m + (Lk - Lq))[:, None]
     Qi = offs_m[:, None]
     dq = tl.zeros([BM, BD], tl.float32)
-    v_off = V_ptr + b * svb + kvh * svh + offs_dv[None, :]
-    k_off = K_ptr + b * skb + kvh * skh + offs_d[None, :]
-    n_full = tl.load(full_num + row)
-    for j in range(0, n_full + tl.load(part_num + row)):
-        live = j * 0  # same type as the loaded bits in both branches
-        if j < n_full:
-            kt = tl.load(full_idx + row * FW + j)
-        else:
-            kt = tl.load(part_idx + row * PW + j - n_full)
-            live = tl.load(part_live + row * PW + j - n_full)
-        s, kk = _scores(q, K_ptr, kvh, b, kt, Lk, skb, skh, skn, offs_n, offs_d, D, qk_scale, BN)
-        if j >= n_full:
-            s = tl.where(mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk, live{args}), s,
-                         float("-inf"))
-        p = tl.exp2(s - lse2[:, None])
-        v = tl.load(v_off + kk[:, None] * svn, mask=(kk[:, None] < Lk) & (offs_dv[None, :] < DV),
-                    other=0.0)
-        k = tl.load(k_off + kk[:, None] * skn, mask=(kk[:, None] < Lk) & (offs_d[None, :] < D),
-                    other=0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
+    for j in range(0, tl.load(full_num + row)):
+        kt = tl.load(full_idx + row * FW + j)
+        dq = _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, 0, offs_n,
+                      offs_d, offs_dv, D, DV, skn, svn, qk_scale{args}, BN, False, PREC)
+    for j in range(0, tl.load(part_num + row)):
+        kt = tl.load(part_idx + row * PW + j)
+        live = tl.load(part_live + row * PW + j)
+        dq = _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, offs_n,
+                      offs_d, offs_dv, D, DV, skn, svn, qk_scale{args}, BN, True, PREC)
     tl.store(DQ_ptr + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-             (dq * scale).to(DQ_ptr.dtype.element_ty), mask=rows_ok[:, None] & (offs_d[None, :] < D))
+             (dq * scale).to(DQ_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < Lq) & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq, Lk, offs_m0,
+               offs_d, offs_dv, D, DV, sqm, som, qk_scale{params},
+               BM: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr):
+    """dv += P^T dO and dk += dS^T q over one query tile, computed key-major (BN, BM)."""
+    offs_m = qt * BM + offs_m0
+    q = _rows(Q_bh, offs_m, Lq, offs_d, D, sqm)
+    do = _rows(DO_bh, offs_m, Lq, offs_dv, DV, som)
+    lse2 = _lse2(LSE_bh, offs_m, Lq)
+    delta = tl.load(DELTA_bh + offs_m, mask=offs_m < Lq, other=0.0)
+    st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+    keep = Kc < Lk
+    if MASKED:
+        P = (offs_m + (Lk - Lq))[None, :]
+        # -1: every term (the live bits are per query tile, not per key tile)
+        keep = keep & mask_{name}(P, offs_m[None, :], Kc, h, b, Lq, Lk, -1{args})
+    pt = tl.where(keep, tl.exp2(st - lse2[None, :]), 0.0)
+    dv += tl.dot(pt.to(do.dtype), do, input_precision=PREC)
+    dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
+    dst = pt * (dpt - delta[None, :])
+    dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
+    return dk, dv
 
 
 @triton.jit
 def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_ptr,
                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
-                    sdb, sdh, sdn,
-                    sdvb, sdvh, sdvn,
+                    sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
                     full_num, full_idx, part_num, part_idx, head_group,
                     TB, G, NK, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
-                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
-    # one program per key tile and query head; the tables list, per key tile, the query
-    # tiles that visit it (the transpose of the forward tables)
+                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                    PREC: tl.constexpr):
+    # one program per key tile and kv head; it sums over the REP query heads of that kv
+    # head (GQA), walking per key tile the query tiles that visit it (the transposed tables)
     j = tl.program_id(0)
-    b, h, kvh = _batch_head(tl.program_id(1), H, REP)
-    row = ((b % TB) * G + tl.load(head_group + h)) * NK + j
+    b, kvh, _ = _batch_head(tl.program_id(1), H // REP, 1)
     offs_n = j * BN + tl.arange(0, BN)
     offs_m0 = tl.arange(0, BM)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    cols_ok = offs_n < Lk
-    k = tl.load(K_ptr + b * skb + kvh * skh + offs_n[:, None] * skn + offs_d[None, :],
-                mask=cols_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    v = tl.load(V_ptr + b * svb + kvh * svh + offs_n[:, None] * svn + offs_dv[None, :],
-                mask=cols_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    k = _rows(K_ptr + b * skb + kvh * skh, offs_n, Lk, offs_d, D, skn)
+    v = _rows(V_ptr + b * svb + kvh * svh, offs_n, Lk, offs_dv, DV, svn)
     dk = tl.zeros([BN, BD], tl.float32)
     dv = tl.zeros([BN, BDV], tl.float32)
-    Kc = offs_n[None, :]
-    n_full = tl.load(full_num + row)
-    for t in range(0, n_full + tl.load(part_num + row)):
-        if t < n_full:
-            i = tl.load(full_idx + row * FW + t)
-        else:
-            i = tl.load(part_idx + row * PW + t - n_full)
-        offs_m = i * BM + offs_m0
-        q, do, lse2, delta = _query_rows(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, b, h, offs_m, offs_d,
-                                         offs_dv, Lq, D, DV, sqb, sqh, sqm, sob, soh, som, slb,
-                                         slh)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        s = tl.where(cols_ok[None, :], s, float("-inf"))
-        if t >= n_full:
-            P = (offs_m + (Lk - Lq))[:, None]
-            s = tl.where(mask_{name}(P, offs_m[:, None], Kc, h, b, Lq, Lk, -1{args}), s,
-                         float("-inf"))  # -1: every term (live bits follow query tiles)
-        p = tl.exp2(s - lse2[:, None])
-        dv += tl.dot(tl.trans(p).to(do.dtype), do)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q)
-    tl.store(DK_ptr + b * sdb + h * sdh + offs_n[:, None] * sdn + offs_d[None, :],
-             dk * scale, mask=cols_ok[:, None] & (offs_d[None, :] < D))
-    tl.store(DV_ptr + b * sdvb + h * sdvh + offs_n[:, None] * sdvn + offs_dv[None, :],
-             dv, mask=cols_ok[:, None] & (offs_dv[None, :] < DV))
+    Kc = offs_n[:, None]
+    for g in range(0, REP):
+        h = kvh * REP + g
+        row = ((b % TB) * G + tl.load(head_group + h)) * NK + j
+        Q_bh = Q_ptr + b * sqb + h * sqh
+        DO_bh = DO_ptr + b * sob + h * soh
+        LSE_bh = LSE_ptr + b * slb + h * slh
+        DELTA_bh = DELTA_ptr + b * slb + h * slh
+        for t in range(0, tl.load(full_num + row)):
+            qt = tl.load(full_idx + row * FW + t)
+            dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq,
+                                Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale{args},
+                                BM, False, PREC)
+        for t in range(0, tl.load(part_num + row)):
+            qt = tl.load(part_idx + row * PW + t)
+            dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq,
+                                Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale{args},
+                                BM, True, PREC)
+    cols_ok = offs_n[:, None] < Lk
+    tl.store(DK_ptr + b * sdkb + kvh * sdkh + offs_n[:, None] * sdkn + offs_d[None, :],
+             (dk * scale).to(DK_ptr.dtype.element_ty), mask=cols_ok & (offs_d[None, :] < D))
+    tl.store(DV_ptr + b * sdvb + kvh * sdvh + offs_n[:, None] * sdvn + offs_dv[None, :],
+             dv.to(DV_ptr.dtype.element_ty), mask=cols_ok & (offs_dv[None, :] < DV))
 '''

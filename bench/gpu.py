@@ -2,7 +2,7 @@
 
 Forward and forward+backward in bfloat16 on the patterns of the Triton issue. For each:
 time (median of ``triton.testing.do_bench``), effective TFLOP/s (FLOPs of the kept pairs
-only: 4·D per kept pair forward, 2.5x that for backward) and the fraction of the ideal
+only: 4·D per kept pair forward, 3.5x that for forward+backward) and the fraction of the ideal
 speed-up (dense SDPA time x density / time). Needs a CUDA GPU; writes nothing itself:
 redirect the table to ``bench/results/gpu-<device>.md``.
 
@@ -19,15 +19,15 @@ PATTERNS = {
     # name: (spec, q_len or None for grids, heads, head_dim, inputs builder, flash window)
     "swa2048-32K": ("mask m = causal & window(before = 2047, after = 0)", 32768, 16, 128,
                     None, (2047, 0)),
+    "bigbird-16K": ("mask m = blocks(64, window(1) | global([0]) | random(3, seed = 7))",
+                    16384, 16, 64, None, None),
+    "packed-32K": ("mask m(input doc) = causal & same(doc)", 32768, 16, 128, "docs", None),
     "natten2d-256x256-w80": ("mask m over grid(256, 256) = neighborhood(80)", None, 24, 128,
                              None, None),
     "natten2d-256x256-w80-s16": ("mask m over grid(256, 256) = neighborhood(80, stride = 16)",
                                  None, 24, 128, None, None),
     "natten3d-30x48x80-w18x24x24": ("mask m over grid(30, 48, 80) = neighborhood((18, 24, 24))",
                                     None, 24, 128, None, None),
-    "bigbird-16K": ("mask m = blocks(64, window(1) | global([0]) | random(3, seed = 7))",
-                    16384, 16, 64, None, None),
-    "packed-32K": ("mask m(input doc) = causal & same(doc)", 32768, 16, 128, "docs", None),
 }
 QUICK = ("swa2048-32K", "bigbird-16K")
 
@@ -88,29 +88,37 @@ def run(name, args):
         except ImportError:
             pass
     dense = results.get("sdpa-dense")
+    flex_t = results.get("flex")
     for label, (t_f, t_b) in results.items():
         tflops_f = flops_fwd / (t_f * 1e-3) / 1e12
-        tflops_b = 2.5 * flops_fwd / (t_b * 1e-3) / 1e12
+        tflops_b = 3.5 * flops_fwd / (t_b * 1e-3) / 1e12
         ideal = f"{dense[0] * density / t_f:.0%} / {dense[1] * density / t_b:.0%}" \
             if dense else "—"
+        vs = f"{flex_t[0] / t_f:.2f}x / {flex_t[1] / t_b:.2f}x" if flex_t else "—"
         print(f"| {name} | {label} | {t_f:.2f} | {t_b:.2f} | {tflops_f:.0f} | {tflops_b:.0f} "
-              f"| {density:.1%} | {ideal} |")
+              f"| {density:.1%} | {ideal} | {vs} |", flush=True)
 
 
 def main():
     import torch
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("patterns", nargs="*", help=f"patterns to run (default: all): "
+                                                   f"{', '.join(PATTERNS)}")
     args = ap.parse_args()
+    unknown = set(args.patterns) - set(PATTERNS)
+    if unknown:
+        ap.error(f"unknown patterns: {', '.join(sorted(unknown))}")
     if not torch.cuda.is_available():
         raise SystemExit("bench/gpu.py needs a CUDA GPU")
     print(f"# device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"{platform.python_version()}")
     print(f"# command: python bench/gpu.py{' --quick' if args.quick else ''}")
-    print("| pattern | kernel | fwd ms | fwd+bwd ms | fwd TFLOP/s | bwd TFLOP/s | tiles "
-          "visited | ideal speed-up reached (fwd / bwd) |")
-    print("|" + "---|" * 8)
-    for name in (QUICK if args.quick else PATTERNS):
+    print("| pattern | kernel | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | tiles "
+          "visited | ideal speed-up reached (fwd / fwd+bwd) | flex time / this time (fwd / "
+          "fwd+bwd) |")
+    print("|" + "---|" * 9, flush=True)
+    for name in args.patterns or (QUICK if args.quick else PATTERNS):
         run(name, args)
 
 

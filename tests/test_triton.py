@@ -1,5 +1,6 @@
 """The generated Triton kernels against the NumPy reference (interpreter on CPU, GPU if asked)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,8 @@ GOLDEN_CASES = {  # golden name -> (example file, mask name)
     "moa": ("moa.mask", "moa"),
 }
 DTYPES = ("float32", "float16") + (("bfloat16",) if GPU_RUN else ())  # NOTES: bf16 is garbage
-PROFILE = dict(max_examples=60 if GPU_RUN else 20, deadline=None,
+# a GPU run compiles each example, so it draws few
+PROFILE = dict(max_examples=12 if GPU_RUN else 20, deadline=None,
                suppress_health_check=list(HealthCheck))
 
 
@@ -55,7 +57,7 @@ def test_examples_match_the_reference(file, name, device):
 def test_head_dims(head_dim, device):
     m = maskc.compile("mask m = causal & window(before = 30, after = 0) | sink(2)")
     assert_attention_matches(triton_attention(m), m, device=device, q_len=40, kv_len=53,
-                             head_dim=head_dim, grad=head_dim <= 64)
+                             head_dim=head_dim, grad=GPU_RUN or head_dim <= 64)
 
 
 def test_fully_masked_rows_give_zeros_and_minus_inf(device):
@@ -104,7 +106,7 @@ def test_two_processes_writing_one_kernel(tmp_path):
             "m = maskc.compile('mask m = causal & sink(3)'); "
             "[tb.write_source(m.kernel_source() + '#' * 0, 'm') for _ in range(50)]")
     env = {"MASKC_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": str(Path(__file__).parent.parent)}
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), *sys.path])}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
     assert all(p.wait() == 0 for p in procs)
     files = list(tmp_path.glob("maskc_m_*.py"))
@@ -150,6 +152,19 @@ def test_golden_kernels(golden, request):
         path.write_text(src)
     assert path.read_text() == src, (f"generated code for {golden} changed: review the diff and "
                                      "rerun with --update-golden")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec, heads, kv_heads", [
+    ("mask m over grid(24, 40) = neighborhood((7, 13), dilation = (1, 2))", 4, 4),
+    ("mask m = blocks(64, window(1) | global([0]) | random(3, seed = 7))", 4, 1),
+])
+@pytest.mark.parametrize("dtype, head_dim", [("float16", 64), ("bfloat16", 128)])
+def test_benchmark_patterns_on_gpu(spec, heads, kv_heads, dtype, head_dim):
+    m = maskc.compile(spec)
+    assert_attention_matches(triton_attention(m), m, device="cuda", heads=heads,
+                             kv_heads=kv_heads, q_len=None if m.grid else 2048,
+                             head_dim=head_dim, dtype=dtype)
 
 
 @pytest.mark.gpu

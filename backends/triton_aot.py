@@ -1,0 +1,148 @@
+"""Compile a mask's generated Triton kernels for a GPU architecture without a GPU.
+
+Triton's PyPI wheel carries ``ptxas``, so the whole pipeline (Python AST -> TTIR -> TTGIR
+-> LLVM IR -> PTX -> cubin) runs on any machine. :func:`compile_kernels` records the
+arguments of one attention call (forward and backward) with CPU tensors standing in for
+the GPU's, compiles every kernel with the tiles a GPU would use, and reports the resources
+each needs, so code-generation errors and tiles that do not fit show up before a GPU run.
+Needs Triton's compiler, not its interpreter (``TRITON_INTERPRET`` unset).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["KernelReport", "compile_kernels", "SHARED_LIMIT"]
+
+# bytes of shared memory one program may use (opt-in maximum), by compute capability
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024,
+                100: 227 * 1024, 120: 99 * 1024}
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    """One compiled kernel: its tiles and what it needs per program."""
+
+    kernel: str
+    block_q: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    shared: int            # bytes of shared memory
+    registers: int | None  # per thread (from cuobjdump), None if unknown
+    spills: int | None     # bytes of local memory per thread (register spills)
+    seconds: float         # compile time
+
+    def fits(self, arch: int) -> bool:
+        return self.shared <= SHARED_LIMIT.get(arch, 99 * 1024)
+
+
+class _Recorder:
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kw)`` is recorded."""
+
+    def __init__(self, fn, calls):
+        self.fn, self.calls = fn, calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.calls.append((self.fn, args, kw))
+
+
+class _Module:
+    def __init__(self, module, calls):
+        self._module, self._calls = module, calls
+
+    def __getattr__(self, name):
+        return _Recorder(getattr(self._module, name), self._calls)
+
+
+_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int32": "i32",
+          "int8": "i8", "int64": "i64"}
+_LAUNCH_OPTIONS = ("num_warps", "num_stages")
+
+
+def _arg_type(x) -> str:
+    if hasattr(x, "dtype") and hasattr(x, "data_ptr"):
+        return "*" + _TYPES[str(x.dtype).removeprefix("torch.")]
+    if isinstance(x, bool):
+        return "i1"
+    if isinstance(x, int):
+        return "i32" if -2**31 <= x < 2**31 else "i64"
+    if isinstance(x, float):
+        return "fp32"
+    raise TypeError(f"no Triton type for {type(x).__name__}")
+
+
+def _resources(cubin: bytes) -> tuple[int | None, int | None]:
+    """``(registers, spill bytes)`` per thread from ``cuobjdump -res-usage``."""
+    import triton
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return None, None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True,
+                             text=True).stdout
+    regs = re.search(r"REG:(\d+)", out)
+    local = re.search(r"LOCAL:(\d+)", out)
+    return (int(regs.group(1)) if regs else None, int(local.group(1)) if local else None)
+
+
+def compile_kernels(mask, arch: int = 90, dtype: str = "bfloat16", head_dim: int = 128,
+                    q_len: int | None = None, kv_len: int | None = None, heads: int = 2,
+                    kv_heads: int | None = None, config=None, **inputs) -> list[KernelReport]:
+    """Compile the forward, delta, dq and dk/dv kernels of ``mask`` for ``sm_<arch>``.
+
+    Lengths only shape the recorded call (kernels do not depend on them). ``config`` is a
+    :class:`~maskc.backends.triton.KernelConfig`; by default the one a CUDA device gets.
+    """
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("compile_kernels needs Triton's compiler: unset TRITON_INTERPRET")
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from maskc.testing import runtime_inputs
+
+    from . import triton as tb
+
+    tdtype = getattr(torch, dtype)
+    if mask.grid is not None:
+        q_len = kv_len = int(torch.tensor(mask.grid).prod())
+    q_len = q_len or 256
+    kv_len = kv_len or q_len
+    kv_heads = kv_heads or heads
+    inputs = inputs or runtime_inputs(mask, kv_len)
+    q = torch.zeros(1, heads, q_len, head_dim, dtype=tdtype)
+    k = torch.zeros(1, kv_heads, kv_len, head_dim, dtype=tdtype)
+    config = config or tb.default_config("cuda", tdtype, head_dim)
+    launch = tb.Launch(mask, q, k, k, None, config, _device_checked=True, **inputs)
+    calls: list = []
+    launch.module = _Module(launch.module, calls)
+    out, lse = launch.forward(q, k, k)
+    launch.backward(q, k, k, out, lse, torch.zeros_like(out))
+    reports = []
+    for fn, args, kw in calls:
+        names = fn.arg_names
+        values = dict(zip(names, args))
+        values.update({n: v for n, v in kw.items() if n not in _LAUNCH_OPTIONS})
+        constexprs = {n: values[n] for n, p in zip(names, fn.params) if p.is_constexpr}
+        signature = {n: ("constexpr" if n in constexprs else _arg_type(values[n]))
+                     for n in names}
+        options = {n: kw[n] for n in _LAUNCH_OPTIONS if n in kw}
+        start = time.perf_counter()
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                  target=GPUTarget("cuda", arch, 32), options=options)
+        seconds = time.perf_counter() - start
+        regs, spills = _resources(compiled.asm["cubin"])
+        reports.append(KernelReport(fn.__name__, constexprs["BM"], constexprs.get("BN", 0),
+                                    compiled.metadata.num_warps, compiled.metadata.num_stages,
+                                    compiled.metadata.shared, regs, spills, seconds))
+    return reports
