@@ -28,7 +28,8 @@ from .triton_render import Renderer
 from .triton_template import BACKWARD, MODULE
 
 __all__ = ["generate", "cache_dir", "load_module", "forward", "attention", "available",
-           "Launch", "Plan", "KernelConfig", "Tiles", "default_config"]
+           "Launch", "Plan", "KernelConfig", "Tiles", "default_config", "block_alignment",
+           "aligned"]
 
 _MODULES: dict[str, object] = {}
 
@@ -210,6 +211,44 @@ def default_config(device_type: str, dtype, head_dim: int) -> KernelConfig:
     return KernelConfig(Tiles(64, 32), Tiles(64, 32, 4, 2), Tiles(32, 64, 4, 2))
 
 
+def block_alignment(mdef: ir.MaskDef) -> int | None:
+    """The tile size that lines up with the mask's blocks, if it is made of ``blocks(B, ...)``
+    only (through ``& | - ~`` and ``heads``): the largest power of two dividing every ``B``
+    (at least 16). Tiles no larger than that are each inside one block, so every tile the
+    kernels visit is full and none evaluates the mask (``None``: no such size)."""
+    sizes = []
+
+    def walk(n) -> bool:
+        if isinstance(n, ir.Blocks):
+            sizes.append(n.size)
+            return True
+        if isinstance(n, ir.Const):
+            return True
+        if isinstance(n, ir.Heads):
+            return all(walk(arm.body) for arm in n.arms)
+        if isinstance(n, (ir.And, ir.Or, ir.Not)):
+            return all(walk(c) for c in ir.children(n))
+        return False
+    if not walk(mdef.body) or not sizes:
+        return None
+    g = math.gcd(*sizes)
+    align = g & -g  # its largest power-of-two divisor
+    return align if align >= 16 else None
+
+
+def aligned(config: KernelConfig, align: int | None) -> KernelConfig:
+    """``config`` with every tile at most ``align`` (see :func:`block_alignment`)."""
+    if align is None:
+        return config
+
+    def cap(t: Tiles) -> Tiles:
+        if max(t.block_q, t.block_k) <= align:
+            return t
+        return replace(t, block_q=min(t.block_q, align), block_k=min(t.block_k, align),
+                       num_warps=4 if align <= 64 else t.num_warps)
+    return KernelConfig(cap(config.fwd), cap(config.dq), cap(config.dkdv))
+
+
 def _check_block(size, what, mdef, on_gpu):
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size & (size - 1) or \
             (on_gpu and size < 16):
@@ -316,8 +355,10 @@ class Launch:
         B, Hq, Lq, D = q.shape
         Hkv, Lk, DV = k.shape[1], k.shape[2], v.shape[3]
         gpu = q.device.type == "cuda" or _device_checked
-        config = config or default_config("cuda" if gpu else q.device.type, q.dtype,
-                                          max(D, DV))
+        if config is None:
+            config = default_config("cuda" if gpu else q.device.type, q.dtype, max(D, DV))
+            if gpu:
+                config = aligned(config, block_alignment(mdef))
         for kind in ("fwd", "dq", "dkdv"):
             tiles = getattr(config, kind)
             for what in ("block_q", "block_k"):
@@ -334,7 +375,8 @@ class Launch:
         self.module = self.plan.module
         self.extra = self.plan.extra
         self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-        self.dims = dict(BD=_pow2(D), BDV=_pow2(DV), PREC=_precision(q.dtype))
+        self.dims = dict(BD=_pow2(D), BDV=_pow2(DV), PREC=_precision(q.dtype),
+                         EVEN_D=_pow2(D) == D and _pow2(DV) == DV)
         self.bm = self.plan.block_map(config.fwd.block_q, config.fwd.block_k)
 
     def _common(self):
@@ -388,7 +430,7 @@ class Launch:
         getattr(m, f"bwd_delta_{self.name}")[(-(-Lq // bq), B * Hq)](
             out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0),
             dout.stride(1), dout.stride(2), delta.stride(0), delta.stride(1), Lq, Hq, DV,
-            BM=bq, BDV=self.dims["BDV"])
+            BM=bq, BDV=self.dims["BDV"], EVEN_D=self.dims["EVEN_D"])
         if dlse is not None:
             delta -= dlse.float()  # d lse / d s = p: folds into the softmax gradient
         strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

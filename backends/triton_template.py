@@ -60,19 +60,35 @@ def _batch_head(bh, H, REP):
 
 
 @triton.jit
-def _rows(ptr, offs, L, offs_d, D, stride):
-    """Rows ``offs`` (columns ``offs_d``) of a (L, D) matrix; zeros outside it."""
+def _rows(ptr, offs, L, offs_d, D, stride, EVEN_D: tl.constexpr):
+    """Rows ``offs`` (columns ``offs_d``) of a (L, D) matrix; zeros outside it. EVEN_D: the
+    head dims are powers of two, so only rows need a mask (and loads stay vectorized)."""
+    if EVEN_D:
+        return tl.load(ptr + offs[:, None] * stride + offs_d[None, :], mask=offs[:, None] < L,
+                       other=0.0)
     return tl.load(ptr + offs[:, None] * stride + offs_d[None, :],
                    mask=(offs[:, None] < L) & (offs_d[None, :] < D), other=0.0)
 
 
 @triton.jit
+def _store_rows(ptr, offs, L, offs_d, D, stride, x, EVEN_D: tl.constexpr):
+    """Store ``x`` into rows ``offs`` (columns ``offs_d``) of a (L, D) matrix."""
+    x = x.to(ptr.dtype.element_ty)
+    if EVEN_D:
+        tl.store(ptr + offs[:, None] * stride + offs_d[None, :], x, mask=offs[:, None] < L)
+    else:
+        tl.store(ptr + offs[:, None] * stride + offs_d[None, :], x,
+                 mask=(offs[:, None] < L) & (offs_d[None, :] < D))
+
+
+@triton.jit
 def _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc, offs_n, offs_d,
               offs_dv, D, DV, skn, svn, qk_scale{params},
-              BN: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr):
+              BN: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
+              EVEN_D: tl.constexpr):
     """One key tile of the online softmax (FlashAttention-2), masked or not."""
     kk = kt * BN + offs_n
-    k = _rows(K_bh, kk, Lk, offs_d, D, skn)
+    k = _rows(K_bh, kk, Lk, offs_d, D, skn, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     keep = kk[None, :] < Lk
     if MASKED:
@@ -82,7 +98,7 @@ def _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc, offs_
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays empty
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
-    v = _rows(V_bh, kk, Lk, offs_dv, DV, svn)
+    v = _rows(V_bh, kk, Lk, offs_dv, DV, svn, EVEN_D)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return m_new, l_i * alpha + tl.sum(p, 1), acc
 
@@ -93,7 +109,7 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
                full_num, full_idx, part_num, part_idx, part_live, head_group,
                TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale{params},
                BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-               PREC: tl.constexpr):
+               PREC: tl.constexpr, EVEN_D: tl.constexpr):
     i = tl.program_id(0)
     b, h, kvh = _batch_head(tl.program_id(1), H, REP)
     row = ((b % TB) * G + tl.load(head_group + h)) * NQ + i
@@ -101,7 +117,7 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    q = _rows(Q_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm)
+    q = _rows(Q_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm, EVEN_D)
     K_bh = K_ptr + b * skb + kvh * skh
     V_bh = V_ptr + b * svb + kvh * svh
     P = (offs_m + (Lk - Lq))[:, None]
@@ -113,18 +129,17 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
         kt = tl.load(full_idx + row * FW + j)
         m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, 0, m_i, l_i, acc,
                                   offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale{args},
-                                  BN, False, PREC)
+                                  BN, False, PREC, EVEN_D)
     for j in range(0, tl.load(part_num + row)):  # partial tiles: the mask decides
         kt = tl.load(part_idx + row * PW + j)
         live = tl.load(part_live + row * PW + j)  # which terms of the mask matter here
         m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc,
                                   offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale{args},
-                                  BN, True, PREC)
+                                  BN, True, PREC, EVEN_D)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
-    tl.store(O_ptr + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :],
-             out.to(O_ptr.dtype.element_ty), mask=(offs_m[:, None] < Lq) & (offs_dv[None, :] < DV))
+    _store_rows(O_ptr + b * sob + h * soh, offs_m, Lq, offs_dv, DV, som, out, EVEN_D)
     tl.store(LSE_ptr + b * slb + h * slh + offs_m, lse, mask=offs_m < Lq)
 '''
 
@@ -132,14 +147,15 @@ BACKWARD = '''
 
 @triton.jit
 def bwd_delta_{name}(O_ptr, DO_ptr, DELTA_ptr, sob, soh, som, sdb, sdh, sdm, slb, slh,
-                     Lq, H, DV, BM: tl.constexpr, BDV: tl.constexpr):
+                     Lq, H, DV, BM: tl.constexpr, BDV: tl.constexpr,
+                     EVEN_D: tl.constexpr):
     """delta = rowsum(dO * O), the softmax-gradient term of each query row (float32)."""
     i = tl.program_id(0)
     b, h, _ = _batch_head(tl.program_id(1), H, 1)
     offs_m = i * BM + tl.arange(0, BM)
     offs_dv = tl.arange(0, BDV)
-    o = _rows(O_ptr + b * sob + h * soh, offs_m, Lq, offs_dv, DV, som).to(tl.float32)
-    do = _rows(DO_ptr + b * sdb + h * sdh, offs_m, Lq, offs_dv, DV, sdm).to(tl.float32)
+    o = _rows(O_ptr + b * sob + h * soh, offs_m, Lq, offs_dv, DV, som, EVEN_D).to(tl.float32)
+    do = _rows(DO_ptr + b * sdb + h * sdh, offs_m, Lq, offs_dv, DV, sdm, EVEN_D).to(tl.float32)
     tl.store(DELTA_ptr + b * slb + h * slh + offs_m, tl.sum(o * do, 1), mask=offs_m < Lq)
 
 
@@ -153,11 +169,12 @@ def _lse2(LSE_bh, offs_m, Lq):
 @triton.jit
 def _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, offs_n,
              offs_d, offs_dv, D, DV, skn, svn, qk_scale{params},
-             BN: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr):
+             BN: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
+              EVEN_D: tl.constexpr):
     """dq += dS k over one key tile, dS = P * (dO v^T - delta)."""
     kk = kt * BN + offs_n
-    k = _rows(K_bh, kk, Lk, offs_d, D, skn)
-    v = _rows(V_bh, kk, Lk, offs_dv, DV, svn)
+    k = _rows(K_bh, kk, Lk, offs_d, D, skn, EVEN_D)
+    v = _rows(V_bh, kk, Lk, offs_dv, DV, svn, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     keep = kk[None, :] < Lk
     if MASKED:
@@ -174,7 +191,7 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
                   full_num, full_idx, part_num, part_idx, part_live, head_group,
                   TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
                   BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                  PREC: tl.constexpr):
+                  PREC: tl.constexpr, EVEN_D: tl.constexpr):
     # one program per query tile and query head, over the forward tables
     i = tl.program_id(0)
     b, h, kvh = _batch_head(tl.program_id(1), H, REP)
@@ -183,8 +200,8 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    q = _rows(Q_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm)
-    do = _rows(DO_ptr + b * sob + h * soh, offs_m, Lq, offs_dv, DV, som)
+    q = _rows(Q_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm, EVEN_D)
+    do = _rows(DO_ptr + b * sob + h * soh, offs_m, Lq, offs_dv, DV, som, EVEN_D)
     lse2 = _lse2(LSE_ptr + b * slb + h * slh, offs_m, Lq)
     delta = tl.load(DELTA_ptr + b * slb + h * slh + offs_m, mask=offs_m < Lq, other=0.0)
     K_bh = K_ptr + b * skb + kvh * skh
@@ -195,25 +212,24 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
     for j in range(0, tl.load(full_num + row)):
         kt = tl.load(full_idx + row * FW + j)
         dq = _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, 0, offs_n,
-                      offs_d, offs_dv, D, DV, skn, svn, qk_scale{args}, BN, False, PREC)
+                      offs_d, offs_dv, D, DV, skn, svn, qk_scale{args}, BN, False, PREC, EVEN_D)
     for j in range(0, tl.load(part_num + row)):
         kt = tl.load(part_idx + row * PW + j)
         live = tl.load(part_live + row * PW + j)
         dq = _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, offs_n,
-                      offs_d, offs_dv, D, DV, skn, svn, qk_scale{args}, BN, True, PREC)
-    tl.store(DQ_ptr + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-             (dq * scale).to(DQ_ptr.dtype.element_ty),
-             mask=(offs_m[:, None] < Lq) & (offs_d[None, :] < D))
+                      offs_d, offs_dv, D, DV, skn, svn, qk_scale{args}, BN, True, PREC, EVEN_D)
+    _store_rows(DQ_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm, dq * scale, EVEN_D)
 
 
 @triton.jit
 def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq, Lk, offs_m0,
                offs_d, offs_dv, D, DV, sqm, som, qk_scale{params},
-               BM: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr):
+               BM: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
+               EVEN_D: tl.constexpr):
     """dv += P^T dO and dk += dS^T q over one query tile, computed key-major (BN, BM)."""
     offs_m = qt * BM + offs_m0
-    q = _rows(Q_bh, offs_m, Lq, offs_d, D, sqm)
-    do = _rows(DO_bh, offs_m, Lq, offs_dv, DV, som)
+    q = _rows(Q_bh, offs_m, Lq, offs_d, D, sqm, EVEN_D)
+    do = _rows(DO_bh, offs_m, Lq, offs_dv, DV, som, EVEN_D)
     lse2 = _lse2(LSE_bh, offs_m, Lq)
     delta = tl.load(DELTA_bh + offs_m, mask=offs_m < Lq, other=0.0)
     st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
@@ -237,7 +253,7 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
                     full_num, full_idx, part_num, part_idx, head_group,
                     TB, G, NK, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
                     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                    PREC: tl.constexpr):
+                    PREC: tl.constexpr, EVEN_D: tl.constexpr):
     # one program per key tile and kv head; it sums over the REP query heads of that kv
     # head (GQA), walking per key tile the query tiles that visit it (the transposed tables)
     j = tl.program_id(0)
@@ -246,8 +262,8 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
     offs_m0 = tl.arange(0, BM)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    k = _rows(K_ptr + b * skb + kvh * skh, offs_n, Lk, offs_d, D, skn)
-    v = _rows(V_ptr + b * svb + kvh * svh, offs_n, Lk, offs_dv, DV, svn)
+    k = _rows(K_ptr + b * skb + kvh * skh, offs_n, Lk, offs_d, D, skn, EVEN_D)
+    v = _rows(V_ptr + b * svb + kvh * svh, offs_n, Lk, offs_dv, DV, svn, EVEN_D)
     dk = tl.zeros([BN, BD], tl.float32)
     dv = tl.zeros([BN, BDV], tl.float32)
     Kc = offs_n[:, None]
@@ -262,15 +278,12 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
             qt = tl.load(full_idx + row * FW + t)
             dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq,
                                 Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale{args},
-                                BM, False, PREC)
+                                BM, False, PREC, EVEN_D)
         for t in range(0, tl.load(part_num + row)):
             qt = tl.load(part_idx + row * PW + t)
             dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq,
                                 Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale{args},
-                                BM, True, PREC)
-    cols_ok = offs_n[:, None] < Lk
-    tl.store(DK_ptr + b * sdkb + kvh * sdkh + offs_n[:, None] * sdkn + offs_d[None, :],
-             (dk * scale).to(DK_ptr.dtype.element_ty), mask=cols_ok & (offs_d[None, :] < D))
-    tl.store(DV_ptr + b * sdvb + kvh * sdvh + offs_n[:, None] * sdvn + offs_dv[None, :],
-             dv.to(DV_ptr.dtype.element_ty), mask=cols_ok & (offs_dv[None, :] < DV))
+                                BM, True, PREC, EVEN_D)
+    _store_rows(DK_ptr + b * sdkb + kvh * sdkh, offs_n, Lk, offs_d, D, sdkn, dk * scale, EVEN_D)
+    _store_rows(DV_ptr + b * sdvb + kvh * sdvh, offs_n, Lk, offs_dv, DV, sdvn, dv, EVEN_D)
 '''

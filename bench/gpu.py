@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import sys
 
 PATTERNS = {
     # name: (spec, q_len or None for grids, heads, head_dim, inputs builder, flash window)
@@ -29,6 +30,7 @@ PATTERNS = {
     "natten3d-30x48x80-w18x24x24": ("mask m over grid(30, 48, 80) = neighborhood((18, 24, 24))",
                                     None, 24, 128, None, None),
 }
+SWEEP = ((128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 4), (64, 64, 4, 3))
 QUICK = ("swa2048-32K", "bigbird-16K")
 
 
@@ -72,6 +74,14 @@ def run(name, args):
         results[label] = (t_f, t_b)
 
     measure("maskc", lambda: m.attention(q, k, v, backend="triton", **inputs))
+    if name in args.sweep:  # other forward tiles (block_q, block_k, warps, stages); backward as chosen
+        from maskc.backends.triton import Tiles, aligned, block_alignment, default_config
+        base = aligned(default_config("cuda", q.dtype, D), block_alignment(m.ir))
+        for t in SWEEP:
+            cfg = type(base)(Tiles(*t), base.dq, base.dkdv)
+            if cfg != base:
+                measure(f"maskc fwd {t}", lambda cfg=cfg: m.attention(q, k, v, backend="triton",
+                                                                     config=cfg, **inputs))
     block_mask = m.flex_block_mask(n, heads=1, block_size=128, device="cuda", **inputs)
     flex = torch.compile(flex_attention)
     measure("flex", lambda: flex(q, k, v, block_mask=block_mask))
@@ -103,17 +113,19 @@ def main():
     import torch
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sweep", action="append", default=[], metavar="PATTERN",
+                    help="also time other forward tiles on PATTERN")
     ap.add_argument("patterns", nargs="*", help=f"patterns to run (default: all): "
                                                    f"{', '.join(PATTERNS)}")
     args = ap.parse_args()
-    unknown = set(args.patterns) - set(PATTERNS)
+    unknown = set(args.patterns + args.sweep) - set(PATTERNS)
     if unknown:
         ap.error(f"unknown patterns: {', '.join(sorted(unknown))}")
     if not torch.cuda.is_available():
         raise SystemExit("bench/gpu.py needs a CUDA GPU")
     print(f"# device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"{platform.python_version()}")
-    print(f"# command: python bench/gpu.py{' --quick' if args.quick else ''}")
+    print(f"# command: python bench/gpu.py {' '.join(sys.argv[1:])}")
     print("| pattern | kernel | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | tiles "
           "visited | ideal speed-up reached (fwd / fwd+bwd) | flex time / this time (fwd / "
           "fwd+bwd) |")

@@ -27,8 +27,9 @@ triton.__version__, 'lark', lark.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT/gpu-machine.txt"
 
 echo "== tests (MASKC_GPU_TESTS=1, limit ${TEST_S}s)"
-MASKC_GPU_TESTS=1 timeout "$TEST_S" python3 -m pytest tests/test_triton.py -q -n 4 \
+MASKC_GPU_TESTS=1 timeout "$TEST_S" python3 -m pytest tests/test_triton.py -n 6 \
     -p no:cacheprovider --durations=8 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
+echo "pytest exit status: ${PIPESTATUS[0]}" | tee -a "$OUT/gpu-tests.log"
 
 echo "== benchmark (limit ${BENCH_S}s)"
 timeout "$BENCH_S" python3 bench/gpu.py "$@" 2>"$OUT/gpu-bench.err" | tee "$OUT/gpu-bench.md"

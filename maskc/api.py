@@ -148,7 +148,7 @@ class Mask:
         return flex.to_block_mask(bm, mod, device)
 
     def attention(self, q, k, v, scale: float | None = None, backend: str = "auto",
-                  return_lse: bool = False, **inputs):
+                  return_lse: bool = False, config=None, **inputs):
         """``softmax(scale * q k^T + bias) v`` with this mask, on torch tensors.
 
         ``q: (B, Hq, Lq, D)``, ``k: (B, Hkv, Lk, D)``, ``v: (B, Hkv, Lk, Dv)``, with
@@ -157,6 +157,9 @@ class Mask:
         kernels; CUDA, or the CPU with ``TRITON_INTERPRET=1``), ``"flex"`` (FlexAttention with
         this mask's block mask, through ``torch.compile``), ``"flex-eager"`` (the same without
         compiling) or ``"auto"`` (``"triton"`` on CUDA tensors, ``"flex"`` elsewhere).
+        ``config`` (Triton only) is a ``maskc.backends.triton.KernelConfig`` of tile sizes,
+        warps and stages for the three kernels; by default they are chosen by device, dtype,
+        head dim and the mask's block structure.
         """
         backends = ("auto", "reference", "flex", "flex-eager", "triton")
         if backend not in backends:
@@ -168,7 +171,9 @@ class Mask:
         if backend == "triton":
             from .backends import triton
             return triton.attention(self, q, k, v, scale=scale, return_lse=return_lse,
-                                    **inputs)
+                                    config=config, **inputs)
+        if config is not None:
+            raise MaskError(f"config= applies to the Triton backend, not {backend!r}")
         if backend in ("flex", "flex-eager"):
             from .backends import flex
             return flex.attention(self, q, k, v, scale=scale, return_lse=return_lse,

@@ -203,3 +203,25 @@ def test_block_tables_inside_within(spec, q_len, kv_len, device):
     doc = maskc.document_ids([kv_len // 2, kv_len - kv_len // 2])
     assert_attention_matches(triton_attention(m), m, device=device, q_len=q_len,
                              kv_len=kv_len, inputs={"doc": doc})
+
+
+@pytest.mark.parametrize("spec, align", [
+    ("blocks(64, window(1) | global([0]) | random(3, seed = 7))", 64),
+    ("blocks(96, window(1)) | heads { 0: blocks(32, causal), _: none }", 32),
+    ("blocks(8, window(1))", None),          # below the smallest GPU tile
+    ("blocks(64, window(1)) | sink(4)", None),  # a token-level term breaks alignment
+    ("causal", None),
+])
+def test_block_alignment(spec, align):
+    assert tb.block_alignment(maskc.compile(f"mask m = {spec}").ir) == align
+
+
+def test_aligned_tiles_are_all_full_and_exact(device):
+    m = maskc.compile("mask m = blocks(32, window(1) | global([0]) | random(2, seed = 5))")
+    config = tb.aligned(tb.default_config("cuda", torch.bfloat16, 64), tb.block_alignment(m.ir))
+    for t in (config.fwd, config.dq, config.dkdv):
+        assert (t.block_q, t.block_k) == (32, 32)
+        assert m.block_map(256, block_q=32).stats["partial"] == 0  # no tile evaluates the mask
+    assert_attention_matches(
+        lambda q, k, v: m.attention(q, k, v, backend="triton", config=config), m,
+        device=device, q_len=200, heads=2, kv_heads=1)
