@@ -182,6 +182,9 @@ class KernelConfig:
     fwd: Tiles
     dq: Tiles
     dkdv: Tiles
+    # token order of a grid mask: "auto" (tiled when that visits fewer tiles), "row-major",
+    # or "tiled" (see maskc.passes.layout)
+    layout: str = "auto"
 
     @classmethod
     def uniform(cls, block_q: int, block_k: int) -> "KernelConfig":
@@ -246,7 +249,7 @@ def aligned(config: KernelConfig, align: int | None) -> KernelConfig:
             return t
         return replace(t, block_q=min(t.block_q, align), block_k=min(t.block_k, align),
                        num_warps=4 if align <= 64 else t.num_warps)
-    return KernelConfig(cap(config.fwd), cap(config.dq), cap(config.dkdv))
+    return replace(config, fwd=cap(config.fwd), dq=cap(config.dq), dkdv=cap(config.dkdv))
 
 
 def _check_block(size, what, mdef, on_gpu):
@@ -285,6 +288,37 @@ class Plan:
         self.extra = _extra_tensors(mdef, extras, Lq, Lk, prepare_inputs(mdef, Lk, inputs),
                                     device)
         self._tables: dict = {}
+        self.layout = None     # a TokenLayout once chosen (grid masks only)
+        self._decided = False
+
+    # A tiled layout must visit at most this fraction of row-major's tiles: reordering q, k,
+    # v and the output costs a few memory passes.
+    LAYOUT_GAIN = 0.8
+
+    def choose_layout(self, how: str, tiles: "Tiles"):
+        """Decide the token order once per plan (``how``: see :class:`KernelConfig`)."""
+        if self._decided or self.mdef.grid is None or how == "row-major":
+            self._decided = True
+            return self.layout
+        from maskc.passes.layout import choose_tile_shape, make_layout
+        from maskc.passes.layoutmap import visited_tiles
+        kernel = next((n.kernel for n in ir.walk(self.mdef.body)
+                       if isinstance(n, ir.Neighborhood)), None)
+        shape = self.mdef.grid.shape
+        layout = make_layout(shape, choose_tile_shape(shape, max(tiles.block_q, tiles.block_k),
+                                                      kernel))
+        plain = visited_tiles(self.block_map(tiles.block_q, tiles.block_k))[0]
+        self.layout = layout
+        self._decided = True
+        tiled = visited_tiles(self.block_map(tiles.block_q, tiles.block_k))[0]
+        if how != "tiled" and tiled >= self.LAYOUT_GAIN * plain:
+            self.layout = None
+        if self.layout is not None:
+            import torch
+            self.perm = self._t(layout.perm)
+            self.perm_index = torch.as_tensor(np.array(layout.perm), device=self.device)
+            self.inv_index = torch.as_tensor(np.array(layout.inv), device=self.device)
+        return self.layout
 
     def _t(self, a):
         import torch
@@ -294,12 +328,18 @@ class Plan:
         from maskc.blocktable import build
 
         from . import reference
-        key = ("map", block_q, block_k)
+        key = ("map", block_q, block_k, self.layout)
         if key not in self._tables:
             grid = self.mdef.grid
-            self._tables[key] = build(self.mdef, None if grid else self.Lq,
-                                      None if grid else self.Lk, self.Hq, block_q, block_k,
-                                      evaluate=reference.evaluate, **self.inputs)
+            if self.layout is not None:
+                from maskc.passes.layoutmap import permuted_block_map
+                self._tables[key] = permuted_block_map(
+                    self.mdef, self.layout, block_q, self.Hq, reference.evaluate,
+                    block_k=block_k, **self.inputs)
+            else:
+                self._tables[key] = build(self.mdef, None if grid else self.Lq,
+                                          None if grid else self.Lk, self.Hq, block_q, block_k,
+                                          evaluate=reference.evaluate, **self.inputs)
         return self._tables[key]
 
     def rows(self, block_q: int, block_k: int) -> tuple:
@@ -309,9 +349,10 @@ class Plan:
             bm = self.block_map(block_q, block_k)
             t = self._t
             TB, G, NQ = bm.kv_num_blocks.shape
+            head_group = t(bm.head_group)
             self._tables[key] = (
                 t(bm.full_kv_num_blocks), t(bm.full_kv_indices), t(bm.kv_num_blocks),
-                t(bm.kv_indices), t(bm.live), t(bm.head_group),
+                t(bm.kv_indices), t(bm.live), head_group, self._perm(head_group),
                 TB, G, NQ, bm.full_kv_indices.shape[-1], bm.kv_indices.shape[-1])
         return self._tables[key]
 
@@ -323,9 +364,21 @@ class Plan:
             pn, pi, fn, fi = bm.transposed()
             t = self._t
             TB, G, NK = pn.shape
-            self._tables[key] = (t(fn), t(fi), t(pn), t(pi), t(bm.head_group),
-                                 TB, G, NK, fi.shape[-1], pi.shape[-1])
+            head_group = t(bm.head_group)
+            self._tables[key] = (t(fn), t(fi), t(pn), t(pi), head_group,
+                                 self._perm(head_group), TB, G, NK, fi.shape[-1], pi.shape[-1])
         return self._tables[key]
+
+    def _perm(self, placeholder):
+        """The kernels' ``perm`` argument (any int32 tensor when there is no layout)."""
+        return self.perm if self.layout is not None else placeholder
+
+    def to_layout(self, x):
+        """``x`` (tokens on dim 2) in the kernels' token order."""
+        return x if self.layout is None else x.index_select(2, self.perm_index)
+
+    def from_layout(self, x):
+        return x if self.layout is None else x.index_select(2, self.inv_index)
 
 
 _PLANS_PER_MASK = 8
@@ -333,10 +386,10 @@ _PLANS_PER_MASK = 8
 _FITTED: dict = {}
 
 
-def plan(mask, Lq, Lk, Hq, device, inputs) -> Plan:
+def plan(mask, Lq, Lk, Hq, device, inputs, layout: str = "auto") -> Plan:
     """The cached :class:`Plan` of ``mask`` for this size, device and inputs."""
     cache = mask.__dict__.setdefault("_triton_plans", OrderedDict())
-    key = (Lq, Lk, Hq, str(device), _digest(inputs))
+    key = (Lq, Lk, Hq, str(device), layout, _digest(inputs))
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
@@ -371,12 +424,17 @@ class Launch:
         self.name = mdef.name
         self.shape = (B, Hq, Hkv, Lq, Lk, D, DV)
         self.config = config
-        self.plan = plan(mask, Lq, Lk, Hq, q.device, inputs)
+        if config.layout not in ("auto", "row-major", "tiled"):
+            raise MaskError(f"config.layout must be 'auto', 'row-major' or 'tiled', got "
+                            f"{config.layout!r}")
+        self.plan = plan(mask, Lq, Lk, Hq, q.device, inputs, config.layout)
+        self.plan.choose_layout(config.layout, config.fwd)
         self.module = self.plan.module
         self.extra = self.plan.extra
         self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
         self.dims = dict(BD=_pow2(D), BDV=_pow2(DV), PREC=_precision(q.dtype),
-                         EVEN_D=_pow2(D) == D and _pow2(DV) == DV)
+                         EVEN_D=_pow2(D) == D and _pow2(DV) == DV,
+                         PERMUTED=self.plan.layout is not None)
         self.bm = self.plan.block_map(config.fwd.block_q, config.fwd.block_k)
 
     def _common(self):
@@ -409,7 +467,7 @@ class Launch:
 
         def launch(t: Tiles):
             rows = self.plan.rows(t.block_q, t.block_k)
-            kernel[(rows[8], B * Hq)](
+            kernel[(rows[9], B * Hq)](
                 q, k, v, out, lse,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
@@ -442,14 +500,14 @@ class Launch:
 
         def launch_dq(t: Tiles):
             rows = self.plan.rows(t.block_q, t.block_k)
-            getattr(m, f"bwd_dq_{self.name}")[(rows[8], B * Hq)](
+            getattr(m, f"bwd_dq_{self.name}")[(rows[9], B * Hq)](
                 q, k, v, dout, lse, delta, dq, *strides, *rows, *common, *self.extra,
                 BM=t.block_q, BN=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages,
                 **self.dims)
 
         def launch_dkdv(t: Tiles):
             cols = self.plan.columns(t.block_q, t.block_k)
-            getattr(m, f"bwd_dkdv_{self.name}")[(cols[7], B * Hkv)](
+            getattr(m, f"bwd_dkdv_{self.name}")[(cols[8], B * Hkv)](
                 q, k, v, dout, lse, delta, dk, dv, *strides,
                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1),
                 dv.stride(2), *cols, *common, *self.extra, BM=t.block_q, BN=t.block_k,
@@ -491,18 +549,21 @@ def attention(mask, q, k, v, scale=None, return_lse=False, block_q=None, block_k
         @staticmethod
         def forward(ctx, q, k, v):
             launch = Launch(mask, q, k, v, scale, config, **inputs)
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            p = launch.plan  # a tiled token layout reorders the tokens around the kernels
+            q, k, v = (p.to_layout(x).contiguous() for x in (q, k, v))
             out, lse = launch.forward(q, k, v)
             ctx.launch = launch
             ctx.save_for_backward(q, k, v, out, lse)
-            return out, lse
+            return p.from_layout(out), p.from_layout(lse)
 
         @staticmethod
         def backward(ctx, dout, dlse):
             q, k, v, out, lse = ctx.saved_tensors
-            if dout is None:
-                dout = torch.zeros_like(out)
-            return ctx.launch.backward(q, k, v, out, lse, dout, dlse)
+            p = ctx.launch.plan
+            dout = torch.zeros_like(out) if dout is None else p.to_layout(dout)
+            dlse = None if dlse is None else p.to_layout(dlse)
+            return tuple(p.from_layout(g) for g in ctx.launch.backward(q, k, v, out, lse, dout,
+                                                                        dlse))
 
     out, lse = _Fn.apply(q, k, v)
     return (out, lse) if return_lse else out
@@ -512,4 +573,6 @@ def forward(mask, q, k, v, scale=None, block_q: int | None = None, block_k: int 
             config: KernelConfig | None = None, **inputs):
     """Run the generated forward kernel once: ``(out, lse)``."""
     launch = Launch(mask, q, k, v, scale, _config(config, block_q, block_k), **inputs)
-    return launch.forward(q.contiguous(), k.contiguous(), v.contiguous())
+    p = launch.plan
+    out, lse = launch.forward(*(p.to_layout(x).contiguous() for x in (q, k, v)))
+    return p.from_layout(out), p.from_layout(lse)

@@ -16,7 +16,7 @@ MODULE = '''\
 #   {spec}
 #
 # mask_{name}() is the mask on one tile: P/Q are the aligned/raw query positions, K the
-# key positions, shaped (BM, 1)/(1, BN) in the forward and dq kernels and (1, BM)/(BN, 1)
+# key positions (for a grid mask in a tiled token layout, the original grid tokens), shaped (BM, 1)/(1, BN) in the forward and dq kernels and (1, BM)/(BN, 1)
 # in the dk/dv kernel (the mask is elementwise, so either orientation broadcasts). The
 # kernels walk the block tables: full tiles need no mask, partial tiles call
 # mask_{name}(). Lengths are arguments: nothing here depends on the sequence length, so a
@@ -71,6 +71,15 @@ def _rows(ptr, offs, L, offs_d, D, stride, EVEN_D: tl.constexpr):
 
 
 @triton.jit
+def _positions(perm, offs, L, PERMUTED: tl.constexpr):
+    """Mask positions of tokens ``offs``: themselves, or their original grid tokens when the
+    tokens were reordered into a tiled layout (``perm[i]`` = the token at position ``i``)."""
+    if PERMUTED:
+        return tl.load(perm + offs, mask=offs < L, other=0)
+    return offs
+
+
+@triton.jit
 def _store_rows(ptr, offs, L, offs_d, D, stride, x, EVEN_D: tl.constexpr):
     """Store ``x`` into rows ``offs`` (columns ``offs_d``) of a (L, D) matrix."""
     x = x.to(ptr.dtype.element_ty)
@@ -83,33 +92,34 @@ def _store_rows(ptr, offs, L, offs_d, D, stride, x, EVEN_D: tl.constexpr):
 
 @triton.jit
 def _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc, offs_n, offs_d,
-              offs_dv, D, DV, skn, svn, qk_scale{params},
+              offs_dv, D, DV, skn, svn, qk_scale, perm{params},
               BN: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
-              EVEN_D: tl.constexpr):
+              EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
     """One key tile of the online softmax (FlashAttention-2), masked or not."""
     kk = kt * BN + offs_n
     k = _rows(K_bh, kk, Lk, offs_d, D, skn, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     keep = kk[None, :] < Lk
     if MASKED:
-        keep = keep & mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk, live{args})
+        Kp = _positions(perm, kk, Lk, PERMUTED)[None, :]
+        keep = keep & mask_{name}(P, Qi, Kp, h, b, Lq, Lk, live{args})
     s = tl.where(keep, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays empty
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     v = _rows(V_bh, kk, Lk, offs_dv, DV, svn, EVEN_D)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
     return m_new, l_i * alpha + tl.sum(p, 1), acc
 
 
 @triton.jit
 def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
-               full_num, full_idx, part_num, part_idx, part_live, head_group,
+               full_num, full_idx, part_num, part_idx, part_live, head_group, perm,
                TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale{params},
                BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-               PREC: tl.constexpr, EVEN_D: tl.constexpr):
+               PREC: tl.constexpr, EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
     i = tl.program_id(0)
     b, h, kvh = _batch_head(tl.program_id(1), H, REP)
     row = ((b % TB) * G + tl.load(head_group + h)) * NQ + i
@@ -120,22 +130,22 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
     q = _rows(Q_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm, EVEN_D)
     K_bh = K_ptr + b * skb + kvh * skh
     V_bh = V_ptr + b * svb + kvh * svh
-    P = (offs_m + (Lk - Lq))[:, None]
-    Qi = offs_m[:, None]
+    Qi = _positions(perm, offs_m, Lq, PERMUTED)[:, None]
+    P = Qi + (Lk - Lq)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, BDV], tl.float32)
     for j in range(0, tl.load(full_num + row)):  # full tiles: no mask
         kt = tl.load(full_idx + row * FW + j)
         m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, 0, m_i, l_i, acc,
-                                  offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale{args},
-                                  BN, False, PREC, EVEN_D)
+                                  offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm{args},
+                                  BN, False, PREC, EVEN_D, PERMUTED)
     for j in range(0, tl.load(part_num + row)):  # partial tiles: the mask decides
         kt = tl.load(part_idx + row * PW + j)
         live = tl.load(part_live + row * PW + j)  # which terms of the mask matter here
         m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc,
-                                  offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale{args},
-                                  BN, True, PREC, EVEN_D)
+                                  offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm{args},
+                                  BN, True, PREC, EVEN_D, PERMUTED)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
@@ -168,9 +178,9 @@ def _lse2(LSE_bh, offs_m, Lq):
 
 @triton.jit
 def _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, offs_n,
-             offs_d, offs_dv, D, DV, skn, svn, qk_scale{params},
+             offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm{params},
              BN: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
-              EVEN_D: tl.constexpr):
+             EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
     """dq += dS k over one key tile, dS = P * (dO v^T - delta)."""
     kk = kt * BN + offs_n
     k = _rows(K_bh, kk, Lk, offs_d, D, skn, EVEN_D)
@@ -178,20 +188,21 @@ def _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, 
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     keep = kk[None, :] < Lk
     if MASKED:
-        keep = keep & mask_{name}(P, Qi, kk[None, :], h, b, Lq, Lk, live{args})
+        Kp = _positions(perm, kk, Lk, PERMUTED)[None, :]
+        keep = keep & mask_{name}(P, Qi, Kp, h, b, Lq, Lk, live{args})
     p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)
     ds = p * (dp - delta[:, None])
-    return dq + tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    return tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
 
 
 @triton.jit
 def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
-                  full_num, full_idx, part_num, part_idx, part_live, head_group,
+                  full_num, full_idx, part_num, part_idx, part_live, head_group, perm,
                   TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
                   BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                  PREC: tl.constexpr, EVEN_D: tl.constexpr):
+                  PREC: tl.constexpr, EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
     # one program per query tile and query head, over the forward tables
     i = tl.program_id(0)
     b, h, kvh = _batch_head(tl.program_id(1), H, REP)
@@ -206,26 +217,28 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
     delta = tl.load(DELTA_ptr + b * slb + h * slh + offs_m, mask=offs_m < Lq, other=0.0)
     K_bh = K_ptr + b * skb + kvh * skh
     V_bh = V_ptr + b * svb + kvh * svh
-    P = (offs_m + (Lk - Lq))[:, None]
-    Qi = offs_m[:, None]
+    Qi = _positions(perm, offs_m, Lq, PERMUTED)[:, None]
+    P = Qi + (Lk - Lq)
     dq = tl.zeros([BM, BD], tl.float32)
     for j in range(0, tl.load(full_num + row)):
         kt = tl.load(full_idx + row * FW + j)
         dq = _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, 0, offs_n,
-                      offs_d, offs_dv, D, DV, skn, svn, qk_scale{args}, BN, False, PREC, EVEN_D)
+                      offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm{args}, BN, False, PREC,
+                      EVEN_D, PERMUTED)
     for j in range(0, tl.load(part_num + row)):
         kt = tl.load(part_idx + row * PW + j)
         live = tl.load(part_live + row * PW + j)
         dq = _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, offs_n,
-                      offs_d, offs_dv, D, DV, skn, svn, qk_scale{args}, BN, True, PREC, EVEN_D)
+                      offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm{args}, BN, True, PREC,
+                      EVEN_D, PERMUTED)
     _store_rows(DQ_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm, dq * scale, EVEN_D)
 
 
 @triton.jit
-def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq, Lk, offs_m0,
-               offs_d, offs_dv, D, DV, sqm, som, qk_scale{params},
+def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b, Lq, Lk, offs_m0,
+               offs_d, offs_dv, D, DV, sqm, som, qk_scale, perm{params},
                BM: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
-               EVEN_D: tl.constexpr):
+               EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
     """dv += P^T dO and dk += dS^T q over one query tile, computed key-major (BN, BM)."""
     offs_m = qt * BM + offs_m0
     q = _rows(Q_bh, offs_m, Lq, offs_d, D, sqm, EVEN_D)
@@ -235,14 +248,14 @@ def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq, Lk
     st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
     keep = Kc < Lk
     if MASKED:
-        P = (offs_m + (Lk - Lq))[None, :]
+        Qp = _positions(perm, offs_m, Lq, PERMUTED)[None, :]
         # -1: every term (the live bits are per query tile, not per key tile)
-        keep = keep & mask_{name}(P, offs_m[None, :], Kc, h, b, Lq, Lk, -1{args})
+        keep = keep & mask_{name}(Qp + (Lk - Lq), Qp, Kp, h, b, Lq, Lk, -1{args})
     pt = tl.where(keep, tl.exp2(st - lse2[None, :]), 0.0)
-    dv += tl.dot(pt.to(do.dtype), do, input_precision=PREC)
+    dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PREC)
     dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
     dst = pt * (dpt - delta[None, :])
-    dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
+    dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=PREC)
     return dk, dv
 
 
@@ -250,10 +263,10 @@ def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq, Lk
 def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_ptr,
                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                     sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
-                    full_num, full_idx, part_num, part_idx, head_group,
+                    full_num, full_idx, part_num, part_idx, head_group, perm,
                     TB, G, NK, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
                     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                    PREC: tl.constexpr, EVEN_D: tl.constexpr):
+                    PREC: tl.constexpr, EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
     # one program per key tile and kv head; it sums over the REP query heads of that kv
     # head (GQA), walking per key tile the query tiles that visit it (the transposed tables)
     j = tl.program_id(0)
@@ -267,6 +280,7 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
     dk = tl.zeros([BN, BD], tl.float32)
     dv = tl.zeros([BN, BDV], tl.float32)
     Kc = offs_n[:, None]
+    Kp = _positions(perm, offs_n, Lk, PERMUTED)[:, None]
     for g in range(0, REP):
         h = kvh * REP + g
         row = ((b % TB) * G + tl.load(head_group + h)) * NK + j
@@ -276,14 +290,14 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
         DELTA_bh = DELTA_ptr + b * slb + h * slh
         for t in range(0, tl.load(full_num + row)):
             qt = tl.load(full_idx + row * FW + t)
-            dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq,
-                                Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale{args},
-                                BM, False, PREC, EVEN_D)
+            dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b,
+                                Lq, Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale,
+                                perm{args}, BM, False, PREC, EVEN_D, PERMUTED)
         for t in range(0, tl.load(part_num + row)):
             qt = tl.load(part_idx + row * PW + t)
-            dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, h, b, Lq,
-                                Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale{args},
-                                BM, True, PREC, EVEN_D)
+            dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b,
+                                Lq, Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale,
+                                perm{args}, BM, True, PREC, EVEN_D, PERMUTED)
     _store_rows(DK_ptr + b * sdkb + kvh * sdkh, offs_n, Lk, offs_d, D, sdkn, dk * scale, EVEN_D)
     _store_rows(DV_ptr + b * sdvb + kvh * sdvh, offs_n, Lk, offs_dv, DV, sdvn, dv, EVEN_D)
 '''

@@ -2,17 +2,20 @@
 
 Forward and forward+backward in bfloat16 on the patterns of the Triton issue. For each:
 time (median of ``triton.testing.do_bench``), effective TFLOP/s (FLOPs of the kept pairs
-only: 4·D per kept pair forward, 3.5x that for forward+backward) and the fraction of the ideal
-speed-up (dense SDPA time x density / time). Needs a CUDA GPU; writes nothing itself:
-redirect the table to ``bench/results/gpu-<device>.md``.
+only: 4·D per kept pair forward, 3.5x that for forward+backward), the density (kept pairs
+over all pairs, counted exactly on the GPU with the mask's ``mask_mod``), the fraction of
+tiles maskc's kernels visit, the fraction of the ideal speed-up reached (dense SDPA time x
+density / time) and FlexAttention's time over each kernel's. Needs a CUDA GPU; writes
+nothing itself: redirect the table to ``bench/results/``.
 
-    python bench/gpu.py [--quick]
+    python bench/gpu.py [--quick] [--sweep PATTERN] [PATTERN ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import sys
 
@@ -30,6 +33,16 @@ PATTERNS = {
     "natten3d-30x48x80-w18x24x24": ("mask m over grid(30, 48, 80) = neighborhood((18, 24, 24))",
                                     None, 24, 128, None, None),
 }
+# --smoke: the same script at toy sizes on the CPU (Triton's interpreter, eager flex), so a
+# test can run it end to end; its timings mean nothing
+SMOKE = {
+    "swa2048-32K": ("mask m = causal & window(before = 31, after = 0)", 160, 2, 32, None, None),
+    "bigbird-16K": ("mask m = blocks(16, window(1) | global([0]) | random(3, seed = 7))", 128,
+                    2, 32, None, None),
+    "packed-32K": ("mask m(input doc) = causal & same(doc)", 150, 2, 32, "docs", None),
+    "natten2d-256x256-w80": ("mask m over grid(16, 16) = neighborhood(5)", None, 2, 32, None,
+                             None),
+}
 SWEEP = ((128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 4), (64, 64, 4, 3))
 QUICK = ("swa2048-32K", "bigbird-16K")
 
@@ -45,7 +58,15 @@ def _docs(n):
     return maskc.document_ids(lengths)
 
 
-def _bench(fn):
+def _bench(fn, device):
+    if device == "cpu":
+        import time
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return sorted(times)[1]
     from triton.testing import do_bench
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
@@ -55,25 +76,29 @@ def run(name, args):
     from torch.nn.attention.flex_attention import flex_attention
 
     import maskc
-    src, n, H, D, inputs_kind, flash_window = PATTERNS[name]
+    dev = "cpu" if args.smoke else "cuda"
+    src, n, H, D, inputs_kind, flash_window = (SMOKE if args.smoke else PATTERNS)[name]
     m = maskc.compile(src)
     n = n or int(math.prod(m.grid))
     inputs = {"doc": _docs(n)} if inputs_kind == "docs" else {}
-    q, k, v = (torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    q, k, v = (torch.randn(1, H, n, D, device=dev, dtype=dtype, requires_grad=True)
                for _ in range(3))
-    bm = m.block_map(n, heads=1, block_q=128, **inputs)
-    density = (bm.stats["full"] + bm.stats["partial"]) / bm.stats["tiles"]
+    density = _kept(m, n, inputs, dev) / (n * n)
     flops_fwd = 4 * n * n * D * H * density
     results = {}
 
     def measure(label, fwd):
         out = fwd()
         grad = torch.randn_like(out)
-        t_f = _bench(fwd)
-        t_b = _bench(lambda: torch.autograd.grad(fwd(), (q, k, v), grad))
+        t_f = _bench(fwd, dev)
+        t_b = _bench(lambda: torch.autograd.grad(fwd(), (q, k, v), grad), dev)
         results[label] = (t_f, t_b)
 
     measure("maskc", lambda: m.attention(q, k, v, backend="triton", **inputs))
+    from maskc.backends.triton import Launch
+    visited = Launch(m, q, k, v, **inputs).bm.stats  # the cached plan of the calls above
+    tiles = {"maskc": (visited["full"] + visited["partial"]) / visited["tiles"]}
     if name in args.sweep:  # other forward tiles (block_q, block_k, warps, stages); backward as chosen
         from maskc.backends.triton import Tiles, aligned, block_alignment, default_config
         base = aligned(default_config("cuda", q.dtype, D), block_alignment(m.ir))
@@ -82,9 +107,12 @@ def run(name, args):
             if cfg != base:
                 measure(f"maskc fwd {t}", lambda cfg=cfg: m.attention(q, k, v, backend="triton",
                                                                      config=cfg, **inputs))
-    block_mask = m.flex_block_mask(n, heads=1, block_size=128, device="cuda", **inputs)
-    flex = torch.compile(flex_attention)
-    measure("flex", lambda: flex(q, k, v, block_mask=block_mask))
+    block_mask = m.flex_block_mask(n, heads=1, block_size=128, device=dev, **inputs)
+    bm = m.block_map(n, heads=1, block_q=128, **inputs)
+    tiles["flex"] = (bm.stats["full"] + bm.stats["partial"]) / bm.stats["tiles"]
+    if not args.smoke:  # flex has no backward on the CPU
+        flex = torch.compile(flex_attention)
+        measure("flex", lambda: flex(q, k, v, block_mask=block_mask))
     try:
         measure("sdpa-dense", lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
     except torch.OutOfMemoryError:
@@ -106,13 +134,33 @@ def run(name, args):
             if dense else "—"
         vs = f"{flex_t[0] / t_f:.2f}x / {flex_t[1] / t_b:.2f}x" if flex_t else "—"
         print(f"| {name} | {label} | {t_f:.2f} | {t_b:.2f} | {tflops_f:.0f} | {tflops_b:.0f} "
-              f"| {density:.1%} | {ideal} | {vs} |", flush=True)
+              f"| {density:.2%} | {_pct(tiles.get(label.split()[0]))} | {ideal} | {vs} |",
+              flush=True)
+
+
+def _pct(x):
+    return "—" if x is None else f"{x:.1%}"
+
+
+def _kept(m, n, inputs, device):
+    """Kept (query, key) pairs, counted in row chunks with the mask's generated mask_mod."""
+    import torch
+    mod = m.mask_mod(n, n, 1, device, **inputs)
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    kv = torch.arange(n, device=device)[None, :]
+    rows = max(1, (1 << 27) // n)
+    kept = torch.zeros((), dtype=torch.long, device=device)
+    for r0 in range(0, n, rows):
+        qi = torch.arange(r0, min(n, r0 + rows), device=device)[:, None]
+        kept += mod(zero, zero, qi, kv).sum()
+    return int(kept)
 
 
 def main():
-    import torch
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true",
+                    help="toy sizes on the CPU through Triton's interpreter (a test of the script)")
     ap.add_argument("--sweep", action="append", default=[], metavar="PATTERN",
                     help="also time other forward tiles on PATTERN")
     ap.add_argument("patterns", nargs="*", help=f"patterns to run (default: all): "
@@ -121,16 +169,20 @@ def main():
     unknown = set(args.patterns + args.sweep) - set(PATTERNS)
     if unknown:
         ap.error(f"unknown patterns: {', '.join(sorted(unknown))}")
-    if not torch.cuda.is_available():
-        raise SystemExit("bench/gpu.py needs a CUDA GPU")
-    print(f"# device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"{platform.python_version()}")
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+    import torch
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("bench/gpu.py needs a CUDA GPU (or --smoke)")
+    device = "CPU (smoke test)" if args.smoke else torch.cuda.get_device_name()
+    print(f"# device: {device}, torch {torch.__version__}, {platform.python_version()}")
     print(f"# command: python bench/gpu.py {' '.join(sys.argv[1:])}")
-    print("| pattern | kernel | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | tiles "
-          "visited | ideal speed-up reached (fwd / fwd+bwd) | flex time / this time (fwd / "
-          "fwd+bwd) |")
-    print("|" + "---|" * 9, flush=True)
-    for name in args.patterns or (QUICK if args.quick else PATTERNS):
+    print("| pattern | kernel | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | density "
+          "| tiles visited | ideal speed-up reached (fwd / fwd+bwd) | flex time / this time "
+          "(fwd / fwd+bwd) |")
+    print("|" + "---|" * 10, flush=True)
+    default = SMOKE if args.smoke else QUICK if args.quick else PATTERNS
+    for name in args.patterns or default:
         run(name, args)
 
 

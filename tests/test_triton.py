@@ -1,5 +1,6 @@
 """The generated Triton kernels against the NumPy reference (interpreter on CPU, GPU if asked)."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -225,3 +226,34 @@ def test_aligned_tiles_are_all_full_and_exact(device):
     assert_attention_matches(
         lambda q, k, v: m.attention(q, k, v, backend="triton", config=config), m,
         device=device, q_len=200, heads=2, kv_heads=1)
+
+
+@pytest.mark.parametrize("spec", [
+    "mask m over grid(12, 10) = neighborhood(5)",
+    "mask m over grid(9, 14) = neighborhood((3, 7), dilation = (1, 2), causal = (true, false)) "
+    "| heads { 0: tile(3, 7), _: none }",
+    "mask m over grid(4, 6, 5) = neighborhood((3, 3, 5), stride = 2)",
+])
+def test_tiled_token_layout_is_exact(spec, device):
+    m = maskc.compile(spec)
+    config = dataclasses.replace(tb.default_config(device, torch.float32, 32), layout="tiled")
+    q = torch.randn(1, 2, int(np.prod(m.grid)), 32, device=device)
+    assert tb.Launch(m, q, q, q, None, config).plan.layout is not None
+    assert_attention_matches(
+        lambda q, k, v: m.attention(q, k, v, backend="triton", return_lse=True, config=config),
+        m, device=device, heads=4, kv_heads=2)
+
+
+def test_auto_layout_only_when_it_visits_fewer_tiles(device):
+    q = torch.randn(1, 1, 64 * 64, 16, device=device)
+    config = tb.KernelConfig.uniform(64, 64)
+    natten = maskc.compile("mask m over grid(64, 64) = neighborhood(13)")  # 484 tiles, not 832
+    launch = tb.Launch(natten, q, q, q, None, config)
+    assert launch.plan.layout is not None and launch.plan.layout.tile_shape == (8, 8)
+    tiled = launch.bm.stats["full"] + launch.bm.stats["partial"]
+    plain = natten.block_map(block_q=64).stats
+    assert tiled <= 0.8 * (plain["full"] + plain["partial"])
+    rows = maskc.compile("mask m over grid(64, 64) = neighborhood((1, 31))")  # along rows only
+    assert tb.Launch(rows, q, q, q, None, config).plan.layout is None
+    row_major = dataclasses.replace(config, layout="row-major")
+    assert tb.Launch(natten, q, q, q, None, row_major).plan.layout is None

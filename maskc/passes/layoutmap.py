@@ -39,17 +39,23 @@ def _key_boxes(body: ir.Node, tokens, shape):
 
 
 def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads: int = 1,
-                       evaluate=None, **inputs) -> BlockMap:
-    """Tile tables of ``mdef`` with tokens in ``layout`` order; see the module docstring."""
+                       evaluate=None, block_k: int | None = None, **inputs) -> BlockMap:
+    """Tile tables of ``mdef`` with tokens in ``layout`` order; see the module docstring.
+
+    Tiles are ``block`` queries by ``block_k`` keys (default: square)."""
     shape = mdef.grid.shape
     n = mdef.grid.numel
-    nt = -(-n // block)
-    idx = np.minimum(np.arange(nt * block).reshape(nt, block), n - 1)  # pad with the last token
-    tokens = layout.perm[idx]
-    box_lo, box_hi = _boxes(tokens, shape)
-    keys = _key_boxes(mdef.body, tokens, shape)
+    block_k = block if block_k is None else block_k
+
+    def tile_tokens(size):  # (tiles, size) original tokens; the last tile repeats its end
+        nt = -(-n // size)
+        return layout.perm[np.minimum(np.arange(nt * size).reshape(nt, size), n - 1)]
+    q_tokens, k_tokens = tile_tokens(block), tile_tokens(block_k)
+    nq, nk = len(q_tokens), len(k_tokens)
+    box_lo, box_hi = _boxes(k_tokens, shape)
+    keys = _key_boxes(mdef.body, q_tokens, shape)
     if keys is None:
-        qt, kt = np.divmod(np.arange(nt * nt), nt)
+        qt, kt = np.divmod(np.arange(nq * nk), nk)
     else:
         k_lo, k_hi = keys
         overlap = np.all((box_lo[None, :, :] <= k_hi[:, None, :]) &
@@ -61,17 +67,17 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
     for h in (range(heads) if per_head else range(1)):
         an = Analysis(mdef.grid, xs, h)
         # NOTE: permuted blocks are not position ranges: evaluate them on their tokens.
-        any_, all_ = _resolve_tokens(mdef.body, tokens[qt], tokens[kt], n, an, evaluate)
+        any_, all_ = _resolve_tokens(mdef.body, q_tokens[qt], k_tokens[kt], n, an, evaluate)
         full, part = any_ & all_, any_ & ~all_
         zeros = np.zeros(int(part.sum()), dtype=np.int64)
-        cells.append((_csr(qt[part], kt[part], nt, zeros), _csr(qt[full], kt[full], nt, None),
-                      _csr(qt[part], kt[part], nt, zeros + 1)[2]))  # one term, always live
+        cells.append((_csr(qt[part], kt[part], nq, zeros), _csr(qt[full], kt[full], nq, None),
+                      _csr(qt[part], kt[part], nq, zeros - 1)[2]))  # every term live
     kv_num, kv_idx, full_num, full_idx, var, live = _stack([cells])
     G = len(cells)
     head_group = np.arange(heads) if per_head else np.zeros(heads, dtype=np.int64)
-    stats = {"tiles": G * nt * nt, "full": int(full_num.sum()), "partial": int(kv_num.sum()),
+    stats = {"tiles": G * nq * nk, "full": int(full_num.sum()), "partial": int(kv_num.sum()),
              "unproven": 0, "resolved": len(qt) * G, "candidates": len(qt) * G}
-    return BlockMap(n, n, heads, block, block, head_group.astype(np.int32), kv_num, kv_idx,
+    return BlockMap(n, n, heads, block, block_k, head_group.astype(np.int32), kv_num, kv_idx,
                     full_num, full_idx, var, (mdef.body,), stats, live)
 
 
