@@ -166,18 +166,20 @@ def na_axis(qi, ki, n: int, K: int, d: int, s: int, causal: bool, minimum=np.min
 
     Written once for NumPy and torch: pass ``torch.minimum`` and a ``clamp(min=)`` for tensors.
     """
+    # NOTE: only the final comparisons combine query and key terms, so on broadcast
+    # (queries, 1) x (1, keys) inputs everything before them stays query- or key-sized.
     group = qi % d
     ng = (n - group + d - 1) // d
     qq, kk = qi // d, ki // d
     if causal:
         leader = minimum((qq // s) * s + s - 1, ng - 1)
-        keep = (kk <= qq) & (leader - kk < K)
+        keep = (kk <= qq) & (kk > leader - K)
     else:
         left, right = K // 2, K // 2 + K % 2 - 1
         leader = minimum((qq // s) * s + s // 2, ng - 1)
         center = clamp_min(minimum(leader, ng - 1 - right), left)
-        keep = (center - left <= kk) & (kk <= center + right)
-    return keep & (ki % d == group)
+        keep = (kk >= center - left) & (kk <= center + right)
+    return keep if d == 1 else keep & (ki % d == group)
 
 
 def _neighborhood(n: ir.Neighborhood, env):

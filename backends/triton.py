@@ -307,7 +307,7 @@ class Plan:
         shape = self.mdef.grid.shape
         layout = make_layout(shape, choose_tile_shape(shape, max(tiles.block_q, tiles.block_k),
                                                       kernel))
-        plain = visited_tiles(self.block_map(tiles.block_q, tiles.block_k))[0]
+        plain = self._row_major_visits(tiles)
         self.layout = layout
         self._decided = True
         tiled = visited_tiles(self.block_map(tiles.block_q, tiles.block_k))[0]
@@ -319,6 +319,17 @@ class Plan:
             self.perm_index = torch.as_tensor(np.array(layout.perm), device=self.device)
             self.inv_index = torch.as_tensor(np.array(layout.inv), device=self.device)
         return self.layout
+
+    def _row_major_visits(self, tiles: "Tiles") -> float:
+        """Tiles row-major order would visit, estimated on a sample of query tiles."""
+        from maskc.blocktable import build
+
+        from . import reference
+        nq = -(-self.Lq // tiles.block_q)
+        sample = np.unique(np.linspace(0, nq - 1, min(nq, 64)).astype(np.int64))
+        bm = build(self.mdef, None, None, self.Hq, tiles.block_q, tiles.block_k,
+                   evaluate=reference.evaluate, q_tiles=sample, **self.inputs)
+        return (bm.stats["full"] + bm.stats["partial"]) * nq / len(sample)
 
     def _t(self, a):
         import torch

@@ -28,6 +28,19 @@ def test_permuted_block_map_is_exact(spec, block):
     assert np.array_equal(bm.states()[0], want[:, 0])
 
 
+@pytest.mark.parametrize("spec, block", SPECS)
+@pytest.mark.parametrize("shape", [(2, 1), (1, 2)])
+def test_rectangular_permuted_block_map_is_exact(spec, block, shape):
+    m = maskc.compile(f"mask m {spec}")
+    bq, bk = block * shape[0] // 2 or block, block * shape[1] // 2 or block
+    layout = make_layout(m.grid, choose_tile_shape(m.grid, max(bq, bk)))
+    bm = permuted_block_map(m.ir, layout, bq, heads=2, evaluate=reference.evaluate, block_k=bk)
+    want = np.stack([tile_states(d, bq, bk)
+                     for d in permuted_dense(m.dense(heads=2), layout)[:, None]])
+    assert np.array_equal(bm.states()[0], want[:, 0])
+    assert (bm.live[bm.kv_indices >= 0] == -1).all()  # every term of the mask stays live
+
+
 def test_layout_makes_a_large_2d_neighborhood_visit_fewer_tiles():
     m = maskc.compile("mask m over grid(128, 128) = neighborhood(13)")
     layout, bm = choose_layout(m.ir, 128, evaluate=reference.evaluate)

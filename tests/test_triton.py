@@ -169,6 +169,18 @@ def test_benchmark_patterns_on_gpu(spec, heads, kv_heads, dtype, head_dim):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("spec", ["mask m over grid(40, 48) = neighborhood((11, 15))",
+                                  "mask m over grid(10, 12, 16) = neighborhood((5, 7, 7), "
+                                  "stride = (1, 2, 2))"])
+def test_tiled_layout_on_gpu(spec):
+    m = maskc.compile(spec)
+    config = dataclasses.replace(tb.default_config("cuda", torch.bfloat16, 128), layout="tiled")
+    assert_attention_matches(
+        lambda q, k, v: m.attention(q, k, v, backend="triton", return_lse=True, config=config),
+        m, device="cuda", heads=4, kv_heads=2, head_dim=128, dtype="bfloat16")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_realistic_sizes_on_gpu(dtype):
     m = maskc.compile("mask m(input doc) = causal & same(doc) & window(before = 500, after = 0)")

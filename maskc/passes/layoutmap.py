@@ -47,9 +47,14 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
     n = mdef.grid.numel
     block_k = block if block_k is None else block_k
 
+    # NOTE: int32 tokens halve the evaluation's work; `where` arithmetic needs 64 bits.
+    narrow = np.int64 if any(isinstance(x, ir.Where) for x in ir.walk(mdef.body)) \
+        else np.int32
+
     def tile_tokens(size):  # (tiles, size) original tokens; the last tile repeats its end
         nt = -(-n // size)
-        return layout.perm[np.minimum(np.arange(nt * size).reshape(nt, size), n - 1)]
+        perm = layout.perm.astype(narrow)
+        return perm[np.minimum(np.arange(nt * size).reshape(nt, size), n - 1)]
     q_tokens, k_tokens = tile_tokens(block), tile_tokens(block_k)
     nq, nk = len(q_tokens), len(k_tokens)
     box_lo, box_hi = _boxes(k_tokens, shape)
