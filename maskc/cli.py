@@ -279,12 +279,43 @@ def cmd_compile(args) -> int:
     if args.backend != "triton":
         raise MaskError(f"unknown backend {args.backend!r}; available: triton")
     src = m.kernel_source()
-    if args.output in (None, "-"):
-        sys.stdout.write(src)
-    else:
+    if args.output not in (None, "-"):
         Path(args.output).write_text(src, encoding="utf-8")
         print(f"wrote {args.output}: Triton kernels for mask '{m.name}'")
+    elif args.arch is None:
+        sys.stdout.write(src)
+    if args.arch is not None:
+        return _compile_for_arch(m, args)
     return 0
+
+
+def _compile_for_arch(m, args) -> int:
+    """Compile every kernel for sm_ARCH with Triton's compiler (no GPU needed) and report."""
+    import os
+    arch = args.arch.lower().removeprefix("sm_")
+    if not arch.isdigit():
+        raise MaskError(f"--arch must look like sm_90 or 90, got {args.arch!r}")
+    if args.dtype not in ("float16", "bfloat16", "float32"):
+        raise MaskError(f"--dtype must be float16, bfloat16 or float32, got {args.dtype!r}")
+    if not 1 <= args.head_dim <= 256:
+        raise MaskError(f"--head-dim must be between 1 and 256, got {args.head_dim}")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise MaskError("--arch needs Triton's compiler: unset TRITON_INTERPRET")
+    from .backends.triton_aot import compile_kernels
+    reports = compile_kernels(m, int(arch), args.dtype, args.head_dim)
+    print(f"mask '{m.name}': kernels for sm_{arch}, {args.dtype}, head dim {args.head_dim}")
+    print(f"{'kernel':<24} {'tile':>9} {'warps':>5} {'stages':>6} {'shared':>9} {'regs':>4} "
+          f"{'spill':>5} {'compile':>7}")
+    bad = 0
+    for r in reports:
+        fits = r.fits(int(arch))
+        bad += not fits
+        tile = f"{r.block_q}x{r.block_k}" if r.block_k else f"{r.block_q}"
+        print(f"{r.kernel:<24} {tile:>9} {r.num_warps:>5} {r.num_stages:>6} "
+              f"{r.shared:>9,} {r.registers if r.registers is not None else '?':>4} "
+              f"{r.spills if r.spills is not None else '?':>5} {r.seconds:>6.1f}s"
+              + ("" if fits else "  needs more shared memory than the GPU has"))
+    return 1 if bad else 0
 
 
 def cmd_test(args) -> int:
@@ -351,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--name", help="which mask of the file (needed when it has several)")
     k.add_argument("--backend", default="triton")
     k.add_argument("-o", "--output", help="the .py file to write (default: standard output)")
+    k.add_argument("--arch", help="also compile the kernels for this GPU (e.g. sm_90) with "
+                                  "Triton's compiler, no GPU needed, and report their resources")
+    k.add_argument("--dtype", default="bfloat16", help="with --arch: the input dtype")
+    k.add_argument("--head-dim", type=int, default=128, help="with --arch: the head dim")
     k.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     t = sub.add_parser("test", help="property-test a spec's generated kernel against the "
                                     "reference (on the CPU through Triton's interpreter)")
