@@ -170,10 +170,16 @@ def bwd_delta_{name}(O_ptr, DO_ptr, DELTA_ptr, sob, soh, som, sdb, sdh, sdm, slb
 
 
 @triton.jit
-def _lse2(LSE_bh, offs_m, Lq):
-    """log2-domain log-sum-exp of query rows; +inf on rows that keep nothing (so p = 0)."""
+def _query_rows(Q_bh, DO_bh, LSE_bh, DELTA_bh, offs_m, Lq, offs_d, offs_dv, D, DV, sqm, som,
+                EVEN_D: tl.constexpr):
+    """A query tile's q, dO, log2-domain log-sum-exp (+inf on rows that keep nothing, so
+    p = 0 there) and delta."""
+    q = _rows(Q_bh, offs_m, Lq, offs_d, D, sqm, EVEN_D)
+    do = _rows(DO_bh, offs_m, Lq, offs_dv, DV, som, EVEN_D)
     lse = tl.load(LSE_bh + offs_m, mask=offs_m < Lq, other=float("-inf"))
-    return tl.where(lse == float("-inf"), float("inf"), lse / LN2)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse / LN2)
+    delta = tl.load(DELTA_bh + offs_m, mask=offs_m < Lq, other=0.0)
+    return q, do, lse2, delta
 
 
 @triton.jit
@@ -211,10 +217,9 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
-    q = _rows(Q_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm, EVEN_D)
-    do = _rows(DO_ptr + b * sob + h * soh, offs_m, Lq, offs_dv, DV, som, EVEN_D)
-    lse2 = _lse2(LSE_ptr + b * slb + h * slh, offs_m, Lq)
-    delta = tl.load(DELTA_ptr + b * slb + h * slh + offs_m, mask=offs_m < Lq, other=0.0)
+    q, do, lse2, delta = _query_rows(Q_ptr + b * sqb + h * sqh, DO_ptr + b * sob + h * soh,
+                                     LSE_ptr + b * slb + h * slh, DELTA_ptr + b * slb + h * slh,
+                                     offs_m, Lq, offs_d, offs_dv, D, DV, sqm, som, EVEN_D)
     K_bh = K_ptr + b * skb + kvh * skh
     V_bh = V_ptr + b * svb + kvh * svh
     Qi = _positions(perm, offs_m, Lq, PERMUTED)[:, None]
@@ -241,10 +246,8 @@ def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b, Lq
                EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
     """dv += P^T dO and dk += dS^T q over one query tile, computed key-major (BN, BM)."""
     offs_m = qt * BM + offs_m0
-    q = _rows(Q_bh, offs_m, Lq, offs_d, D, sqm, EVEN_D)
-    do = _rows(DO_bh, offs_m, Lq, offs_dv, DV, som, EVEN_D)
-    lse2 = _lse2(LSE_bh, offs_m, Lq)
-    delta = tl.load(DELTA_bh + offs_m, mask=offs_m < Lq, other=0.0)
+    q, do, lse2, delta = _query_rows(Q_bh, DO_bh, LSE_bh, DELTA_bh, offs_m, Lq, offs_d, offs_dv,
+                                     D, DV, sqm, som, EVEN_D)
     st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
     keep = Kc < Lk
     if MASKED:
