@@ -292,3 +292,40 @@ def test_compile_arch_argument_errors(capsys):
     from maskc.cli import main
     assert main(["compile", str(EXAMPLES / "mistral.mask"), "--arch", "hopper"]) == 1
     assert "--arch must look like sm_90" in capsys.readouterr().err
+
+
+def test_plans_are_cached_per_size_and_input_content(device):
+    m = maskc.compile("mask m(input doc) = causal & same(doc)")
+    q = torch.randn(1, 2, 40, 16, device=device)
+    doc = np.repeat([0, 1], 20)
+    first = tb.Launch(m, q, q, q, doc=doc).plan
+    assert tb.Launch(m, q, q, q, doc=doc.copy()).plan is first  # same content, same tables
+    assert tb.Launch(m, q, q, q, doc=np.repeat([0, 1], [10, 30])).plan is not first
+    assert tb.Launch(m, q[:, :, :30], q, q, doc=doc).plan is not first  # another q_len
+    for _ in range(12):  # a bounded cache: old plans go
+        tb.Launch(m, q, q, q, doc=np.random.default_rng(_).integers(0, 3, 40))
+    assert len(m._triton_plans) == tb._PLANS_PER_MASK
+
+
+def test_out_of_resources_falls_back_to_smaller_tiles_once(device):
+    class OutOfResources(Exception):  # matched by name, like Triton's
+        pass
+    m = maskc.compile("mask m = causal & window(before = 9, after = 0)")
+    q = torch.randn(1, 1, 70, 16, device=device)
+    launch = tb.Launch(m, q, q, q, None, tb.KernelConfig.uniform(32, 32))
+    tried = []
+
+    def run(tiles):
+        tried.append(tiles)
+        if tiles.block_q * tiles.block_k > 256:
+            raise OutOfResources("shared memory")
+        return tiles
+    start = tb.Tiles(32, 32, 4, 3)
+    assert launch._run("fwd", start, q.dtype, run) == tb.Tiles(16, 16, 4, 1)
+    assert tried == [start, tb.Tiles(32, 32, 4, 1), tb.Tiles(16, 32, 4, 1),
+                     tb.Tiles(16, 16, 4, 1)]
+    tried.clear()
+    launch._run("fwd", start, q.dtype, run)  # remembered: straight to the tiles that fit
+    assert tried == [tb.Tiles(16, 16, 4, 1)]
+    with pytest.raises(ValueError):  # other errors are not resource problems
+        launch._run("dq", start, q.dtype, lambda t: (_ for _ in ()).throw(ValueError("x")))
