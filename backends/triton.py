@@ -23,6 +23,7 @@ import numpy as np
 from maskc import ir
 from maskc.errors import MaskError, MaskSizeError
 from maskc.pretty import pretty
+from maskc.sizes import resolve_lengths
 
 from .triton_render import Renderer
 from .triton_template import BACKWARD, MODULE
@@ -280,13 +281,15 @@ class Plan:
     def __init__(self, mdef, Lq, Lk, Hq, device, inputs):
         from maskc.sizes import prepare_inputs
         self.mdef, self.Lq, self.Lk, self.Hq, self.device = mdef, Lq, Lk, Hq, device
-        self.inputs = inputs
+        # NOTE: copies (prepare_inputs makes new arrays): tables built later, for the
+        # backward, must see the inputs of the forward even if the caller reuses its buffer.
+        self.inputs = prepare_inputs(mdef, Lk, inputs)
+        self.batch = max([x.shape[0] for x in self.inputs.values()] or [1])
         # NOTE: the runtime arguments refer to this mask's IR nodes, so they come from this
         # generation, never from the cached module (equal masks share one module).
         src, extras = generate(mdef)
         self.module = _load(src, mdef.name)
-        self.extra = _extra_tensors(mdef, extras, Lq, Lk, prepare_inputs(mdef, Lk, inputs),
-                                    device)
+        self.extra = _extra_tensors(mdef, extras, Lq, Lk, self.inputs, device)
         self._tables: dict = {}
         self.layout = None     # a TokenLayout once chosen (grid masks only)
         self._decided = False
@@ -435,10 +438,14 @@ class Launch:
         self.name = mdef.name
         self.shape = (B, Hq, Hkv, Lq, Lk, D, DV)
         self.config = config
+        resolve_lengths(mdef, Lq, Lk)  # a grid mask needs q_len == kv_len == its tokens
         if config.layout not in ("auto", "row-major", "tiled"):
             raise MaskError(f"config.layout must be 'auto', 'row-major' or 'tiled', got "
                             f"{config.layout!r}")
         self.plan = plan(mask, Lq, Lk, Hq, q.device, inputs, config.layout)
+        if self.plan.batch not in (1, B):
+            raise MaskSizeError(f"batched inputs have batch {self.plan.batch} but q has {B}",
+                                mdef.span)
         self.plan.choose_layout(config.layout, config.fwd)
         self.module = self.plan.module
         self.extra = self.plan.extra

@@ -329,3 +329,40 @@ def test_out_of_resources_falls_back_to_smaller_tiles_once(device):
     assert tried == [tb.Tiles(16, 16, 4, 1)]
     with pytest.raises(ValueError):  # other errors are not resource problems
         launch._run("dq", start, q.dtype, lambda t: (_ for _ in ()).throw(ValueError("x")))
+
+
+def test_tiled_layout_with_batched_runtime_inputs(device):
+    m = maskc.compile("mask m(input doc) over grid(12, 12) = neighborhood(9) & same(doc)")
+    doc = np.stack([np.zeros(144, int), np.repeat([0, 1], [75, 69])])  # per-batch ids
+    config = dataclasses.replace(tb.default_config(device, torch.float32, 16), layout="tiled")
+    assert_attention_matches(
+        lambda q, k, v, **kw: m.attention(q, k, v, backend="triton", return_lse=True,
+                                          config=config, **kw),
+        m, batch=2, heads=1, head_dim=16, inputs={"doc": doc}, device=device)
+
+
+def test_backward_uses_the_inputs_of_the_forward(device):
+    m = maskc.compile("mask m(input doc) = causal & same(doc)")
+    doc = np.repeat([0, 1], [32, 32])
+    before = doc.copy()
+    q, k, v = (torch.randn(1, 2, 64, 16, device=device, requires_grad=True) for _ in range(3))
+    out = m.attention(q, k, v, backend="triton", doc=doc)
+    doc[:] = 0  # the caller refills its buffer for the next batch before backward
+    out.sum().backward()
+    refs = [t.detach().double().cpu().requires_grad_() for t in (q, k, v)]
+    m.attention(*refs, backend="reference", doc=before).sum().backward()
+    for got, want in zip((q, k, v), refs):
+        assert torch.allclose(got.grad.double().cpu(), want.grad, atol=2e-4, rtol=2e-4)
+
+
+def test_shape_errors_match_the_reference():
+    grid = maskc.compile("mask m over grid(7, 11) = neighborhood(3)")
+    q = torch.randn(1, 1, 100, 16)
+    for layout in ("row-major", "tiled"):
+        config = dataclasses.replace(tb.KernelConfig.uniform(16, 16), layout=layout)
+        with pytest.raises(maskc.MaskSizeError, match="grid of 77 tokens"):
+            grid.attention(q, q, q, backend="triton", config=config)
+    packed = maskc.compile("mask m(input doc) = causal & same(doc)")
+    q = torch.randn(3, 1, 20, 16)
+    with pytest.raises(maskc.MaskSizeError, match="batch 2 but q has 3"):
+        packed.attention(q, q, q, backend="triton", doc=np.stack([np.repeat([0, 1], 10)] * 2))

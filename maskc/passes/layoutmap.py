@@ -66,22 +66,29 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
         overlap = np.all((box_lo[None, :, :] <= k_hi[:, None, :]) &
                          (k_lo[:, None, :] <= box_hi[None, :, :]), axis=-1)
         qt, kt = np.nonzero(overlap)
-    xs = {k: v[0] for k, v in prepare_inputs(mdef, n, inputs).items()}
+    prepared = prepare_inputs(mdef, n, inputs)
+    batch = max([x.shape[0] for x in prepared.values()] or [1])
     per_head = uses_head(mdef.body)
-    cells = []
-    for h in (range(heads) if per_head else range(1)):
-        an = Analysis(mdef.grid, xs, h)
-        # NOTE: permuted blocks are not position ranges: evaluate them on their tokens.
-        any_, all_ = _resolve_tokens(mdef.body, q_tokens[qt], k_tokens[kt], n, an, evaluate)
-        full, part = any_ & all_, any_ & ~all_
-        zeros = np.zeros(int(part.sum()), dtype=np.int64)
-        cells.append((_csr(qt[part], kt[part], nq, zeros), _csr(qt[full], kt[full], nq, None),
-                      _csr(qt[part], kt[part], nq, zeros - 1)[2]))  # every term live
-    kv_num, kv_idx, full_num, full_idx, var, live = _stack([cells])
-    G = len(cells)
+    rows = []
+    for b in range(batch):  # batched runtime inputs: one set of tables per batch entry
+        xs = {k: v[b % v.shape[0]] for k, v in prepared.items()}
+        cells = []
+        for h in (range(heads) if per_head else range(1)):
+            an = Analysis(mdef.grid, xs, h)
+            # NOTE: permuted blocks are not position ranges: evaluate them on their tokens.
+            any_, all_ = _resolve_tokens(mdef.body, q_tokens[qt], k_tokens[kt], n, an, evaluate)
+            full, part = any_ & all_, any_ & ~all_
+            zeros = np.zeros(int(part.sum()), dtype=np.int64)
+            cells.append((_csr(qt[part], kt[part], nq, zeros),
+                          _csr(qt[full], kt[full], nq, None),
+                          _csr(qt[part], kt[part], nq, zeros - 1)[2]))  # every term live
+        rows.append(cells)
+    kv_num, kv_idx, full_num, full_idx, var, live = _stack(rows)
+    G = len(rows[0])
     head_group = np.arange(heads) if per_head else np.zeros(heads, dtype=np.int64)
-    stats = {"tiles": G * nq * nk, "full": int(full_num.sum()), "partial": int(kv_num.sum()),
-             "unproven": 0, "resolved": len(qt) * G, "candidates": len(qt) * G}
+    stats = {"tiles": batch * G * nq * nk, "full": int(full_num.sum()),
+             "partial": int(kv_num.sum()), "unproven": 0, "resolved": len(qt) * G * batch,
+             "candidates": len(qt) * G * batch}
     return BlockMap(n, n, heads, block, block_k, head_group.astype(np.int32), kv_num, kv_idx,
                     full_num, full_idx, var, (mdef.body,), stats, live)
 
