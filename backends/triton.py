@@ -218,8 +218,9 @@ def default_config(device_type: str, dtype, head_dim: int) -> KernelConfig:
 def block_alignment(mdef: ir.MaskDef) -> int | None:
     """The tile size that lines up with the mask's blocks, if it is made of ``blocks(B, ...)``
     only (through ``& | - ~`` and ``heads``): the largest power of two dividing every ``B``
-    (at least 16). Tiles no larger than that are each inside one block, so every tile the
-    kernels visit is full and none evaluates the mask (``None``: no such size)."""
+    (at least 16). Tiles no larger than that are each inside one block, so when
+    ``kv_len - q_len`` is a multiple of it (queries are aligned to the end of the keys) every
+    tile the kernels visit is full and none evaluates the mask (``None``: no such size)."""
     sizes = []
 
     def walk(n) -> bool:
@@ -400,10 +401,11 @@ _PLANS_PER_MASK = 8
 _FITTED: dict = {}
 
 
-def plan(mask, Lq, Lk, Hq, device, inputs, layout: str = "auto") -> Plan:
-    """The cached :class:`Plan` of ``mask`` for this size, device and inputs."""
+def plan(mask, Lq, Lk, Hq, device, inputs, layout: str = "auto", tile: int = 0) -> Plan:
+    """The cached :class:`Plan` of ``mask`` for this size, device and inputs (``layout`` and
+    ``tile``, the largest forward tile side, decide its token layout)."""
     cache = mask.__dict__.setdefault("_triton_plans", OrderedDict())
-    key = (Lq, Lk, Hq, str(device), layout, _digest(inputs))
+    key = (Lq, Lk, Hq, str(device), layout, tile, _digest(inputs))
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
@@ -442,13 +444,15 @@ class Launch:
         if config.layout not in ("auto", "row-major", "tiled"):
             raise MaskError(f"config.layout must be 'auto', 'row-major' or 'tiled', got "
                             f"{config.layout!r}")
-        self.plan = plan(mask, Lq, Lk, Hq, q.device, inputs, config.layout)
+        self.plan = plan(mask, Lq, Lk, Hq, q.device, inputs, config.layout,
+                         max(config.fwd.block_q, config.fwd.block_k) if mdef.grid else 0)
         if self.plan.batch not in (1, B):
             raise MaskSizeError(f"batched inputs have batch {self.plan.batch} but q has {B}",
                                 mdef.span)
         self.plan.choose_layout(config.layout, config.fwd)
         self.module = self.plan.module
         self.extra = self.plan.extra
+        self.device = q.device
         self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
         self.dims = dict(BD=_pow2(D), BDV=_pow2(DV), PREC=_precision(q.dtype),
                          EVEN_D=_pow2(D) == D and _pow2(DV) == DV,
@@ -462,7 +466,7 @@ class Launch:
     def _run(self, kind: str, tiles: Tiles, dtype, launch):
         """Launch ``kind`` with ``tiles``, falling back to smaller ones when the GPU lacks the
         shared memory or registers (remembered per kernel, so the fallback is paid once)."""
-        key = (id(self.module), kind, str(dtype), self.shape[5], self.shape[6])
+        key = (id(self.module), kind, str(dtype), self.shape[5], self.shape[6], str(self.device))
         tiles = _FITTED.get((key, tiles), tiles)
         first = tiles
         while True:

@@ -28,11 +28,16 @@ LN2 = tl.constexpr(0.6931471805599453)
 SPEC = """{spec_src}"""
 
 
+_MASK = []  # the compiled mask, once: it caches the block tables of each size
+
+
 def attention(q, k, v, scale=None, return_lse=False, **inputs):
     """Attention with this mask (maskc builds the block tables; kernels are below)."""
     import maskc
-    return maskc.compile(SPEC).attention(q, k, v, scale=scale, backend="triton",
-                                         return_lse=return_lse, **inputs)
+    if not _MASK:
+        _MASK.append(maskc.compile(SPEC))
+    return _MASK[0].attention(q, k, v, scale=scale, backend="triton", return_lse=return_lse,
+                              **inputs)
 
 
 @triton.jit

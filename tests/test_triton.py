@@ -135,6 +135,9 @@ def test_compile_command_writes_an_importable_module(tmp_path, device):
     m = maskc.compile(EXAMPLES / "mistral.mask", w=7)
     assert_attention_matches(lambda q, k, v: swa_kernel.attention(q, k, v), m, device=device,
                              q_len=33)
+    q = torch.randn(1, 2, 33, 32, device=device)
+    swa_kernel.attention(q, q, q)  # a second call reuses the module's mask and its tables
+    assert len(swa_kernel._MASK) == 1 and len(swa_kernel._MASK[0]._triton_plans) == 1
 
 
 def test_test_command_runs_the_kit(capsys):
