@@ -304,24 +304,16 @@ class Plan:
         if self._decided or self.mdef.grid is None or how == "row-major":
             self._decided = True
             return self.layout
-        from maskc.passes.layout import choose_tile_shape, make_layout
-        from maskc.passes.layoutmap import visited_tiles
-        kernel = next((n.kernel for n in ir.walk(self.mdef.body)
-                       if isinstance(n, ir.Neighborhood)), None)
-        shape = self.mdef.grid.shape
-        layout = make_layout(shape, choose_tile_shape(shape, max(tiles.block_q, tiles.block_k),
-                                                      kernel))
+        from maskc.passes.layoutmap import tiled_layout, visited_tiles
+        layout = tiled_layout(self.mdef, max(tiles.block_q, tiles.block_k))
         plain = self._row_major_visits(tiles)
         self.layout = layout
         self._decided = True
         tiled = visited_tiles(self.block_map(tiles.block_q, tiles.block_k))[0]
         if how != "tiled" and tiled >= self.LAYOUT_GAIN * plain:
             self.layout = None
-        if self.layout is not None:
-            import torch
-            self.perm = self._t(layout.perm)
-            self.perm_index = torch.as_tensor(np.array(layout.perm), device=self.device)
-            self.inv_index = torch.as_tensor(np.array(layout.inv), device=self.device)
+        if self.layout is not None:  # int32: the kernels' argument and index_select's index
+            self.perm, self.inv = self._t(layout.perm), self._t(layout.inv)
         return self.layout
 
     def _row_major_visits(self, tiles: "Tiles") -> float:
@@ -390,10 +382,10 @@ class Plan:
 
     def to_layout(self, x):
         """``x`` (tokens on dim 2) in the kernels' token order."""
-        return x if self.layout is None else x.index_select(2, self.perm_index)
+        return x if self.layout is None else x.index_select(2, self.perm)
 
     def from_layout(self, x):
-        return x if self.layout is None else x.index_select(2, self.inv_index)
+        return x if self.layout is None else x.index_select(2, self.inv)
 
 
 _PLANS_PER_MASK = 8
@@ -489,7 +481,8 @@ class Launch:
 
         def launch(t: Tiles):
             rows = self.plan.rows(t.block_q, t.block_k)
-            kernel[(rows[9], B * Hq)](
+            n_q_tiles = self.plan.block_map(t.block_q, t.block_k).n_q_tiles
+            kernel[(n_q_tiles, B * Hq)](
                 q, k, v, out, lse,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
@@ -522,14 +515,16 @@ class Launch:
 
         def launch_dq(t: Tiles):
             rows = self.plan.rows(t.block_q, t.block_k)
-            getattr(m, f"bwd_dq_{self.name}")[(rows[9], B * Hq)](
+            n_q_tiles = self.plan.block_map(t.block_q, t.block_k).n_q_tiles
+            getattr(m, f"bwd_dq_{self.name}")[(n_q_tiles, B * Hq)](
                 q, k, v, dout, lse, delta, dq, *strides, *rows, *common, *self.extra,
                 BM=t.block_q, BN=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages,
                 **self.dims)
 
         def launch_dkdv(t: Tiles):
             cols = self.plan.columns(t.block_q, t.block_k)
-            getattr(m, f"bwd_dkdv_{self.name}")[(cols[8], B * Hkv)](
+            n_k_tiles = self.plan.block_map(t.block_q, t.block_k).n_k_tiles
+            getattr(m, f"bwd_dkdv_{self.name}")[(n_k_tiles, B * Hkv)](
                 q, k, v, dout, lse, delta, dk, dv, *strides,
                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1),
                 dv.stride(2), *cols, *common, *self.extra, BM=t.block_q, BN=t.block_k,

@@ -97,8 +97,9 @@ def run(name, args):
 
     measure("maskc", lambda: m.attention(q, k, v, backend="triton", **inputs))
     from maskc.backends.triton import Launch
-    visited = Launch(m, q, k, v, **inputs).bm.stats  # the cached plan of the calls above
-    tiles = {"maskc": (visited["full"] + visited["partial"]) / visited["tiles"]}
+    from maskc.passes.layoutmap import visited_tiles
+    bm = Launch(m, q, k, v, **inputs).bm  # the cached plan of the calls above
+    tiles = {"maskc": visited_tiles(bm)[0] / bm.stats["tiles"]}
     if name in args.sweep:  # other forward tiles (block_q, block_k, warps, stages); backward as chosen
         from maskc.backends.triton import Tiles, aligned, block_alignment, default_config
         base = aligned(default_config("cuda", q.dtype, D), block_alignment(m.ir))

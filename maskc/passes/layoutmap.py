@@ -19,7 +19,7 @@ from ..gridboxes import _coords, progressions
 from ..sizes import prepare_inputs
 from .layout import TokenLayout
 
-__all__ = ["permuted_block_map", "visited_tiles", "choose_layout"]
+__all__ = ["permuted_block_map", "visited_tiles", "tiled_layout", "choose_layout"]
 
 
 def _boxes(tokens: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +105,15 @@ def visited_tiles(bm: BlockMap) -> tuple[int, int]:
     return bm.stats["full"] + bm.stats["partial"], bm.stats["partial"]
 
 
+def tiled_layout(mdef: ir.MaskDef, tokens_per_tile: int) -> TokenLayout:
+    """The tile-major layout of ``mdef``'s grid, tiles of ``tokens_per_tile`` tokens shaped
+    like its neighborhood's kernel (balanced when it has none)."""
+    from .layout import choose_tile_shape, make_layout
+    kernel = next((n.kernel for n in ir.walk(mdef.body) if isinstance(n, ir.Neighborhood)), None)
+    shape = mdef.grid.shape
+    return make_layout(shape, choose_tile_shape(shape, tokens_per_tile, kernel))
+
+
 def choose_layout(mdef: ir.MaskDef, block: int, heads: int = 1, evaluate=None, **inputs):
     """The token layout that visits fewer tiles than row-major order, or ``None``.
 
@@ -113,10 +122,8 @@ def choose_layout(mdef: ir.MaskDef, block: int, heads: int = 1, evaluate=None, *
     strictly fewer tiles (for small kernels on narrow grids, row-major order often wins).
     """
     from ..blocktable import build
-    from .layout import choose_tile_shape, make_layout
     plain = build(mdef, None, None, heads, block, block, evaluate=evaluate, **inputs)
-    kernel = next((n.kernel for n in ir.walk(mdef.body) if isinstance(n, ir.Neighborhood)), None)
-    layout = make_layout(mdef.grid.shape, choose_tile_shape(mdef.grid.shape, block, kernel))
+    layout = tiled_layout(mdef, block)
     permuted = permuted_block_map(mdef, layout, block, heads, evaluate, **inputs)
     if visited_tiles(permuted)[0] < visited_tiles(plain)[0]:
         return layout, permuted
