@@ -39,15 +39,18 @@ def generate(mdef: ir.MaskDef) -> tuple[str, list]:
     """``(source, extra_args)`` of the Triton module for ``mdef``. Byte-stable."""
     r = Renderer(mdef)
     expr = r.render()
-    params = ""
+    params, varying = "", ""
     for a in r.args:
-        params += f", {a.name}, " + (f"{a.name}_sb" if a.kind in ("input", "starts", "lens")
-                                     else f"{a.name}_first, {a.name}_rows, {a.name}_cols")
+        ints = [f"{a.name}_sb"] if a.kind in ("input", "starts", "lens") else \
+            [f"{a.name}_first", f"{a.name}_rows", f"{a.name}_cols"]
+        params += f", {a.name}, " + ", ".join(ints)
+        varying += "".join(f', "{n}"' for n in ints)
     body = "\n".join(f"    {line}" for line in r.lines) or "    pass"
     name = mdef.name
     spec = pretty(mdef).strip().replace("\n", "\n#   ")
     args = "".join(f", {p}" for p in params.split(", ")[1:]) if params else ""
     src = (MODULE + BACKWARD).format(name=name, spec=spec, params=params, args=args, body=body,
+                                     varying=varying,
                                      expr=expr, spec_src=pretty(mdef).strip())
     return src, r.args
 

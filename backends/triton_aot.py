@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["KernelReport", "compile_kernels", "SHARED_LIMIT"]
+__all__ = ["KernelReport", "compile_kernels", "record_calls", "specializations", "SHARED_LIMIT"]
 
 # bytes of shared memory one program may use (opt-in maximum), by compute capability
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024,
@@ -38,6 +38,7 @@ class KernelReport:
     registers: int | None  # per thread (from cuobjdump), None if unknown
     spills: int | None     # bytes of local memory per thread (register spills)
     seconds: float         # compile time
+    specialization: str = ""  # what Triton's launcher keys its compiled variants on
 
     def fits(self, arch: int) -> bool:
         return self.shared <= SHARED_LIMIT.get(arch, 99 * 1024)
@@ -61,21 +62,7 @@ class _Module:
         return _Recorder(getattr(self._module, name), self._calls)
 
 
-_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int32": "i32",
-          "int8": "i8", "int64": "i64"}
 _LAUNCH_OPTIONS = ("num_warps", "num_stages")
-
-
-def _arg_type(x) -> str:
-    if hasattr(x, "dtype") and hasattr(x, "data_ptr"):
-        return "*" + _TYPES[str(x.dtype).removeprefix("torch.")]
-    if isinstance(x, bool):
-        return "i1"
-    if isinstance(x, int):
-        return "i32" if -2**31 <= x < 2**31 else "i64"
-    if isinstance(x, float):
-        return "fp32"
-    raise TypeError(f"no Triton type for {type(x).__name__}")
 
 
 def _resources(cubin: bytes) -> tuple[int | None, int | None]:
@@ -94,20 +81,28 @@ def _resources(cubin: bytes) -> tuple[int | None, int | None]:
     return (int(regs.group(1)) if regs else None, int(local.group(1)) if local else None)
 
 
-def compile_kernels(mask, arch: int = 90, dtype: str = "bfloat16", head_dim: int = 128,
-                    q_len: int | None = None, kv_len: int | None = None, heads: int = 2,
-                    kv_heads: int | None = None, config=None, **inputs) -> list[KernelReport]:
-    """Compile the forward, delta, dq and dk/dv kernels of ``mask`` for ``sm_<arch>``.
+def specialize(fn, args, kw, backend):
+    """What Triton's launcher derives from one call of ``fn`` (a ``@triton.jit`` kernel),
+    using its own binder: ``(signature, constexprs, attrs, options, key)``. Equal keys mean
+    one compiled variant serves both calls; ``attrs`` carry the divisibility and alignment
+    facts the real launch would give the compiler."""
+    from triton.runtime.jit import create_function_from_signature
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    launch = {n: kw[n] for n in _LAUNCH_OPTIONS if n in kw}
+    bound, spec, opts = binder(*args, **{n: v for n, v in kw.items() if n not in launch},
+                               **launch)
+    options, signature, constexprs, attrs = fn._pack_args(backend, launch, bound, spec, opts)
+    return signature, constexprs, attrs, options.__dict__, str(spec) + str(sorted(launch.items()))
 
-    Lengths only shape the recorded call (kernels do not depend on them). ``config`` is a
-    :class:`~maskc.backends.triton.KernelConfig`; by default the one a CUDA device gets.
-    """
+
+def record_calls(mask, dtype: str = "bfloat16", head_dim: int = 128, q_len: int | None = None,
+                 kv_len: int | None = None, heads: int = 2, kv_heads: int | None = None,
+                 config=None, **inputs) -> list:
+    """The kernel launches of one attention call (forward and backward) as ``(kernel, args,
+    kwargs)``, with CPU tensors standing in for the GPU's; nothing runs."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("compile_kernels needs Triton's compiler: unset TRITON_INTERPRET")
+        raise RuntimeError("compiling kernels needs Triton's compiler: unset TRITON_INTERPRET")
     import torch
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from maskc.testing import runtime_inputs
 
@@ -128,21 +123,46 @@ def compile_kernels(mask, arch: int = 90, dtype: str = "bfloat16", head_dim: int
     launch.module = _Module(launch.module, calls)
     out, lse = launch.forward(q, k, k)
     launch.backward(q, k, k, out, lse, torch.zeros_like(out))
+    return calls
+
+
+def specializations(mask, arch: int = 90, **kw) -> dict[str, str]:
+    """Per kernel, the key Triton's launcher would compile it under for this call
+    (:func:`record_calls` arguments): equal keys at two lengths mean no recompilation."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    return {fn.__name__: specialize(fn, args, kwargs, backend)[4]
+            for fn, args, kwargs in record_calls(mask, **kw)}
+
+
+def compile_kernels(mask, arch: int = 90, dtype: str = "bfloat16", head_dim: int = 128,
+                    q_len: int | None = None, kv_len: int | None = None, heads: int = 2,
+                    kv_heads: int | None = None, config=None, **inputs) -> list[KernelReport]:
+    """Compile the forward, delta, dq and dk/dv kernels of ``mask`` for ``sm_<arch>``, each
+    specialized as Triton's launcher would specialize that call.
+
+    Lengths only shape the recorded call (kernels do not depend on them). ``config`` is a
+    :class:`~maskc.backends.triton.KernelConfig`; by default the one a CUDA device gets.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+
+    calls = record_calls(mask, dtype, head_dim, q_len, kv_len, heads, kv_heads, config,
+                         **inputs)
     reports = []
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
     for fn, args, kw in calls:
-        names = fn.arg_names
-        values = dict(zip(names, args))
-        values.update({n: v for n, v in kw.items() if n not in _LAUNCH_OPTIONS})
-        constexprs = {n: values[n] for n, p in zip(names, fn.params) if p.is_constexpr}
-        signature = {n: ("constexpr" if n in constexprs else _arg_type(values[n]))
-                     for n in names}
-        options = {n: kw[n] for n in _LAUNCH_OPTIONS if n in kw}
+        signature, constexprs, attrs, options, key = specialize(fn, args, kw, backend)
         start = time.perf_counter()
-        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                  target=GPUTarget("cuda", arch, 32), options=options)
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs,
+                                            attrs=attrs), target=target, options=options)
         seconds = time.perf_counter() - start
         regs, spills = _resources(compiled.asm["cubin"])
-        reports.append(KernelReport(fn.__name__, constexprs["BM"], constexprs.get("BN", 0),
+        values = {**dict(zip(fn.arg_names, args)), **kw}
+        reports.append(KernelReport(fn.__name__, values["BM"], values.get("BN", 0),
                                     compiled.metadata.num_warps, compiled.metadata.num_stages,
-                                    compiled.metadata.shared, regs, spills, seconds))
+                                    compiled.metadata.shared, regs, spills, seconds, key))
     return reports

@@ -2,7 +2,8 @@
 
 Slots: ``name``, ``spec`` (the mask as `.mask` source), ``params`` (extra runtime arguments
 of the mask function, with a leading comma), ``args`` (the same names, passed on),
-``body`` (the mask function's statements, indented) and ``expr`` (its result).
+``body`` (the mask function's statements, indented), ``expr`` (its result) and
+``varying`` (the extra arguments that change with the length, quoted, leading comma).
 
 Everything the kernels read at run time (lengths, strides, block tables, runtime inputs)
 is an argument; tile sizes, warps and pipelining depth are launch options (constexprs), so
@@ -26,6 +27,12 @@ import triton.language as tl
 
 LN2 = tl.constexpr(0.6931471805599453)
 SPEC = """{spec_src}"""
+
+# Triton specializes integer arguments on their values (equal to 1, divisible by 16) and
+# compiles a variant for each. Lengths, tile counts, table widths and the strides that
+# follow them change from call to call, so the kernels never specialize on them: a new
+# length runs the kernel already compiled.
+VARYING = ("TB", "G", "NQ", "NK", "FW", "PW", "Lq", "Lk", "slb", "slh"{varying})
 
 
 _MASK = []  # the compiled mask, once: it caches the block tables of each size
@@ -118,7 +125,7 @@ def _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc, offs_
     return m_new, l_i * alpha + tl.sum(p, 1), acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=VARYING)
 def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                full_num, full_idx, part_num, part_idx, part_live, head_group, perm,
@@ -160,7 +167,7 @@ def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
 
 BACKWARD = '''
 
-@triton.jit
+@triton.jit(do_not_specialize=VARYING)
 def bwd_delta_{name}(O_ptr, DO_ptr, DELTA_ptr, sob, soh, som, sdb, sdh, sdm, slb, slh,
                      Lq, H, DV, BM: tl.constexpr, BDV: tl.constexpr,
                      EVEN_D: tl.constexpr):
@@ -207,7 +214,7 @@ def _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, 
     return tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=VARYING)
 def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                   full_num, full_idx, part_num, part_idx, part_live, head_group, perm,
@@ -267,7 +274,7 @@ def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b, Lq
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=VARYING)
 def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_ptr,
                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                     sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,

@@ -1,6 +1,7 @@
 """The generated Triton kernels against the NumPy reference (interpreter on CPU, GPU if asked)."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -289,6 +290,47 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                          "bwd_dkdv_natten2d"}
     assert all(int(r[4].replace(",", "")) > 0 for r in rows.values())  # shared memory used
     assert rows["fwd_natten2d"][1] == "128x128"  # the Hopper tiles for half precision, D=64
+
+
+def test_a_new_length_compiles_nothing():
+    # Triton's own launcher binder (what it keys compiled variants on), on the recorded
+    # launches of forward and backward: lengths that are 1, multiples of 16 or neither,
+    # with runtime inputs and host-built block tables, all map to one variant per kernel
+    code = """if True:
+        import json, numpy as np, maskc
+        from maskc.backends.triton_aot import specializations
+        keys = {}
+        for src, inputs in [
+                ("mask m(input doc) = same(doc) & causal & window(before = 100, after = 0)",
+                 True),
+                ("mask m = blocks(64, window(1) | random(2, seed = 1)) | global([0])", False)]:
+            m = maskc.compile(src)
+            for lq, lk in [(1, 1024), (1000, 1024), (1024, 1024), (999, 4097), (4097, 4097)]:
+                kw = {"doc": np.arange(lk) // 300} if inputs else {}
+                for kernel, key in specializations(m, q_len=lq, kv_len=lk, **kw).items():
+                    keys.setdefault(src + kernel, set()).add(key)
+        print(json.dumps({k: len(v) for k, v in keys.items()}))
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent.parent), *sys.path])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    counts = json.loads(out.stdout.splitlines()[-1])
+    assert len(counts) == 8 and set(counts.values()) == {1}, counts
+
+
+@pytest.mark.gpu
+def test_a_new_length_compiles_nothing_on_gpu():
+    # the launcher's own cache: one compiled variant per kernel across lengths
+    m = maskc.compile("mask m(input doc) = same(doc) & causal & window(before = 100, after = 0)")
+    for n in (1000, 1024, 1, 4097):
+        q = torch.randn(1, 2, n, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+        m.attention(q, q, q, backend="triton", doc=torch.arange(n) // 300).sum().backward()
+    mod = tb.load_module(m.ir)
+    for name in ("fwd_m", "bwd_delta_m", "bwd_dq_m", "bwd_dkdv_m"):
+        caches = getattr(mod, name).device_caches
+        assert [len(c[0]) for c in caches.values()] == [1], name
 
 
 def test_compile_arch_argument_errors(capsys):
