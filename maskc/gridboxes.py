@@ -1,20 +1,33 @@
 """Exact block analysis of ``neighborhood`` and ``tile`` over a grid.
 
-For one query, both keep a product over axes of arithmetic progressions of key coordinates
-(``g + d*j`` for ``j`` in ``a..b``). Counting how many of a query's keys fall in a flat key
-range takes O(axes): count the keys lexicographically below each end. A tile is full when
-every query in it keeps the whole key range and empty when none keeps any of it.
+Both keep, for one query, a product over axes of key sets that depend only on the query's
+coordinate on that axis. So a tile whose queries and keys each form a box (a product of
+coordinate intervals) is decided axis by axis: it is full when every axis keeps all of its
+(query, key) coordinate pairs, and empty when some axis keeps none of them. A tile of
+consecutive row-major tokens is a union of at most ``2d - 1`` boxes (:func:`range_boxes`),
+and a tile is full (empty) when every (query box, key box) pair is. Per axis, the kept
+pairs of a coordinate rectangle are counted from a prefix-sum table of the 1-D rule
+(:class:`AxisTables`), so a tile costs O(boxes² × axes) lookups whatever its size.
+
+Axes longer than :data:`AXIS_TABLE_LIMIT` would make those tables large; there the older
+per-query count is used: one query's keys are a product of arithmetic progressions
+(``g + d*j`` for ``j`` in ``a..b``), and counting how many fall in a flat key range takes
+O(axes) per query.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
 from . import ir
 
-__all__ = ["progressions", "classify_grid", "grid_support"]
+__all__ = ["progressions", "classify_grid", "grid_support", "range_boxes", "AxisTables",
+           "classify_boxes", "layout_boxes", "axis_tables", "AXIS_TABLE_LIMIT"]
 
 _CHUNK = 1 << 20  # (tile, query) pairs evaluated at once
+AXIS_TABLE_LIMIT = 2048  # longest axis given a prefix-count table ((n + 1)² int32)
 
 
 def _coords(flat, shape):
@@ -79,7 +92,21 @@ def _rows(p_lo, p_hi):
 def classify_grid(node, r, an, path):
     from .blockmap import _states
     shape = an.grid.shape
-    numel = an.grid.numel
+    if max(shape) <= AXIS_TABLE_LIMIT:
+        tables = axis_tables(node, tuple(shape))
+        full, empty = np.empty(r.p_lo.shape, bool), np.empty(r.p_lo.shape, bool)
+        step = max(1, _CHUNK // (2 * len(shape) - 1) ** 2)
+        for s in range(0, len(r.p_lo), step):
+            sl = slice(s, s + step)
+            full[sl], empty[sl] = classify_boxes(
+                tables, range_boxes(r.p_lo[sl], r.p_hi[sl], shape),
+                range_boxes(r.k_lo[sl], r.k_hi[sl], shape))
+        return _states(full, empty)
+    return _states(*_count_queries(node, r, shape, an.grid.numel))
+
+
+def _count_queries(node, r, shape, numel):
+    """``(full, empty)`` per tile by counting each query's keys in the key range."""
     width = int((r.p_hi - r.p_lo).max(initial=0)) + 1
     step = max(1, _CHUNK // width)
     full = np.zeros(r.p_lo.shape, dtype=bool)
@@ -92,7 +119,143 @@ def classify_grid(node, r, an, path):
         cnt = _count_below(k_hi + 1, progs, shape, numel) - _count_below(k_lo, progs, shape, numel)
         full[sl] = (cnt == k_hi - k_lo + 1).all(axis=1)
         empty[sl] = (cnt == 0).all(axis=1)
-    return _states(full, empty)
+    return full, empty
+
+
+@functools.lru_cache(maxsize=16)
+def axis_tables(node, shape: tuple[int, ...]) -> "AxisTables":
+    """The :class:`AxisTables` of ``node`` on ``shape`` (nodes compare by value; cached)."""
+    return AxisTables(node, shape)
+
+
+class AxisTables:
+    """Per grid axis, the prefix sums of the 1-D rule of ``node`` (``neighborhood`` or
+    ``tile``): ``C[q, k]`` = kept pairs with query coordinate ``< q`` and key ``< k``."""
+
+    def __init__(self, node, shape):
+        from .backends.reference import na_axis
+        self.tables = []
+        for i, n in enumerate(shape):
+            c = np.arange(n)
+            if isinstance(node, ir.Tile):
+                keep = (c[:, None] // node.sizes[i]) == (c[None, :] // node.sizes[i])
+            else:
+                keep = na_axis(c[:, None], c[None, :], n, node.kernel[i], node.dilation[i],
+                               node.stride[i], node.causal[i])
+            t = np.zeros((n + 1, n + 1), dtype=np.int32)
+            t[1:, 1:] = keep.astype(np.int32).cumsum(0).cumsum(1)
+            self.tables.append(t)
+
+    def kept(self, axis, q0, q1, k0, k1):
+        """Kept pairs in query coordinates ``q0..q1`` x key coordinates ``k0..k1``."""
+        t = self.tables[axis]
+        return t[q1 + 1, k1 + 1] - t[q0, k1 + 1] - t[q1 + 1, k0] + t[q0, k0]
+
+
+def range_boxes(lo, hi, shape, offset=None):
+    """Row-major flat ranges ``lo..hi`` (inclusive, within a grid of ``shape``) as unions of
+    boxes: ``(box_lo, box_hi)``, each ``(tiles, 2d - 1, d)`` coordinates; unused slots are
+    empty (``box_lo > box_hi`` on axis 0). ``shape`` may also be per range, ``(tiles, d)``
+    (tokens of a layout tile), and ``offset`` (``(tiles, d)``) is added to the boxes."""
+    lo = np.asarray(lo, dtype=np.int64)
+    end = np.asarray(hi, dtype=np.int64) + 1
+    shape = np.asarray(shape, dtype=np.int64)
+    d = shape.shape[-1]
+    shape = np.broadcast_to(shape, lo.shape + (d,))
+    strides = np.ones_like(shape)
+    for i in range(d - 2, -1, -1):
+        strides[..., i] = strides[..., i + 1] * shape[..., i + 1]
+    box_lo = np.zeros(lo.shape + (2 * d - 1, d), dtype=np.int64)
+    box_hi = np.full(lo.shape + (2 * d - 1, d), -1, dtype=np.int64)
+    cur = lo.copy()
+
+    def emit(slot, nxt, axis):
+        # [cur, nxt) lies in one block of axis - 1 and both ends are steps of `axis`
+        take = nxt > cur
+        c0 = np.stack(_coords_rows(cur, shape, strides), axis=-1)
+        c1 = np.stack(_coords_rows(np.maximum(nxt - 1, 0), shape, strides), axis=-1)
+        blo, bhi = c0.copy(), c0.copy()
+        bhi[..., axis] = c1[..., axis]
+        blo[..., axis + 1:] = 0
+        bhi[..., axis + 1:] = shape[..., axis + 1:] - 1
+        box_lo[..., slot, :] = np.where(take[..., None], blo, 0)
+        box_hi[..., slot, :] = np.where(take[..., None], bhi, -1)
+        return np.where(take, nxt, cur)
+
+    slot = 0
+    for axis in range(d - 1, 0, -1):  # finish the partial blocks at the start, finest first
+        block, step = strides[..., axis - 1], strides[..., axis]
+        nxt = np.minimum(-(-cur // block) * block, end // step * step)
+        cur = emit(slot, nxt, axis)
+        slot += 1
+    cur = emit(slot, end // strides[..., 0] * strides[..., 0], 0)  # whole steps of axis 0
+    slot += 1
+    for axis in range(1, d):  # then the partial blocks at the end, coarsest first
+        step = strides[..., axis]
+        cur = emit(slot, end // step * step, axis)
+        slot += 1
+    if offset is not None:
+        box_lo += offset[..., None, :]
+        box_hi += offset[..., None, :]
+    return box_lo, box_hi
+
+
+def layout_boxes(layout, size: int):
+    """The tokens of each ``size``-token tile of a tile-major :class:`TokenLayout` as a
+    union of boxes, as :func:`range_boxes` returns them (unused slots empty)."""
+    grid = np.asarray(layout.grid_shape, dtype=np.int64)
+    t = np.asarray(layout.tile_shape, dtype=np.int64)
+    counts = -(-grid // t)
+    tile_coords = np.stack(np.unravel_index(np.arange(int(np.prod(counts))), tuple(counts)), -1)
+    origin = tile_coords * t
+    shape = np.minimum(t, grid - origin)  # tiles at a far end are smaller
+    sizes = shape.prod(axis=1)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(starts[-1])
+    nt = -(-n // size)
+    lo = np.arange(nt, dtype=np.int64) * size
+    hi = np.minimum(lo + size, n) - 1
+    first = np.searchsorted(starts, lo, side="right") - 1
+    last = np.searchsorted(starts, hi, side="right") - 1
+    pieces = last - first + 1
+    tile = np.repeat(np.arange(nt), pieces)
+    spatial = np.repeat(first - np.cumsum(pieces) + pieces, pieces) + np.arange(pieces.sum())
+    p_lo = np.maximum(lo[tile], starts[spatial]) - starts[spatial]
+    p_hi = np.minimum(hi[tile], starts[spatial + 1] - 1) - starts[spatial]
+    b_lo, b_hi = range_boxes(p_lo, p_hi, shape[spatial], offset=origin[spatial])
+    slots = b_lo.shape[1]
+    rank = np.arange(len(tile)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    out_lo = np.zeros((nt, int(pieces.max()) * slots, len(grid)), dtype=np.int64)
+    out_hi = np.full_like(out_lo, -1)
+    cols = rank[:, None] * slots + np.arange(slots)
+    out_lo[tile[:, None], cols] = b_lo
+    out_hi[tile[:, None], cols] = b_hi
+    return _compact(out_lo, out_hi)
+
+
+def _compact(lo, hi):
+    """Drop box slots that no tile uses."""
+    used = (lo[..., 0] <= hi[..., 0]).any(axis=0)
+    return lo[:, used], hi[:, used]
+
+
+def _coords_rows(flat, shape, strides):
+    return [(flat // strides[..., i]) % shape[..., i] for i in range(shape.shape[-1])]
+
+
+def classify_boxes(tables: AxisTables, qboxes, kboxes):
+    """``(full, empty)`` per tile whose queries are the union of ``qboxes`` and keys the
+    union of ``kboxes`` (:func:`range_boxes` pairs, ``(tiles, A, d)`` and ``(tiles, B, d)``)."""
+    q_lo, q_hi = (x[:, :, None, :] for x in qboxes)
+    k_lo, k_hi = (x[:, None, :, :] for x in kboxes)
+    used = (q_lo[..., 0] <= q_hi[..., 0]) & (k_lo[..., 0] <= k_hi[..., 0])
+    full, empty = used.copy(), ~used
+    for a in range(q_lo.shape[-1]):
+        q0, q1, k0, k1 = (np.where(used, x[..., a], 0) for x in (q_lo, q_hi, k_lo, k_hi))
+        kept = tables.kept(a, q0, q1, k0, k1)
+        full &= kept == (q1 - q0 + 1) * (k1 - k0 + 1)
+        empty |= kept == 0
+    return (full | ~used).all(axis=(1, 2)), empty.all(axis=(1, 2))
 
 
 def grid_support(node, p_lo, p_hi, an):

@@ -4,8 +4,10 @@ Requires: a mask over a grid and a :class:`~maskc.passes.layout.TokenLayout` of 
 Guarantees: a :class:`~maskc.blocktable.BlockMap` over *permuted* positions whose tiles are
 exactly the tiles of ``permuted_dense(dense, layout)`` (checked in tests). Candidate key
 tiles come from the bounding box of each query tile's neighborhood (for ``neighborhood``
-and ``tile`` masks; every tile otherwise); each candidate is classified by evaluating it,
-so the result is exact for every construct. The cost is the candidates times the tile area.
+and ``tile`` masks; every tile otherwise). A bare ``neighborhood`` or ``tile`` mask is
+classified axis by axis on the boxes that make up each tile (:mod:`maskc.gridboxes`; cost:
+the candidates times the boxes per tile pair); any other mask by evaluating each candidate
+on its tokens (cost: the candidates times the tile area). Both are exact.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 from .. import ir
 from ..blocktable import BlockMap, _csr, _resolve, _stack
 from ..blockmap import Analysis, Rects, uses_head
-from ..gridboxes import _coords, progressions
+from ..gridboxes import (_CHUNK, AXIS_TABLE_LIMIT, _coords, axis_tables, classify_boxes,
+                         layout_boxes, progressions)
 from ..sizes import prepare_inputs
 from .layout import TokenLayout
 
@@ -69,14 +72,21 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
     prepared = prepare_inputs(mdef, n, inputs)
     batch = max([x.shape[0] for x in prepared.values()] or [1])
     per_head = uses_head(mdef.body)
+    by_boxes = keys is not None and max(shape) <= AXIS_TABLE_LIMIT
+    if by_boxes:  # a bare neighborhood or tile: decided axis by axis, nothing evaluated
+        full, empty = _classify_layout_tiles(mdef.body, layout, block, block_k, qt, kt)
     rows = []
     for b in range(batch):  # batched runtime inputs: one set of tables per batch entry
         xs = {k: v[b % v.shape[0]] for k, v in prepared.items()}
         cells = []
         for h in (range(heads) if per_head else range(1)):
             an = Analysis(mdef.grid, xs, h)
-            # NOTE: permuted blocks are not position ranges: evaluate them on their tokens.
-            any_, all_ = _resolve_tokens(mdef.body, q_tokens[qt], k_tokens[kt], n, an, evaluate)
+            if by_boxes:
+                any_, all_ = ~empty, full
+            else:
+                # NOTE: permuted blocks are not position ranges: evaluate them on their tokens.
+                any_, all_ = _resolve_tokens(mdef.body, q_tokens[qt], k_tokens[kt], n, an,
+                                             evaluate)
             full, part = any_ & all_, any_ & ~all_
             zeros = np.zeros(int(part.sum()), dtype=np.int64)
             cells.append((_csr(qt[part], kt[part], nq, zeros),
@@ -91,6 +101,21 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
              "candidates": len(qt) * G * batch}
     return BlockMap(n, n, heads, block, block_k, head_group.astype(np.int32), kv_num, kv_idx,
                     full_num, full_idx, var, (mdef.body,), stats, live)
+
+
+def _classify_layout_tiles(body, layout, block_q, block_k, qt, kt):
+    """``(full, empty)`` of the candidate tiles ``(qt, kt)`` of a bare ``neighborhood`` or
+    ``tile`` mask: each layout tile is a union of boxes (:mod:`maskc.gridboxes`)."""
+    tables = axis_tables(body, tuple(layout.grid_shape))
+    q_lo, q_hi = layout_boxes(layout, block_q)
+    k_lo, k_hi = layout_boxes(layout, block_k)
+    full, empty = np.empty(len(qt), bool), np.empty(len(qt), bool)
+    step = max(1, _CHUNK // (q_lo.shape[1] * k_lo.shape[1]))
+    for s in range(0, len(qt), step):
+        q, k = qt[s:s + step], kt[s:s + step]
+        full[s:s + step], empty[s:s + step] = classify_boxes(tables, (q_lo[q], q_hi[q]),
+                                                             (k_lo[k], k_hi[k]))
+    return full, empty
 
 
 def _resolve_tokens(body, q_tokens, k_tokens, n, an, evaluate):
