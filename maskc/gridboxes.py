@@ -92,17 +92,25 @@ def _rows(p_lo, p_hi):
 def classify_grid(node, r, an, path):
     from .blockmap import _states
     shape = an.grid.shape
-    if max(shape) <= AXIS_TABLE_LIMIT:
-        tables = axis_tables(node, tuple(shape))
-        full, empty = np.empty(r.p_lo.shape, bool), np.empty(r.p_lo.shape, bool)
-        step = max(1, _CHUNK // (2 * len(shape) - 1) ** 2)
-        for s in range(0, len(r.p_lo), step):
-            sl = slice(s, s + step)
-            full[sl], empty[sl] = classify_boxes(
-                tables, range_boxes(r.p_lo[sl], r.p_hi[sl], shape),
-                range_boxes(r.k_lo[sl], r.k_hi[sl], shape))
-        return _states(full, empty)
-    return _states(*_count_queries(node, r, shape, an.grid.numel))
+    if max(shape) > AXIS_TABLE_LIMIT:
+        return _states(*_count_queries(node, r, shape, an.grid.numel))
+    tables = axis_tables(node, tuple(shape))
+    # NOTE: many tiles share a query range (and a key range): box each distinct one once
+    qb, qi = _distinct_boxes(r.p_lo, r.p_hi, shape, an.grid.numel)
+    kb, ki = _distinct_boxes(r.k_lo, r.k_hi, shape, an.grid.numel)
+    full, empty = np.empty(r.p_lo.shape, bool), np.empty(r.p_lo.shape, bool)
+    step = max(1, _CHUNK // (qb[0].shape[1] * kb[0].shape[1]))
+    for s in range(0, len(r.p_lo), step):
+        q, k = qi[s:s + step], ki[s:s + step]
+        full[s:s + step], empty[s:s + step] = classify_boxes(
+            tables, (qb[0][q], qb[1][q]), (kb[0][k], kb[1][k]))
+    return _states(full, empty)
+
+
+def _distinct_boxes(lo, hi, shape, numel):
+    """Boxes of each distinct range ``lo..hi`` and, per range, the index of its boxes."""
+    key, inverse = np.unique(np.asarray(lo, np.int64) * (numel + 1) + hi, return_inverse=True)
+    return _compact(*range_boxes(key // (numel + 1), key % (numel + 1), shape)), inverse
 
 
 def _count_queries(node, r, shape, numel):
@@ -134,7 +142,7 @@ class AxisTables:
 
     def __init__(self, node, shape):
         from .backends.reference import na_axis
-        self.tables = []
+        self.tables, self.widths = [], []
         for i, n in enumerate(shape):
             c = np.arange(n)
             if isinstance(node, ir.Tile):
@@ -144,12 +152,14 @@ class AxisTables:
                                node.stride[i], node.causal[i])
             t = np.zeros((n + 1, n + 1), dtype=np.int32)
             t[1:, 1:] = keep.astype(np.int32).cumsum(0).cumsum(1)
-            self.tables.append(t)
+            self.tables.append(t.ravel())
+            self.widths.append(n + 1)
 
     def kept(self, axis, q0, q1, k0, k1):
         """Kept pairs in query coordinates ``q0..q1`` x key coordinates ``k0..k1``."""
-        t = self.tables[axis]
-        return t[q1 + 1, k1 + 1] - t[q0, k1 + 1] - t[q1 + 1, k0] + t[q0, k0]
+        t, w = self.tables[axis], self.widths[axis]
+        a, b = q0 * w, (q1 + 1) * w
+        return (t.take(b + k1 + 1) - t.take(a + k1 + 1)) - (t.take(b + k0) - t.take(a + k0))
 
 
 def range_boxes(lo, hi, shape, offset=None):
@@ -198,6 +208,66 @@ def range_boxes(lo, hi, shape, offset=None):
         box_lo += offset[..., None, :]
         box_hi += offset[..., None, :]
     return box_lo, box_hi
+
+
+def layout_boxes(layout, size: int):
+    """The tokens of each ``size``-token tile of a tile-major :class:`TokenLayout` as a
+    union of boxes, as :func:`range_boxes` returns them (unused slots empty)."""
+    grid = np.asarray(layout.grid_shape, dtype=np.int64)
+    t = np.asarray(layout.tile_shape, dtype=np.int64)
+    counts = -(-grid // t)
+    tile_coords = np.stack(np.unravel_index(np.arange(int(np.prod(counts))), tuple(counts)), -1)
+    origin = tile_coords * t
+    shape = np.minimum(t, grid - origin)  # tiles at a far end are smaller
+    sizes = shape.prod(axis=1)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(starts[-1])
+    nt = -(-n // size)
+    lo = np.arange(nt, dtype=np.int64) * size
+    hi = np.minimum(lo + size, n) - 1
+    first = np.searchsorted(starts, lo, side="right") - 1
+    last = np.searchsorted(starts, hi, side="right") - 1
+    pieces = last - first + 1
+    tile = np.repeat(np.arange(nt), pieces)
+    spatial = np.repeat(first - np.cumsum(pieces) + pieces, pieces) + np.arange(pieces.sum())
+    p_lo = np.maximum(lo[tile], starts[spatial]) - starts[spatial]
+    p_hi = np.minimum(hi[tile], starts[spatial + 1] - 1) - starts[spatial]
+    b_lo, b_hi = range_boxes(p_lo, p_hi, shape[spatial], offset=origin[spatial])
+    slots = b_lo.shape[1]
+    rank = np.arange(len(tile)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    out_lo = np.zeros((nt, int(pieces.max()) * slots, len(grid)), dtype=np.int64)
+    out_hi = np.full_like(out_lo, -1)
+    cols = rank[:, None] * slots + np.arange(slots)
+    out_lo[tile[:, None], cols] = b_lo
+    out_hi[tile[:, None], cols] = b_hi
+    return _compact(out_lo, out_hi)
+
+
+def _compact(lo, hi):
+    """Drop box slots that no tile uses."""
+    used = (lo[..., 0] <= hi[..., 0]).any(axis=0)
+    return lo[:, used], hi[:, used]
+
+
+def _coords_rows(flat, shape, strides):
+    return [(flat // strides[..., i]) % shape[..., i] for i in range(shape.shape[-1])]
+
+
+def classify_boxes(tables: AxisTables, qboxes, kboxes):
+    """``(full, empty)`` per tile whose queries are the union of ``qboxes`` and keys the
+    union of ``kboxes`` (:func:`range_boxes` pairs, ``(tiles, A, d)`` and ``(tiles, B, d)``).
+
+    An unused slot (``lo = 0``, ``hi = -1``) counts 0 kept pairs out of 0: both full and
+    empty, so it changes nothing."""
+    q_lo, q_hi = (x[:, :, None, :] for x in qboxes)
+    k_lo, k_hi = (x[:, None, :, :] for x in kboxes)
+    full = empty = None
+    for a in range(q_lo.shape[-1]):
+        q0, q1, k0, k1 = q_lo[..., a], q_hi[..., a], k_lo[..., a], k_hi[..., a]
+        kept = tables.kept(a, q0, q1, k0, k1)
+        f, e = kept == (q1 - q0 + 1) * (k1 - k0 + 1), kept == 0
+        full, empty = (f, e) if full is None else (full & f, empty | e)
+    return full.all(axis=(1, 2)), empty.all(axis=(1, 2))
 
 
 def layout_boxes(layout, size: int):
