@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from maskc import ir
-from maskc.errors import MaskError, MaskInputError, MaskValueError
+from maskc.errors import MaskError, MaskInputError, MaskSizeError, MaskValueError
 from maskc.rng import random_table
-from maskc.sizes import prepare_inputs, resolve_lengths
+from maskc.sizes import check_elements, prepare_inputs, resolve_lengths
 
 from . import reference
 from .reference import coords
@@ -226,7 +226,7 @@ def _random(n: ir.Random, st: _Static) -> MaskFn:
         raise MaskValueError(f"random({n.r}) needs at least {n.r} key blocks, but there are "
                              f"{nkb}", n.span)
     lo, hi = st.p_lo, st.p_hi
-    table = torch.from_numpy(random_table(n.seed, np.arange(lo, hi + 1), nkb, n.r))
+    table = torch.from_numpy(random_table(n.seed, np.arange(lo, hi + 1), nkb, n.r, n.span))
     table = table.to(st.device)
     rows = hi - lo + 1
 
@@ -494,6 +494,8 @@ def to_block_mask(bm, mask_mod, device=None):
     nk = bm.n_k_tiles
     rows = bm.head_group if G > 1 or bm.heads == 1 else np.zeros(1, dtype=np.int32)
     H = len(rows)
+    check_elements(2 * B * H * nq * nk, "FlexAttention's block mask (two B x H x q-tiles x "
+                   "k-tiles index tables)")
     tail_q = bm.q_len % bm.block_q != 0
     tail_k = bm.kv_len % bm.block_k != 0
     kv_num = np.zeros((B, H, nq), np.int32)
@@ -535,6 +537,11 @@ def flex_attention_fn(compiled: bool = True):
 def attention(mask, q, k, v, scale=None, return_lse=False, block_size=128, compiled=True,
               **inputs):
     """Run ``flex_attention`` with ``mask``'s block mask and generated ``mask_mod``."""
+    batch = max([x.shape[0] for x in prepare_inputs(mask.ir, k.shape[2], inputs).values()]
+                or [1])
+    if batch not in (1, q.shape[0]):
+        raise MaskSizeError(f"batched inputs have batch {batch} but q has {q.shape[0]}",
+                            mask.ir.span)
     bm_mask = mask.flex_block_mask(q.shape[2], k.shape[2], q.shape[1], block_size,
                                    device=q.device, **inputs)
     fn = flex_attention_fn(compiled)

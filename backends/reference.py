@@ -14,9 +14,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from maskc import ir
-from maskc.errors import MaskError, MaskInputError, MaskSizeError, MaskValueError
+from maskc.errors import MaskError, MaskInputError, MaskValueError
 from maskc.rng import random_table
-from maskc.sizes import check_size, dense_limit, prepare_inputs, resolve_lengths, set_dense_limit
+from maskc.sizes import (check_heads, check_size, dense_limit, prepare_inputs, resolve_lengths,
+                         set_dense_limit)
 
 __all__ = ["dense", "attention", "evaluate", "prepare_inputs", "dense_limit", "set_dense_limit",
            "LOWERINGS"]
@@ -136,7 +137,7 @@ def _random(n: ir.Random, env):
         raise MaskValueError(f"random({n.r}) needs at least {n.r} key blocks, but there are "
                              f"{nkb}", n.span)
     qbs, inv = np.unique(env.P, return_inverse=True)
-    table = random_table(n.seed, qbs, nkb, n.r)
+    table = random_table(n.seed, qbs, nkb, n.r, n.span)
     rows = inv.reshape(env.P.shape)
     return table[rows, np.clip(env.K, 0, nkb - 1)] & (env.K >= 0) & (env.K < nkb)
 
@@ -263,8 +264,7 @@ LOWERINGS = {
 def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -> np.ndarray:
     """The exact mask: bool ``(heads, q_len, kv_len)``, or ``(B, heads, ...)`` for batched inputs."""
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
-    if not isinstance(heads, (int, np.integer)) or heads < 1:
-        raise MaskSizeError(f"heads must be a positive integer, got {heads!r}", mdef.span)
+    heads = check_heads(mdef, heads)
     xs = prepare_inputs(mdef, kv_len, inputs)
     batch = max([x.shape[0] for x in xs.values()] or [1])
     if any(x.shape[0] not in (1, batch) for x in xs.values()):

@@ -138,7 +138,8 @@ def _extra_tensors(mdef, extras, q_len, kv_len, xs, device):
             if a.source.r > nkb:
                 raise MaskError(f"random({a.source.r}) needs at least {a.source.r} key blocks, "
                                 f"but there are {nkb}", a.source.span)
-            table = random_table(a.source.seed, np.arange(first, last + 1), nkb, a.source.r)
+            table = random_table(a.source.seed, np.arange(first, last + 1), nkb, a.source.r,
+                                 a.source.span)
         else:
             first = 0
             rows = a.source.rows

@@ -7,6 +7,8 @@ simplify -> verify. Later stages (block analysis, lowering) hang off the :class:
 from __future__ import annotations
 
 import builtins
+import math
+import numbers
 import os
 from pathlib import Path
 
@@ -126,6 +128,7 @@ class Mask:
         """The mask as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` (generated from the IR)."""
         from .backends import flex
         q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
+        heads = sizes.check_heads(self.ir, heads)
         return flex.make_mask_mod(self.ir, q_len, kv_len, heads,
                                   flex.torch_inputs(self.ir, kv_len, inputs, device),
                                   device=device)
@@ -141,7 +144,7 @@ class Mask:
         """
         from .backends import flex, reference
         from .blocktable import build
-        bq, bk = (block_size, block_size) if isinstance(block_size, int) else block_size
+        bq, bk = _block_pair(self.ir, block_size)
         q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
         bm = build(self.ir, q_len, kv_len, heads, bq, bk, evaluate=reference.evaluate, **inputs)
         mod = self.mask_mod(q_len, kv_len, heads, device, **inputs)
@@ -156,7 +159,9 @@ class Mask:
         ``-inf``). ``backend``: ``"reference"`` (float64, exact), ``"triton"`` (the generated
         kernels; CUDA, or the CPU with ``TRITON_INTERPRET=1``), ``"flex"`` (FlexAttention with
         this mask's block mask, through ``torch.compile``), ``"flex-eager"`` (the same without
-        compiling) or ``"auto"`` (``"triton"`` on CUDA tensors, ``"flex"`` elsewhere).
+        compiling) or ``"auto"`` (``"triton"`` on CUDA tensors, ``"flex"`` elsewhere, but
+        ``"reference"`` -- or ``"triton"`` under ``TRITON_INTERPRET=1`` -- where FlexAttention
+        on the CPU cannot serve the call: gradients, or ``return_lse``).
         ``config`` (Triton only) is a ``maskc.backends.triton.KernelConfig`` of tile sizes,
         warps and stages for the three kernels; by default they are chosen by device, dtype,
         head dim and the mask's block structure.
@@ -166,8 +171,23 @@ class Mask:
             raise MaskError(f"unknown backend {backend!r}; available: "
                             + ", ".join(repr(b) for b in backends))
         self._check_shapes(q, k, v)
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+                                  or not math.isfinite(scale)):
+            raise MaskError(f"scale must be a finite number or None, got {scale!r}")
+        import torch
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        on_cpu = q.device.type == "cpu"
         if backend == "auto":
-            backend = "triton" if q.device.type == "cuda" else "flex"
+            # NOTE: FlexAttention on the CPU has no backward, and compiled no log-sum-exp
+            backend = "triton" if q.device.type == "cuda" else \
+                "flex" if not (grad or return_lse) else \
+                "triton" if os.environ.get("TRITON_INTERPRET") == "1" else "reference"
+        if backend in ("flex", "flex-eager") and on_cpu and (grad or (
+                return_lse and backend == "flex")):
+            what = "gradients" if grad else "return_lse=True under torch.compile"
+            raise MaskError(f"FlexAttention on the CPU does not support {what}; use "
+                            "backend='reference' (or 'triton' with TRITON_INTERPRET=1), or "
+                            + ("'flex-eager'" if not grad else "a GPU"))
         if backend == "triton":
             from .backends import triton
             return triton.attention(self, q, k, v, scale=scale, return_lse=return_lse,
@@ -186,7 +206,7 @@ class Mask:
         if self.grid is not None and (Lq, k.shape[2]) != (mask.shape[-2], mask.shape[-1]):
             raise MaskSizeError(f"mask '{self.name}' is over a grid of {mask.shape[-1]} tokens, "
                                 f"but q/k have {Lq}/{k.shape[2]}", self._span())
-        if mask.ndim == 4 and mask.shape[0] != B:
+        if mask.ndim == 4 and mask.shape[0] not in (1, B):  # batch 1 serves every row
             raise MaskSizeError(f"batched inputs have batch {mask.shape[0]} but q has {B}",
                                 self._span())
         return reference.attention(mask, q, k, v, scale, return_lse)
@@ -196,9 +216,22 @@ class Mask:
 
     def _check_shapes(self, q, k, v) -> None:
         for t, n in ((q, "q"), (k, "k"), (v, "v")):
+            if not all(hasattr(t, a) for a in ("shape", "device", "dtype", "is_floating_point")):
+                raise MaskError(f"{n} must be a torch tensor, got {type(t).__name__}")
             if builtins.len(t.shape) != 4:
                 raise MaskSizeError(f"{n} must have shape (B, H, L, D), got {tuple(t.shape)}",
                                     self._span())
+            if not t.is_floating_point():
+                raise MaskError(f"{n} must hold floating-point numbers, got {t.dtype}")
+            if min(t.shape) < 1:
+                raise MaskSizeError(f"{n} has an empty dimension: shape {tuple(t.shape)}",
+                                    self._span())
+        if not q.dtype == k.dtype == v.dtype:
+            raise MaskError(f"q, k and v must have one dtype, got {q.dtype}, {k.dtype}, "
+                            f"{v.dtype}")
+        if not q.device == k.device == v.device:
+            raise MaskError(f"q, k and v must be on one device, got {q.device}, {k.device}, "
+                            f"{v.device}")
         (B, Hq, _, D), (Bk, Hkv, Lk, Dk), (Bv, Hv, Lv, _) = q.shape, k.shape, v.shape
         if not (B == Bk == Bv and Hkv == Hv and Lk == Lv and D == Dk):
             raise MaskSizeError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
@@ -206,3 +239,13 @@ class Mask:
         if Hkv == 0 or Hq % Hkv:
             raise MaskSizeError(f"query heads ({Hq}) must be a multiple of key/value heads "
                                 f"({Hkv})", self._span())
+
+
+def _block_pair(mdef: ir.MaskDef, block_size) -> tuple[int, int]:
+    """``block_size`` (an int or a pair of ints) as ``(block_q, block_k)``."""
+    pair = (block_size, block_size) if not isinstance(block_size, (tuple, list)) else \
+        tuple(block_size)
+    if builtins.len(pair) != 2:
+        raise MaskSizeError(f"block_size must be an int or (block_q, block_k), got "
+                            f"{block_size!r}", mdef.span)
+    return pair

@@ -18,7 +18,7 @@ import numpy as np
 from . import ir
 from .errors import MaskValueError
 from .intervals import cond_range
-from .rng import random_table
+from .rng import random_choice
 
 __all__ = ["E", "P", "F", "U", "R", "Rects", "Analysis", "classify", "support", "uses_head"]
 
@@ -260,15 +260,37 @@ def _rect_count(table: np.ndarray, r0, r1, c0, c1):
     return S[a1, b1] - S[a0, b1] - S[a1, b0] + S[a0, b0]
 
 
+def _random_rows(n: ir.Random, nkb: int, first: int, last: int, an: Analysis):
+    """``(chosen, base)``: the key blocks of query blocks ``base..``, covering first..last
+    (grown as needed and cached, so the support and the classifier share one choice)."""
+    have = an._cache.get(("random", n.r, n.seed, nkb))
+    if have is not None and have[1] <= first and last < have[1] + len(have[0]):
+        return have
+    if have is not None:
+        first, last = min(first, have[1]), max(last, have[1] + len(have[0]) - 1)
+    got = (random_choice(n.seed, np.arange(first, last + 1), nkb, n.r, n.span), first)
+    an._cache[("random", n.r, n.seed, nkb)] = got
+    return got
+
+
 def _random(n: ir.Random, r, an, path):
     nkb = r.Lk_outer
     if n.r > nkb:
         raise MaskValueError(f"random({n.r}) needs at least {n.r} key blocks, but there are "
                              f"{nkb}", n.span)
-    first, last = int(r.p_lo.min(initial=0)), int(r.p_hi.max(initial=0))
-    table = an.cached(("random", n.r, n.seed, nkb, first, last),
-                      lambda: random_table(n.seed, np.arange(first, last + 1), nkb, n.r))
-    count = _rect_count(table, r.p_lo - first, r.p_hi - first, r.k_lo, r.k_hi)
+    chosen, base = _random_rows(n, nkb, int(r.p_lo.min(initial=0)), int(r.p_hi.max(initial=0)),
+                                an)
+    # per tile: the chosen blocks of each of its query blocks that fall in its key range
+    width = int((r.p_hi - r.p_lo).max(initial=0)) + 1
+    count = np.zeros(r.p_lo.shape, dtype=np.int64)
+    step = max(1, (1 << 20) // (width * n.r))
+    for s in range(0, len(r.p_lo), step):
+        sl = slice(s, s + step)
+        rows = r.p_lo[sl, None] + np.arange(width)
+        valid = rows <= r.p_hi[sl, None]
+        c = chosen[np.clip(rows - base, 0, len(chosen) - 1)]  # (tiles, width, r)
+        hit = (c >= r.k_lo[sl, None, None]) & (c <= r.k_hi[sl, None, None])
+        count[sl] = (hit & valid[..., None]).sum(axis=(1, 2))
     area = (r.p_hi - r.p_lo + 1) * (r.k_hi - r.k_lo + 1)
     return _states(count == area, count == 0)
 
@@ -385,5 +407,14 @@ def support(node: ir.Node, p_lo, p_hi, Lk: int, an: Analysis) -> list[tuple]:
         return [(a * B, b * B + B - 1) for a, b in inner]
     if isinstance(node, (ir.Neighborhood, ir.Tile)):
         return grid_support(node, p_lo, p_hi, an)
-    return everything  # strided, fixed, where, not, random, layout: no cheaper bound
+    if isinstance(node, ir.Random) and len(p_lo) and node.r <= Lk:
+        width = int((p_hi - p_lo).max(initial=0)) + 1
+        if width * node.r <= 64:  # each query block keeps r key blocks: list them
+            chosen, base = _random_rows(node, Lk, int(p_lo.min()), int(p_hi.max()), an)
+            out = []
+            for o in range(width):
+                c = chosen[np.clip(np.minimum(p_lo + o, p_hi) - base, 0, len(chosen) - 1)]
+                out += [(c[:, j], c[:, j]) for j in range(node.r)]
+            return out
+    return everything  # strided, fixed, where, not, layout: no cheaper bound
 

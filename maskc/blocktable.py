@@ -15,8 +15,8 @@ import numpy as np
 
 from . import ir
 from .blockmap import E, F, P, R, U, Analysis, Rects, classify, support, uses_head
-from .errors import MaskSizeError
-from .sizes import prepare_inputs, resolve_lengths
+from .sizes import (check_elements, check_heads, check_tiles, prepare_inputs,
+                    resolve_lengths)
 
 __all__ = ["BlockMap", "build", "live_predicate"]
 
@@ -84,15 +84,14 @@ class BlockMap:
 
     def states(self) -> np.ndarray:
         """Dense ``(B, H, n_q_tiles, n_k_tiles)`` int8 of 0 empty / 1 partial / 2 full (for tests)."""
-        B = self.kv_num_blocks.shape[0]
-        out = np.zeros((B, self.heads, self.n_q_tiles, self.n_k_tiles), dtype=np.int8)
-        for b in range(B):
-            for h in range(self.heads):
-                g = self.head_group[h]
-                for i in range(self.n_q_tiles):
-                    out[b, h, i, self.kv_indices[b, g, i, :self.kv_num_blocks[b, g, i]]] = P
-                    out[b, h, i, self.full_kv_indices[b, g, i, :self.full_kv_num_blocks[b, g, i]]] = F
-        return out
+        B, G, nq = self.kv_num_blocks.shape
+        nk = self.n_k_tiles
+        check_elements(B * self.heads * nq * nk, "the tile states")
+        out = np.zeros((B, G, nq, nk + 1), dtype=np.int8)  # column nk takes the padding
+        b, g, i = np.ix_(range(B), range(G), range(nq))
+        for idx, state in ((self.kv_indices, P), (self.full_kv_indices, F)):
+            out[b[..., None], g[..., None], i[..., None], np.where(idx < 0, nk, idx)] = state
+        return out[:, self.head_group, :, :nk]
 
 
 def _tile_rects(qt, kt, q_len, kv_len, bq, bk, head, grid) -> Rects:
@@ -104,7 +103,7 @@ def _tile_rects(qt, kt, q_len, kv_len, bq, bk, head, grid) -> Rects:
                  q_len, kv_len, kv_len, head, grid)
 
 
-def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None):
+def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None):
     nq, nk = -(-q_len // bq), -(-kv_len // bk)
     qt = np.arange(nq, dtype=np.int64) if q_tiles is None else np.asarray(q_tiles, dtype=np.int64)
     off = kv_len - q_len
@@ -117,6 +116,8 @@ def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None):
         ok = lo <= hi
         t0, t1 = lo[ok] // bk, hi[ok] // bk
         counts = t1 - t0 + 1
+        check_elements(int(counts.sum()), f"the block analysis ({bq} x {bk} tiles; use "
+                       "larger tiles)", span)
         rows = np.repeat(qt[ok], counts)
         starts = np.repeat(t0 - np.cumsum(counts) + counts, counts)
         codes.append(rows * nk + np.arange(counts.sum()) + starts)
@@ -194,9 +195,8 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
     """
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
     block_k = block_q if block_k is None else block_k
-    for what, size in (("block_q", block_q), ("block_k", block_k)):
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise MaskSizeError(f"{what} must be a positive integer, got {size!r}", mdef.span)
+    heads = check_heads(mdef, heads)
+    check_tiles(mdef, q_len, kv_len, block_q, block_k)
     xs = prepare_inputs(mdef, kv_len, inputs)
     batch = max([x.shape[0] for x in xs.values()] or [1])
     per_head = uses_head(mdef.body)
@@ -211,7 +211,8 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
         for h in analysed:
             an = Analysis(mdef.grid, {k: v[min(b, v.shape[0] - 1)] for k, v in xs.items()}, h,
                           trace={})
-            qt, kt = _candidates(mdef.body, q_len, kv_len, block_q, block_k, an, q_tiles)
+            qt, kt = _candidates(mdef.body, q_len, kv_len, block_q, block_k, an, q_tiles,
+                                 mdef.span)
             rects = _tile_rects(qt, kt, q_len, kv_len, block_q, block_k, h, mdef.grid)
             st = classify(mdef.body, rects, an).copy()
             stats["candidates"] += len(qt)
@@ -278,6 +279,7 @@ def _live_bits(body, paths, sig, n) -> np.ndarray:
 def _csr(qt, kt, nq, values):
     counts = np.bincount(qt, minlength=nq)
     width = int(counts.max(initial=0))
+    check_elements(nq * width, "the block tables (query tiles x most key tiles in a row)")
     idx = np.full((nq, max(width, 1)), -1, dtype=np.int32)
     val = np.full((nq, max(width, 1)), -1, dtype=np.int32)
     order = np.lexsort((kt, qt))

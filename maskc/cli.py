@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import MaskError
 from .pretty import pretty_mask
-from .sizes import dense_limit, document_ids
+from .sizes import check_heads, dense_limit, document_ids, resolve_lengths
 
 __all__ = ["main", "parse_param", "segments"]
 
@@ -148,8 +148,8 @@ def cmd_show(args) -> int:
     kv_len = args.kv_len if m.grid is None else None
     if m.grid is None and q_len is None:
         q_len = 4096
-    Lq = q_len if q_len is not None else int(np.prod(m.grid))
-    Lk = kv_len if kv_len is not None else Lq
+    Lq, Lk = resolve_lengths(m.ir, q_len, kv_len)
+    check_heads(m.ir, args.heads)
     given = {}
     for item in args.input:
         key, sep, value = item.partition("=")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["block_scores", "random_blocks", "random_table"]
+__all__ = ["block_scores", "random_blocks", "random_choice", "random_table"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _MASK = (1 << 64) - 1
+_SCORES_PER_SLICE = 1 << 22  # 32 MB of uint64 scores at a time
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -36,12 +37,37 @@ def block_scores(seed: int, query_blocks: np.ndarray, n_key_blocks: int) -> np.n
         return _mix(h[:, None] ^ kb[None, :])
 
 
-def random_table(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int) -> np.ndarray:
-    """Boolean ``(len(query_blocks), n_key_blocks)``: which key blocks each query block keeps."""
-    scores = block_scores(seed, query_blocks, n_key_blocks)
-    order = np.argsort(scores, axis=1, kind="stable")[:, :r]
-    table = np.zeros(scores.shape, dtype=bool)
-    np.put_along_axis(table, order, True, axis=1)
+def random_choice(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int,
+                  span=None) -> np.ndarray:
+    """Int64 ``(len(query_blocks), r)``: the key blocks each query block keeps, ascending.
+
+    Memory stays proportional to the answer: scores are computed a slice of rows at a time.
+    """
+    from .sizes import check_elements
+    query_blocks = np.asarray(query_blocks)
+    check_elements(len(query_blocks) * r, f"random({r})'s choice for {len(query_blocks):,} "
+                   "query blocks", span)
+    out = np.zeros((len(query_blocks), r), dtype=np.int64)
+    step = max(1, _SCORES_PER_SLICE // max(n_key_blocks, 1))
+    for s in range(0, len(query_blocks), step):
+        scores = block_scores(seed, query_blocks[s:s + step], n_key_blocks)
+        out[s:s + step] = np.sort(np.argsort(scores, axis=1, kind="stable")[:, :r], axis=1)
+    return out
+
+
+def random_table(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int,
+                 span=None) -> np.ndarray:
+    """Boolean ``(len(query_blocks), n_key_blocks)``: which key blocks each query block keeps.
+
+    A table over :func:`maskc.dense_limit` cells is a :class:`~maskc.MaskSizeError` located
+    at ``span``."""
+    from .sizes import check_elements
+    query_blocks = np.asarray(query_blocks)
+    check_elements(len(query_blocks) * n_key_blocks, f"random()'s table of "
+                   f"{len(query_blocks):,} x {n_key_blocks:,} blocks (use larger blocks)", span)
+    table = np.zeros((len(query_blocks), n_key_blocks), dtype=bool)
+    np.put_along_axis(table, random_choice(seed, query_blocks, n_key_blocks, r, span), True,
+                      axis=1)
     return table
 
 

@@ -11,7 +11,9 @@ from . import ir
 from .errors import MaskInputError, MaskSizeError
 
 __all__ = ["dense_limit", "set_dense_limit", "prepare_inputs", "resolve_lengths", "check_size",
-           "document_ids"]
+           "check_heads", "check_tiles", "check_elements", "document_ids", "MAX_HEADS"]
+
+MAX_HEADS = 1 << 16  # more heads than any model has; per-head masks are analysed per head
 
 _DEFAULT_LIMIT = 1 << 28
 _limit: int | None = None
@@ -45,9 +47,13 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict) -> dict[str, np.
             raise MaskInputError(f"mask '{mdef.name}' needs the runtime input '{name}' "
                                  f"(e.g. {name}=document ids of shape ({kv_len},))", span)
         x = inputs[name]
-        if hasattr(x, "detach"):  # a torch tensor; the core does not import torch
-            x = x.detach().cpu().numpy()
-        x = np.asarray(x)
+        try:
+            if hasattr(x, "detach"):  # a torch tensor; the core does not import torch
+                x = x.detach().cpu().numpy()
+            x = np.asarray(x)
+        except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
+            raise MaskInputError(f"input '{name}' is not an array of integers: "
+                                 f"{str(e).splitlines()[0]}", span) from None
         if x.dtype.kind not in "iub":
             raise MaskInputError(f"input '{name}' must hold integers, got dtype {x.dtype}", span)
         if x.ndim == 1:
@@ -77,6 +83,36 @@ def resolve_lengths(mdef: ir.MaskDef, q_len, kv_len) -> tuple[int, int]:
     if max(q_len, kv_len) > 2**31 - 1:
         raise MaskSizeError("lengths must stay below 2**31", mdef.span)
     return int(q_len), int(kv_len)
+
+
+def check_heads(mdef: ir.MaskDef, heads) -> int:
+    """``heads`` as an int in ``1..MAX_HEADS``, or a :class:`MaskSizeError`."""
+    if isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or \
+            not 1 <= heads <= MAX_HEADS:
+        raise MaskSizeError(f"heads must be an integer from 1 to {MAX_HEADS}, got {heads!r}",
+                            mdef.span)
+    return int(heads)
+
+
+def check_tiles(mdef: ir.MaskDef, q_len: int, kv_len: int, block_q, block_k) -> None:
+    """Tile sizes are positive integers, and the tile grid's rows and columns stay within
+    what per-row tables can hold (``dense_limit() // 16`` each)."""
+    for what, size in (("block_q", block_q), ("block_k", block_k)):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise MaskSizeError(f"{what} must be a positive integer, got {size!r}", mdef.span)
+    nq, nk = -(-q_len // block_q), -(-kv_len // block_k)
+    if max(nq, nk) > dense_limit() // 16:
+        raise MaskSizeError(f"{q_len} x {kv_len} tokens in tiles of {block_q} x {block_k} make "
+                            f"{nq:,} x {nk:,} tiles, more than the limit of "
+                            f"{dense_limit() // 16:,} per side: use larger tiles", mdef.span)
+
+
+def check_elements(n: int, what: str, span=None) -> None:
+    """A :class:`MaskSizeError` when an array of ``n`` elements would exceed the limit."""
+    if n > dense_limit():
+        raise MaskSizeError(f"{what} would hold {n:,} elements, more than the limit of "
+                            f"{dense_limit():,} (raise it with maskc.set_dense_limit() or "
+                            "$MASKC_DENSE_LIMIT)", span)
 
 
 def check_size(mdef: ir.MaskDef, shape: tuple[int, ...], what: str = "dense mask") -> None:
