@@ -63,13 +63,17 @@ def write_source(src: str, name: str) -> Path:
     """Write ``src`` to its content-hashed file (atomically: safe for concurrent writers)."""
     digest = hashlib.sha256(src.encode()).hexdigest()[:16]
     folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"maskc_{name}_{digest}.py"
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(src)
-        os.replace(tmp, path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(src)
+            os.replace(tmp, path)
+    except OSError as err:
+        raise MaskError(f"cannot write the generated kernel to {folder} ({err.strerror or err}); "
+                        "set MASKC_CACHE_DIR to a writable directory") from None
     return path
 
 
@@ -415,7 +419,7 @@ class Launch:
     """One attention call's kernels, tables and runtime arguments, shared by forward and backward."""
 
     def __init__(self, mask, q, k, v, scale=None, config: KernelConfig | None = None,
-                 _device_checked: bool = False, **inputs):
+                 _device_checked: bool = False, module=None, **inputs):
         mdef = mask.ir
         B, Hq, Lq, D = q.shape
         Hkv, Lk, DV = k.shape[1], k.shape[2], v.shape[3]
@@ -446,7 +450,7 @@ class Launch:
             raise MaskSizeError(f"batched inputs have batch {self.plan.batch} but q has {B}",
                                 mdef.span)
         self.plan.choose_layout(config.layout, config.fwd)
-        self.module = self.plan.module
+        self.module = self.plan.module if module is None else module
         self.extra = self.plan.extra
         self.device = q.device
         self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
@@ -557,19 +561,22 @@ def _config(config, block_q, block_k):
 
 
 def attention(mask, q, k, v, scale=None, return_lse=False, block_q=None, block_k=None,
-              config: KernelConfig | None = None, **inputs):
+              config: KernelConfig | None = None, module=None, **inputs):
     """Attention through the generated kernels, differentiable (``torch.autograd``).
 
     ``config`` (a :class:`KernelConfig`) or ``block_q``/``block_k`` (one tile size for all
-    three kernels) override :func:`default_config`.
+    three kernels) override :func:`default_config`. ``module`` is the generated module whose
+    kernels run (by default the cached one for ``mask``; a module written by ``maskc compile
+    -o`` passes itself).
     """
     import torch
+    mask._check_shapes(q, k, v)
     config = _config(config, block_q, block_k)
 
     class _Fn(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v):
-            launch = Launch(mask, q, k, v, scale, config, **inputs)
+            launch = Launch(mask, q, k, v, scale, config, module=module, **inputs)
             p = launch.plan  # a tiled token layout reorders the tokens around the kernels
             q, k, v = (p.to_layout(x).contiguous() for x in (q, k, v))
             out, lse = launch.forward(q, k, v)

@@ -39,12 +39,15 @@ _MASK = []  # the compiled mask, once: it caches the block tables of each size
 
 
 def attention(q, k, v, scale=None, return_lse=False, **inputs):
-    """Attention with this mask (maskc builds the block tables; kernels are below)."""
+    """Attention with this mask: maskc builds the block tables, the kernels below run."""
+    import sys
+
     import maskc
+    from maskc.backends import triton as maskc_triton
     if not _MASK:
         _MASK.append(maskc.compile(SPEC))
-    return _MASK[0].attention(q, k, v, scale=scale, backend="triton", return_lse=return_lse,
-                              **inputs)
+    return maskc_triton.attention(_MASK[0], q, k, v, scale=scale, return_lse=return_lse,
+                                  module=sys.modules[__name__], **inputs)
 
 
 @triton.jit

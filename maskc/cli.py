@@ -61,8 +61,10 @@ def _masks_in(module) -> list[str]:
 
 def _known(module, name, params):
     """The ``-p`` values that mask ``name`` declares (a file's masks need not share them)."""
-    item = next(i for i in module.items if getattr(i, "params", None) is not None
-                and i.name == name)
+    item = next((i for i in module.items if getattr(i, "params", None) is not None
+                 and i.name == name), None)
+    if item is None:  # no such mask: compile() says so, with the names the file defines
+        return params
     declared = {p.name for p in item.params}
     return {k: v for k, v in params.items() if k in declared}
 
@@ -295,6 +297,10 @@ def _compile_for_arch(m, args) -> int:
     arch = args.arch.lower().removeprefix("sm_")
     if not arch.isdigit():
         raise MaskError(f"--arch must look like sm_90 or 90, got {args.arch!r}")
+    from .backends.triton_aot import SHARED_LIMIT
+    if int(arch) not in SHARED_LIMIT:
+        raise MaskError(f"--arch sm_{arch} is not a GPU maskc compiles for; use one of "
+                        + ", ".join(f"sm_{a}" for a in sorted(SHARED_LIMIT)))
     if args.dtype not in ("float16", "bfloat16", "float32"):
         raise MaskError(f"--dtype must be float16, bfloat16 or float32, got {args.dtype!r}")
     if not 1 <= args.head_dim <= 256:

@@ -139,6 +139,22 @@ def test_compile_command_writes_an_importable_module(tmp_path, device):
     q = torch.randn(1, 2, 33, 32, device=device)
     swa_kernel.attention(q, q, q)  # a second call reuses the module's mask and its tables
     assert len(swa_kernel._MASK) == 1 and len(swa_kernel._MASK[0]._triton_plans) == 1
+    # the module runs its own kernels (an edited copy runs as edited), not a cached copy
+    calls = []
+    forward = swa_kernel.fwd_mistral
+    swa_kernel.fwd_mistral = type("Spy", (), {"__getitem__": lambda self, grid: (
+        calls.append(grid), forward[grid])[1]})()
+    swa_kernel.attention(q, q, q)
+    assert len(calls) == 1
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("MASKC_CACHE_DIR", str(blocker))
+    m = maskc.compile("mask m = causal & window(before = 5, after = 0)")
+    with pytest.raises(maskc.MaskError, match="set MASKC_CACHE_DIR to a writable directory"):
+        m.kernel_path()
 
 
 def test_test_command_runs_the_kit(capsys):
@@ -146,6 +162,8 @@ def test_test_command_runs_the_kit(capsys):
     assert main(["test", str(EXAMPLES / "streamingllm.mask"), "-p", "w=20", "-p", "n=2",
                  "--q-len", "50"]) == 0
     assert "2 passed, 0 failed" in capsys.readouterr().out
+    assert main(["test", str(EXAMPLES / "streamingllm.mask"), "--name", "nope"]) == 1
+    assert "no mask named 'nope'" in capsys.readouterr().err  # not a StopIteration
 
 
 @pytest.mark.parametrize("golden", sorted(GOLDEN_CASES))
@@ -337,6 +355,9 @@ def test_compile_arch_argument_errors(capsys):
     from maskc.cli import main
     assert main(["compile", str(EXAMPLES / "mistral.mask"), "--arch", "hopper"]) == 1
     assert "--arch must look like sm_90" in capsys.readouterr().err
+    for arch in ("sm_30", "sm_1000"):  # Triton would abort or fail deep inside
+        assert main(["compile", str(EXAMPLES / "mistral.mask"), "--arch", arch]) == 1
+        assert "use one of sm_80, sm_86, sm_89, sm_90" in capsys.readouterr().err
 
 
 def test_plans_are_cached_per_size_and_input_content(device):
