@@ -530,7 +530,10 @@ def flex_attention_fn(compiled: bool = True):
         return flex_attention
     if "fn" not in _COMPILED:
         import torch
-        _COMPILED["fn"] = torch.compile(flex_attention, dynamic=False)
+        # NOTE: dynamic=None: the first shape compiles static, a second one compiles a kernel
+        # for any length. dynamic=False recompiled per length until dynamo's recompile limit
+        # (8), then silently ran the unfused O(N^2) path.
+        _COMPILED["fn"] = torch.compile(flex_attention, dynamic=None)
     return _COMPILED["fn"]
 
 

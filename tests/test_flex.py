@@ -124,6 +124,19 @@ def test_flex_backend_compiled_is_auto_on_cpu():
     assert torch.allclose(out, ref, atol=1e-5)
 
 
+def test_flex_backend_compiles_for_any_length():
+    # a static kernel, then one for any length: never dynamo's recompile limit, after which
+    # torch silently runs FlexAttention unfused
+    from torch._dynamo.utils import counters
+    m = maskc.compile("mask m = causal & window(before = 31, after = 0)")
+    before = counters["stats"]["unique_graphs"]
+    for n in range(40, 400, 40):  # nine lengths, one more than the recompile limit
+        q, k, v = (torch.randn(1, 2, n, 16) for _ in range(3))
+        out = m.attention(q, k, v, backend="flex")
+        assert torch.allclose(out, m.attention(q, k, v, backend="reference"), atol=1e-5)
+    assert counters["stats"]["unique_graphs"] - before <= 2
+
+
 def test_block_mask_needs_no_n_squared_work():
     m = maskc.compile("mask m = causal & window(before = 256, after = 0)")
     bm = m.flex_block_mask(1 << 17, block_size=128)  # create_block_mask needs ~30 s here
