@@ -170,6 +170,13 @@ class Tiles:
     num_warps: int = 4
     num_stages: int = 3
 
+    def __post_init__(self):
+        w, st = self.num_warps, self.num_stages
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1 or w & (w - 1) or w > 32:
+            raise MaskError(f"num_warps must be a power of two from 1 to 32, got {w!r}")
+        if isinstance(st, bool) or not isinstance(st, int) or st < 1:
+            raise MaskError(f"num_stages must be a positive integer, got {st!r}")
+
     def smaller(self) -> "Tiles | None":
         """A configuration that needs fewer resources (``None`` at the smallest)."""
         if self.num_stages > 1:
@@ -552,10 +559,13 @@ def _precision(dtype) -> str:
 
 
 def _config(config, block_q, block_k):
+    if config is not None and not isinstance(config, KernelConfig):
+        raise MaskError(f"config must be a maskc.backends.triton.KernelConfig, got "
+                        f"{type(config).__name__}")
     if block_q is None and block_k is None:
         return config
     if config is not None:
-        raise TypeError("give either config or block_q/block_k, not both")
+        raise MaskError("give either config or block_q/block_k, not both")
     block_q = 64 if block_q is None else block_q
     return KernelConfig.uniform(block_q, block_q if block_k is None else block_k)
 

@@ -34,6 +34,8 @@ def read_source(source) -> tuple[str, str]:
             raise MaskError(f"cannot read {source}: {err}") from None
     if not isinstance(source, str):
         raise TypeError(f"maskc.compile takes source text or a path, got {type(source).__name__}")
+    if source.strip().endswith(".mask") and not any(c in source.strip() for c in " \n=("):
+        raise MaskError(f"no such file: {source.strip()}")  # a path, not source text
     return source, "<string>"
 
 

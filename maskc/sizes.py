@@ -30,6 +30,8 @@ def dense_limit() -> int:
 def set_dense_limit(n: int | None) -> None:
     """Set the most elements a dense mask may have (``None`` restores the default)."""
     global _limit
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise MaskSizeError(f"the dense limit must be a positive integer or None, got {n!r}")
     _limit = None if n is None else int(n)
 
 
@@ -134,18 +136,18 @@ def document_ids(lengths=None, *, cu_seqlens=None):
     tensor in gives a torch tensor out (on its device); anything else gives numpy int64.
     """
     if (lengths is None) == (cu_seqlens is None):
-        raise ValueError("give exactly one of lengths and cu_seqlens")
+        raise MaskInputError("give exactly one of lengths and cu_seqlens")
     given = lengths if lengths is not None else cu_seqlens
     is_torch = hasattr(given, "detach")
     arr = np.asarray(given.detach().cpu().numpy() if is_torch else given, dtype=np.int64)
     if arr.ndim != 1:
-        raise ValueError(f"expected a 1-D sequence, got shape {arr.shape}")
+        raise MaskInputError(f"expected a 1-D sequence, got shape {arr.shape}")
     if cu_seqlens is not None:
         if len(arr) < 1 or arr[0] != 0 or np.any(np.diff(arr) < 0):
-            raise ValueError("cu_seqlens must start at 0 and never decrease")
+            raise MaskInputError("cu_seqlens must start at 0 and never decrease")
         arr = np.diff(arr)
     if np.any(arr < 0):
-        raise ValueError("sequence lengths must be >= 0")
+        raise MaskInputError("sequence lengths must be >= 0")
     ids = np.repeat(np.arange(len(arr), dtype=np.int64), arr)
     if is_torch:
         import torch

@@ -149,10 +149,12 @@ def test_live_predicate_drops_terms_that_cannot_matter():
 def test_document_ids_from_lengths_and_cu_seqlens():
     assert maskc.document_ids([3, 0, 2]).tolist() == [0, 0, 0, 2, 2]
     assert maskc.document_ids(cu_seqlens=[0, 2, 5]).tolist() == [0, 0, 1, 1, 1]
-    with pytest.raises(ValueError):
+    with pytest.raises(maskc.MaskInputError, match="cu_seqlens must start at 0"):
         maskc.document_ids(cu_seqlens=[1, 3])
-    with pytest.raises(ValueError):
+    with pytest.raises(maskc.MaskInputError, match="exactly one"):
         maskc.document_ids([2], cu_seqlens=[0, 2])
+    with pytest.raises(maskc.MaskInputError, match=">= 0"):
+        maskc.document_ids([3, -1])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))

@@ -111,3 +111,23 @@ def test_random_blocks_cost_grows_with_r_not_with_the_square():
     assert bm.stats["candidates"] <= nq * (3 + 3 + 1) + nq  # + the global row
     assert bm.stats["full"] == int(np.count_nonzero(bm.states() == 2))
     assert bm.stats["partial"] == 0
+
+
+def test_configuration_mistakes_are_mask_errors():
+    from maskc.backends.triton import KernelConfig, Tiles
+    for bad in (-5, 0, 1.5, True):
+        with pytest.raises(MaskSizeError, match="dense limit must be a positive integer"):
+            maskc.set_dense_limit(bad)
+    assert maskc.dense_limit() == 2**28
+    for kw in ({"num_warps": 0}, {"num_warps": 3}, {"num_stages": 0}):
+        with pytest.raises(MaskError, match="num_"):
+            Tiles(64, 64, **kw)
+    q, k, v = _qkv(1, 1, 16, 16)
+    with pytest.raises(MaskError, match="config must be a maskc.backends.triton.KernelConfig"):
+        CAUSAL.attention(q, k, v, backend="triton", config={"fwd": (64, 64)})
+    assert isinstance(KernelConfig.uniform(32, 32), KernelConfig)
+
+
+def test_a_missing_mask_file_is_named():
+    with pytest.raises(MaskError, match="no such file: examples/nonexistent.mask"):
+        maskc.compile("examples/nonexistent.mask")
