@@ -166,6 +166,18 @@ def test_test_command_runs_the_kit(capsys):
     assert "no mask named 'nope'" in capsys.readouterr().err  # not a StopIteration
 
 
+def test_test_command_heads_and_failures_per_mask(tmp_path, capsys):
+    from maskc.cli import main
+    f = tmp_path / "two.mask"
+    f.write_text("mask two = heads { 0: causal, 1: window(3) }\nmask ok = causal\n")
+    assert main(["test", str(f), "--q-len", "16"]) == 1  # 4 heads: 'two' covers only 2
+    out = capsys.readouterr().out
+    assert "head 2 is not covered" in out and "ok (q_len 16, kv_len 16, heads 4/1): ok" in out
+    assert "2 passed, 2 failed" in out  # the second mask still ran
+    assert main(["test", str(f), "--q-len", "16", "--heads", "2"]) == 0
+    assert "4 passed, 0 failed" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("golden", sorted(GOLDEN_CASES))
 def test_golden_kernels(golden, request):
     file, name = GOLDEN_CASES[golden]
