@@ -130,7 +130,7 @@ def _count_queries(node, r, shape, numel):
     return full, empty
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)  # at most 4 x d x 16 MB (axes up to AXIS_TABLE_LIMIT)
 def axis_tables(node, shape: tuple[int, ...]) -> "AxisTables":
     """The :class:`AxisTables` of ``node`` on ``shape`` (nodes compare by value; cached)."""
     return AxisTables(node, shape)
