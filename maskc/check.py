@@ -11,15 +11,18 @@ from dataclasses import dataclass
 
 from . import ir
 from . import syntax as S
-from .errors import MaskError, MaskNameError, MaskParamError, MaskTypeError, MaskValueError, Span
+from .errors import (MaskError, MaskNameError, MaskParamError, MaskSizeError, MaskTypeError,
+                     MaskValueError, Span)
 from .values import (InputV, ListV, RangeV, TupleV, Value, a_kind, compatible, describe,
                      from_python, kind)
 from .values import what as what_
 from .primitives import BUILTINS
 
-__all__ = ["check", "mask_names", "Ctx", "Checker", "MAX_INT", "RESERVED"]
+__all__ = ["check", "mask_names", "Ctx", "Checker", "MAX_INT", "RESERVED", "ir_too_deep"]
 
-MAX_INT = 2**31 - 1
+# The largest integer a spec may hold (a size, a position, a grid's token count): lengths
+# stay below 2**31 everywhere (maskc.sizes).
+MAX_INT = S.MAX_INT
 # NOTE: expansion is bounded so a file of doubling macros cannot build an exponential tree.
 MAX_EXPANSIONS = 20_000
 # NOTE: q, p, k, h, Lq, Lk may name parameters (LANGUAGE.md's own natten(h, w, k) does);
@@ -63,10 +66,11 @@ class Checker:
         item = self.masks[name]
         env: dict[str, Value] = {}
         inputs: list[str] = []
-        declared = {p.name: p for p in item.params}
+        declared: dict[str, S.Param] = {}
         for p in item.params:
-            if p.name in env:
+            if p.name in declared:
                 raise MaskNameError(f"parameter '{p.name}' is declared twice", p.span)
+            declared[p.name] = p
             if p.name == "_" or p.name in BUILTINS:
                 raise MaskNameError(f"'{p.name}' is a reserved name and cannot be a parameter",
                                     p.span)
@@ -91,6 +95,7 @@ class Checker:
                 except TypeError as err:
                     raise MaskParamError(f"parameter '{p.name}' of mask '{name}': {err}",
                                          p.span) from None
+                self._check_override(value, p, name)
                 if default is not None and not compatible(default, value):
                     raise MaskParamError(
                         f"parameter '{p.name}' of mask '{name}' expects {a_kind(default)} "
@@ -105,6 +110,19 @@ class Checker:
         body = self.mask_value(item.body, env, Ctx(grid=grid))
         return ir.MaskDef(name, tuple(inputs), grid, body, span=item.span)
 
+    def _check_override(self, value: Value, p: S.Param, mask: str) -> None:
+        """Every integer in a Python override (range ends included) fits in ``MAX_INT``."""
+        stack = [value]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, RangeV):
+                stack += [v.start, v.stop]
+            elif isinstance(v, (ListV, TupleV)):
+                stack += v.items
+            elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+                raise MaskValueError(f"parameter '{p.name}' of mask '{mask}': {v} is out of "
+                                     f"range (integers are at most {MAX_INT})", p.span)
+
     def _grid(self, item: S.MaskItem, env) -> ir.Grid:
         named = [a.name is not None for a in item.grid]
         if any(named) and not all(named):
@@ -116,7 +134,15 @@ class Checker:
             seen.add(a.name)
             size = self.int_value(self.eval(a.value, env, Ctx()), a.value.span, "a grid size", 1)
             axes.append(ir.GridAxis(a.name, size, span=a.span))
-        return ir.Grid(tuple(axes), span=item.grid[0].span)
+        grid = ir.Grid(tuple(axes), span=item.grid[0].span)
+        if grid.numel > MAX_INT:
+            first, last = item.grid[0].span, item.grid[-1].span
+            span = first if first is None or last is None else \
+                Span(first.source, first.line, first.column, last.end_line, last.end_column)
+            dims = " x ".join(str(a.size) for a in axes)
+            raise MaskSizeError(f"the grid has {dims} = {grid.numel:,} tokens, more than the "
+                                f"limit of {MAX_INT:,} (lengths stay below 2**31)", span)
+        return grid
 
     # ------------------------------------------------------------ typed accessors
     def mask_value(self, syn: S.Syn, env, ctx: Ctx) -> ir.Node:
@@ -262,9 +288,43 @@ class Checker:
         """A set of non-negative positions from an integer, a list or a range."""
         if isinstance(v, RangeV):
             self.int_value(v.start, span, f"the start of {what}", 0)
+            self.int_value(v.stop, span, f"the end of {what}")
             return ir.IntSet.range(v.start, v.stop)
         items = v.items if isinstance(v, ListV) else (v,)
         return ir.IntSet.of(self.int_value(x, span, f"each element of {what}", 0) for x in items)
+
+
+# Levels below an IR leaf when it is printed as source: ``window(3)`` is a call and an integer,
+# ``global(0..4)`` a call, a range and integers, ``layout([[1, 0]])`` a call and two lists.
+_LEAF_LEVELS = {ir.Window: 1, ir.Global: 2, ir.Sink: 1, ir.Prefix: 1, ir.Chunk: 1,
+                ir.Strided: 1, ir.Fixed: 1, ir.Same: 1, ir.Random: 1, ir.Layout: 3,
+                ir.Neighborhood: 2, ir.Tile: 1, ir.HeadArm: 2}
+
+
+def ir_too_deep(body: ir.Node, limit: int = S.MAX_NESTING) -> ir.Node | None:
+    """The first node (pre-order) of ``body`` nested past ``limit``, or ``None``.
+
+    Levels are counted as in the source that :func:`maskc.pretty.pretty` prints for the IR
+    (and :func:`maskc.syntax.too_deep` counts), so what passes here prints, parses back and
+    passes there: an ``n``-term ``&``/``|`` prints as ``n - 1`` nested operators, and a leaf
+    adds the levels of its arguments. Iterative, so any depth is safe.
+    """
+    stack: list[tuple[ir.Node, int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        extra = _LEAF_LEVELS.get(type(node), 0)
+        if isinstance(node, ir.PConst) and not isinstance(node.value, bool) and node.value < 0:
+            extra = 1  # printed as '-' and a literal
+        if depth + extra > limit:
+            return node
+        kids = ir.children(node)
+        if isinstance(node, (ir.And, ir.Or)):
+            # NOTE: `a & b & c` is ((a & b) & c): term i sits under len - max(i, 1) operators
+            steps = [len(kids) - max(i, 1) for i in range(len(kids))]
+        else:
+            steps = [0 if isinstance(k, ir.HeadArm) else 1 for k in kids]
+        stack.extend((k, depth + st) for k, st in zip(reversed(kids), reversed(steps)))
+    return None
 
 
 def check(module: S.Module, name: str | None = None, **params) -> ir.MaskDef:
@@ -283,8 +343,18 @@ def check(module: S.Module, name: str | None = None, **params) -> ir.MaskDef:
                             span)
     checker = Checker(module)
     try:
-        return checker.mask(name, params)
+        mdef = checker.mask(name, params)
     except RecursionError:
-        raise MaskValueError("the mask expression is nested too deeply",
-                             checker.masks[name].span) from None
+        # NOTE: the source is at most MAX_NESTING deep (the parser checks), so only macros
+        # expanding inside macros get here
+        raise MaskValueError("the mask expression is nested too deeply once macros are "
+                             "expanded", checker.masks[name].span) from None
+    # NOTE: checked once here, so every later stage (passes, printer, code generators, all
+    # recursive) stays far inside Python's recursion limit.
+    deep = ir_too_deep(mdef.body)
+    if deep is not None:
+        raise MaskValueError(f"the mask expression is nested too deeply (more than "
+                             f"{S.MAX_NESTING} levels of operators and calls once macros are "
+                             "expanded)", deep.span or mdef.span)
+    return mdef
 

@@ -22,8 +22,19 @@ class Source:
     filename: str = "<string>"
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
-        return lines[line - 1] if 1 <= line <= len(lines) else ""
+        r"""Line ``line`` (1-based) as it is shown under a message, one character per column.
+
+        NOTE: lines end at "\n" only, as Lark counts them; ``str.splitlines`` would also split
+        at "\r", "\f", "\x1c".."\x1e", "\x85", "\u2028" and "\u2029" and so show the wrong
+        line. A trailing "\r" (CRLF files) is dropped and any other unprintable character but a
+        tab shows as a space, so the caret stays under the reported column.
+        """
+        lines = self.text.split("\n")
+        if not 1 <= line <= len(lines):
+            return ""
+        text = lines[line - 1]
+        text = text[:-1] if text.endswith("\r") else text
+        return "".join(ch if ch == "\t" or ch.isprintable() else " " for ch in text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as S
-from .errors import MaskError, MaskSyntaxError, Source, Span
+from .errors import MaskError, MaskSyntaxError, MaskValueError, Source, Span
 
 __all__ = ["grammar_path", "lark_parser", "parse", "parse_expr"]
 
@@ -66,8 +66,26 @@ def _tok_span(src: Source, tok: Token) -> Span:
     return Span(src, tok.line, tok.column, tok.end_line, tok.end_column)
 
 
-class _ToSyntax(Transformer):
-    """Lark tree -> :mod:`maskc.syntax` nodes, each with its span."""
+# NOTE: no literal may exceed MAX_INT (the checker says so where it is used); one this long
+# is rejected here, before ``int()`` (Python refuses strings over 4300 digits, and the
+# message would otherwise print the whole number).
+MAX_LITERAL_DIGITS = 20
+
+
+def _int(src: Source, tok: Token) -> int:
+    digits = str(tok).lstrip("0")
+    if len(digits) > MAX_LITERAL_DIGITS:
+        raise MaskValueError(f"integer literal is too large ({len(digits)} digits; integers "
+                             f"are at most {S.MAX_INT})", _tok_span(src, tok))
+    return int(digits or "0")
+
+
+class _ToSyntax(Transformer_NonRecursive):
+    """Lark tree -> :mod:`maskc.syntax` nodes, each with its span.
+
+    NOTE: the non-recursive transformer builds trees of any depth without Python's recursion
+    limit; :func:`maskc.syntax.too_deep` then rejects what is nested past ``MAX_NESTING``.
+    """
 
     def __init__(self, src: Source):
         super().__init__()
@@ -139,7 +157,7 @@ class _ToSyntax(Transformer):
 
     @v_args(meta=True)
     def int_(self, meta, ch):
-        return S.Int(int(ch[0]), span=_tok_span(self.src, ch[0]))
+        return S.Int(_int(self.src, ch[0]), span=_tok_span(self.src, ch[0]))
 
     p_int = int_
 
@@ -210,15 +228,18 @@ class _ToSyntax(Transformer):
 
     @v_args(meta=True)
     def p_axis_index(self, meta, ch):
-        return S.Axis(str(ch[0]), int(ch[1]), span=self._s(meta))
+        return S.Axis(str(ch[0]), _int(self.src, ch[1]), span=self._s(meta))
 
 
 def _syntax_error(src: Source, err: UnexpectedInput) -> MaskSyntaxError:
-    lines = src.text.splitlines() or [""]
+    # NOTE: lines end at "\n" only, as Lark counts them (not at "\r", "\f", "\x85", ...).
+    lines = src.text.split("\n")
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()
     if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken)
                                           and err.token.type == "$END"):
         line = len(lines)
-        col = len(lines[-1]) + 1
+        col = len(lines[-1].rstrip("\r")) + 1
         span = Span(src, line, col, line, col + 1)
         expected = getattr(err, "expected", None) or getattr(err, "accepts", None) or ()
         return MaskSyntaxError("unexpected end of input" + _describe(expected), span)
@@ -236,7 +257,7 @@ def _syntax_error(src: Source, err: UnexpectedInput) -> MaskSyntaxError:
 def _run(src: Source, start: str):
     try:
         tree = lark_parser(start).parse(src.text)
-        return _ToSyntax(src).transform(tree)
+        out = _ToSyntax(src).transform(tree)
     except UnexpectedInput as err:
         raise _syntax_error(src, err) from None
     except VisitError as err:
@@ -248,6 +269,12 @@ def _run(src: Source, start: str):
         raise
     except RecursionError:
         raise MaskSyntaxError("expression is nested too deeply", Span(src, 1, 1, 1, 2)) from None
+    deep = S.too_deep(out)
+    if deep is not None:
+        raise MaskSyntaxError(f"expression is nested too deeply (more than {S.MAX_NESTING} "
+                              "levels of operators and calls)",
+                              deep.span or Span(src, 1, 1, 1, 2))
+    return out
 
 
 def parse(text: str, filename: str = "<string>") -> S.Module:

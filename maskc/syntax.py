@@ -13,8 +13,15 @@ from .errors import Span
 __all__ = [
     "Syn", "Int", "Bool", "Name", "Call", "Arg", "BinOp", "Unary", "TupleLit", "ListLit",
     "RangeLit", "Arm", "HeadsLit", "WhereLit", "Axis", "Compare", "Param", "LetItem",
-    "MaskItem", "Module",
+    "MaskItem", "Module", "MAX_INT", "MAX_NESTING", "too_deep",
 ]
+
+MAX_INT = 2**31 - 1
+# NOTE: every stage after the parser (checker, passes, printer, reference, code generators)
+# recurses over expressions, and generated Triton source nests a parenthesis per level
+# (Python allows 200). 100 levels is far beyond any real mask and keeps each stage well
+# inside Python's default recursion limit of 1000. Parentheses alone add no level.
+MAX_NESTING = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +148,32 @@ class MaskItem(Syn):
 @dataclass(frozen=True, slots=True)
 class Module(Syn):
     items: tuple[LetItem | MaskItem, ...]
+
+
+# Nodes that only wrap or hold expressions: they add no level of nesting.
+_WRAPPERS = (Arg, Arm, Param, LetItem, MaskItem, Module)
+
+
+def too_deep(root: Syn, limit: int = MAX_NESTING) -> Syn | None:
+    """The first node (pre-order) nested more than ``limit`` levels deep, or ``None``.
+
+    Each operator, call, literal and ``where`` is one level (arguments, arms and items add
+    none); the operands of a comparison chain of ``n`` operators count ``n`` levels, as the
+    checker lowers it to ``n - 1`` nested ``and``s. Iterative, so any depth is safe.
+    """
+    stack: list[tuple[Syn, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return node
+        step = len(node.ops) if isinstance(node, Compare) else 1
+        kids = []
+        for name in node.__dataclass_fields__:
+            if name == "span":
+                continue
+            value = getattr(node, name)
+            for x in (value if isinstance(value, tuple) else (value,)):
+                if isinstance(x, Syn):
+                    kids.append((x, depth + (0 if isinstance(x, _WRAPPERS) else step)))
+        stack.extend(reversed(kids))
+    return None
