@@ -549,5 +549,13 @@ def attention(mask, q, k, v, scale=None, return_lse=False, block_size=128, compi
                                    device=q.device, **inputs)
     fn = flex_attention_fn(compiled)
     gqa = q.shape[1] != k.shape[1]
-    out = fn(q, k, v, block_mask=bm_mask, scale=scale, enable_gqa=gqa, return_lse=return_lse)
-    return out
+    try:
+        return fn(q, k, v, block_mask=bm_mask, scale=scale, enable_gqa=gqa,
+                  return_lse=return_lse)
+    except Exception as err:  # torch wraps it (InternalTorchDynamoError)
+        if not (isinstance(err, RecursionError) or isinstance(err.__cause__, RecursionError)
+                or "RecursionError" in str(err).split("\n", 1)[0]):
+            raise
+        raise MaskError("the mask nests too deeply for FlexAttention, whose torch.compile "
+                        "tracer recurses once per level (even with flex-eager); use "
+                        "backend='triton' or 'reference'", mask.ir.span) from None

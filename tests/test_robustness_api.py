@@ -131,3 +131,13 @@ def test_configuration_mistakes_are_mask_errors():
 def test_a_missing_mask_file_is_named():
     with pytest.raises(MaskError, match="no such file: examples/nonexistent.mask"):
         maskc.compile("examples/nonexistent.mask")
+
+
+def test_nesting_flex_cannot_trace_is_a_mask_error():
+    # within the language's 100 levels, but past what torch.compile's tracer can recurse
+    m = maskc.compile("mask m = where " + "min(1, " * 30 + "k - q" + ")" * 30 + " < 3")
+    q, k, v = _qkv(1, 1, 64, 16)
+    with pytest.raises(MaskError, match="nests too deeply for FlexAttention"):
+        m.attention(q, k, v, backend="flex-eager")
+    torch.testing.assert_close(m.attention(q, k, v, backend="triton"),
+                               m.attention(q, k, v, backend="reference"), atol=2e-5, rtol=1e-4)
