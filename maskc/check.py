@@ -330,7 +330,9 @@ def ir_too_deep(body: ir.Node, limit: int = S.MAX_NESTING) -> ir.Node | None:
 def check(module: S.Module, name: str | None = None, **params) -> ir.MaskDef:
     """Lower mask ``name`` of ``module`` (the only one if ``None``) with parameter overrides."""
     names = mask_names(module)
-    span = module.items[0].span if module.items else module.span
+    # NOTE: these errors are about the file's masks: point at the first one's name
+    span = next((i.span for i in module.items if isinstance(i, S.MaskItem)),
+                module.items[0].span if module.items else module.span)
     if not names:
         raise MaskNameError("the file defines no mask (add 'mask NAME = ...')", span)
     if name is None:

@@ -445,3 +445,10 @@ def test_a_byte_order_mark_is_not_code(tmp_path, capsys):
     f = tmp_path / "bom.mask"
     f.write_bytes(b"\xef\xbb\xbfmask b = causal\n")
     assert main(["check", str(f)]) == 0
+
+
+def test_file_level_errors_point_at_a_mask(capsys):
+    # not at an unrelated first item (longformer.mask starts with a `let`)
+    assert main(["show", str(EXAMPLES / "longformer.mask"), "--name", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "no mask named 'nope'" in err and "mask longformer(" in err and "let " not in err
