@@ -270,64 +270,6 @@ def classify_boxes(tables: AxisTables, qboxes, kboxes):
     return full.all(axis=(1, 2)), empty.all(axis=(1, 2))
 
 
-def layout_boxes(layout, size: int):
-    """The tokens of each ``size``-token tile of a tile-major :class:`TokenLayout` as a
-    union of boxes, as :func:`range_boxes` returns them (unused slots empty)."""
-    grid = np.asarray(layout.grid_shape, dtype=np.int64)
-    t = np.asarray(layout.tile_shape, dtype=np.int64)
-    counts = -(-grid // t)
-    tile_coords = np.stack(np.unravel_index(np.arange(int(np.prod(counts))), tuple(counts)), -1)
-    origin = tile_coords * t
-    shape = np.minimum(t, grid - origin)  # tiles at a far end are smaller
-    sizes = shape.prod(axis=1)
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    n = int(starts[-1])
-    nt = -(-n // size)
-    lo = np.arange(nt, dtype=np.int64) * size
-    hi = np.minimum(lo + size, n) - 1
-    first = np.searchsorted(starts, lo, side="right") - 1
-    last = np.searchsorted(starts, hi, side="right") - 1
-    pieces = last - first + 1
-    tile = np.repeat(np.arange(nt), pieces)
-    spatial = np.repeat(first - np.cumsum(pieces) + pieces, pieces) + np.arange(pieces.sum())
-    p_lo = np.maximum(lo[tile], starts[spatial]) - starts[spatial]
-    p_hi = np.minimum(hi[tile], starts[spatial + 1] - 1) - starts[spatial]
-    b_lo, b_hi = range_boxes(p_lo, p_hi, shape[spatial], offset=origin[spatial])
-    slots = b_lo.shape[1]
-    rank = np.arange(len(tile)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    out_lo = np.zeros((nt, int(pieces.max()) * slots, len(grid)), dtype=np.int64)
-    out_hi = np.full_like(out_lo, -1)
-    cols = rank[:, None] * slots + np.arange(slots)
-    out_lo[tile[:, None], cols] = b_lo
-    out_hi[tile[:, None], cols] = b_hi
-    return _compact(out_lo, out_hi)
-
-
-def _compact(lo, hi):
-    """Drop box slots that no tile uses."""
-    used = (lo[..., 0] <= hi[..., 0]).any(axis=0)
-    return lo[:, used], hi[:, used]
-
-
-def _coords_rows(flat, shape, strides):
-    return [(flat // strides[..., i]) % shape[..., i] for i in range(shape.shape[-1])]
-
-
-def classify_boxes(tables: AxisTables, qboxes, kboxes):
-    """``(full, empty)`` per tile whose queries are the union of ``qboxes`` and keys the
-    union of ``kboxes`` (:func:`range_boxes` pairs, ``(tiles, A, d)`` and ``(tiles, B, d)``)."""
-    q_lo, q_hi = (x[:, :, None, :] for x in qboxes)
-    k_lo, k_hi = (x[:, None, :, :] for x in kboxes)
-    used = (q_lo[..., 0] <= q_hi[..., 0]) & (k_lo[..., 0] <= k_hi[..., 0])
-    full, empty = used.copy(), ~used
-    for a in range(q_lo.shape[-1]):
-        q0, q1, k0, k1 = (np.where(used, x[..., a], 0) for x in (q_lo, q_hi, k_lo, k_hi))
-        kept = tables.kept(a, q0, q1, k0, k1)
-        full &= kept == (q1 - q0 + 1) * (k1 - k0 + 1)
-        empty |= kept == 0
-    return (full | ~used).all(axis=(1, 2)), empty.all(axis=(1, 2))
-
-
 def grid_support(node, p_lo, p_hi, an):
     shape = an.grid.shape
     strides = [int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape))]
