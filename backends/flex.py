@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from maskc import ir
-from maskc.errors import MaskError, MaskInputError, MaskSizeError, MaskValueError
+from maskc.errors import MaskError, MaskInputError, MaskValueError
 from maskc.rng import random_table
-from maskc.sizes import check_elements, prepare_inputs, resolve_lengths
+from maskc.sizes import check_batch, check_elements, prepare_inputs, resolve_lengths
 
 from . import reference
 from .reference import coords
@@ -540,13 +540,9 @@ def flex_attention_fn(compiled: bool = True):
 def attention(mask, q, k, v, scale=None, return_lse=False, block_size=128, compiled=True,
               **inputs):
     """Run ``flex_attention`` with ``mask``'s block mask and generated ``mask_mod``."""
-    batch = max([x.shape[0] for x in prepare_inputs(mask.ir, k.shape[2], inputs).values()]
-                or [1])
-    if batch not in (1, q.shape[0]):
-        raise MaskSizeError(f"batched inputs have batch {batch} but q has {q.shape[0]}",
-                            mask.ir.span)
     bm_mask = mask.flex_block_mask(q.shape[2], k.shape[2], q.shape[1], block_size,
                                    device=q.device, **inputs)
+    check_batch(mask.ir, bm_mask.kv_num_blocks.shape[0], q.shape[0])  # inputs' batch
     fn = flex_attention_fn(compiled)
     gqa = q.shape[1] != k.shape[1]
     try:

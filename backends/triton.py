@@ -23,7 +23,7 @@ import numpy as np
 from maskc import ir
 from maskc.errors import MaskError, MaskSizeError
 from maskc.pretty import pretty
-from maskc.sizes import resolve_lengths
+from maskc.sizes import check_batch, resolve_lengths
 
 from .triton_render import Renderer
 from .triton_template import BACKWARD, MODULE
@@ -453,9 +453,7 @@ class Launch:
                             f"{config.layout!r}")
         self.plan = plan(mask, Lq, Lk, Hq, q.device, inputs, config.layout,
                          max(config.fwd.block_q, config.fwd.block_k) if mdef.grid else 0)
-        if self.plan.batch not in (1, B):
-            raise MaskSizeError(f"batched inputs have batch {self.plan.batch} but q has {B}",
-                                mdef.span)
+        check_batch(mdef, self.plan.batch, B)
         self.plan.choose_layout(config.layout, config.fwd)
         self.module = self.plan.module if module is None else module
         self.extra = self.plan.extra

@@ -208,9 +208,8 @@ class Mask:
         if self.grid is not None and (Lq, k.shape[2]) != (mask.shape[-2], mask.shape[-1]):
             raise MaskSizeError(f"mask '{self.name}' is over a grid of {mask.shape[-1]} tokens, "
                                 f"but q/k have {Lq}/{k.shape[2]}", self._span())
-        if mask.ndim == 4 and mask.shape[0] not in (1, B):  # batch 1 serves every row
-            raise MaskSizeError(f"batched inputs have batch {mask.shape[0]} but q has {B}",
-                                self._span())
+        if mask.ndim == 4:
+            sizes.check_batch(self.ir, mask.shape[0], B)
         return reference.attention(mask, q, k, v, scale, return_lse)
 
     def _span(self) -> Span | None:

@@ -11,7 +11,8 @@ from . import ir
 from .errors import MaskInputError, MaskSizeError
 
 __all__ = ["dense_limit", "set_dense_limit", "prepare_inputs", "resolve_lengths", "check_size",
-           "check_heads", "check_tiles", "check_elements", "document_ids", "MAX_HEADS"]
+           "check_heads", "check_tiles", "check_elements", "check_batch", "document_ids",
+           "MAX_HEADS"]
 
 MAX_HEADS = 1 << 16  # more heads than any model has; per-head masks are analysed per head
 
@@ -115,6 +116,13 @@ def check_elements(n: int, what: str, span=None) -> None:
         raise MaskSizeError(f"{what} would hold {n:,} elements, more than the limit of "
                             f"{dense_limit():,} (raise it with maskc.set_dense_limit() or "
                             "$MASKC_DENSE_LIMIT)", span)
+
+
+def check_batch(mdef: ir.MaskDef, inputs_batch: int, q_batch: int) -> None:
+    """Runtime inputs of batch 1 serve every row of q; any other batch must equal q's."""
+    if inputs_batch not in (1, q_batch):
+        raise MaskSizeError(f"batched inputs have batch {inputs_batch} but q has {q_batch}",
+                            mdef.span)
 
 
 def check_size(mdef: ir.MaskDef, shape: tuple[int, ...], what: str = "dense mask") -> None:
