@@ -110,12 +110,12 @@ def check_tiles(mdef: ir.MaskDef, q_len: int, kv_len: int, block_q, block_k) -> 
                             f"{dense_limit() // 16:,} per side: use larger tiles", mdef.span)
 
 
-def check_elements(n: int, what: str, span=None) -> None:
+def check_elements(n: int, what: str, span=None, hint: str = "") -> None:
     """A :class:`MaskSizeError` when an array of ``n`` elements would exceed the limit."""
     if n > dense_limit():
         raise MaskSizeError(f"{what} would hold {n:,} elements, more than the limit of "
                             f"{dense_limit():,} (raise it with maskc.set_dense_limit() or "
-                            "$MASKC_DENSE_LIMIT)", span)
+                            f"$MASKC_DENSE_LIMIT{hint})", span)
 
 
 def check_batch(mdef: ir.MaskDef, inputs_batch: int, q_batch: int) -> None:
@@ -126,12 +126,9 @@ def check_batch(mdef: ir.MaskDef, inputs_batch: int, q_batch: int) -> None:
 
 
 def check_size(mdef: ir.MaskDef, shape: tuple[int, ...], what: str = "dense mask") -> None:
-    n = math.prod(shape)
-    if n > dense_limit():
-        dims = " x ".join(str(s) for s in shape)
-        raise MaskSizeError(f"a {what} of {dims} = {n:,} elements exceeds the limit of "
-                            f"{dense_limit():,} (raise it with maskc.set_dense_limit() or "
-                            "$MASKC_DENSE_LIMIT, or use a block-sparse backend)", mdef.span)
+    dims = " x ".join(str(x) for x in shape)
+    check_elements(math.prod(shape), f"a {what} of {dims}", mdef.span,
+                   ", or use a block-sparse backend")
 
 
 
