@@ -283,7 +283,7 @@ def _random(n: ir.Random, r, an, path):
     # per tile: the chosen blocks of each of its query blocks that fall in its key range
     width = int((r.p_hi - r.p_lo).max(initial=0)) + 1
     count = np.zeros(r.p_lo.shape, dtype=np.int64)
-    step = max(1, (1 << 20) // (width * n.r))
+    step = max(1, (1 << 20) // max(width * n.r, 1))  # random(0) keeps nothing
     for s in range(0, len(r.p_lo), step):
         sl = slice(s, s + step)
         rows = r.p_lo[sl, None] + np.arange(width)

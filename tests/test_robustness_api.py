@@ -141,3 +141,24 @@ def test_nesting_flex_cannot_trace_is_a_mask_error():
         m.attention(q, k, v, backend="flex-eager")
     torch.testing.assert_close(m.attention(q, k, v, backend="triton"),
                                m.attention(q, k, v, backend="reference"), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("body", ["random(1)", "~random(1)", "window(1) & ~random(1)"])
+def test_random_zero_keeps_no_random_blocks(body):
+    # random(0) built in the IR directly: the simplifier would otherwise fold it away
+    import dataclasses
+
+    from backends import reference
+    from maskc import ir
+    from maskc.blocktable import build
+    from maskc.cli import tile_states
+    from maskc.rewrite import map_children
+
+    def zero(n):
+        n = map_children(n, zero)
+        return dataclasses.replace(n, r=0) if isinstance(n, ir.Random) else n
+    mdef = maskc.compile(f"mask m = blocks(4, {body})").ir
+    mdef = dataclasses.replace(mdef, body=zero(mdef.body))
+    assert any(isinstance(n, ir.Random) and n.r == 0 for n in ir.walk(mdef.body))
+    got = build(mdef, 40, 40, 1, 8, 8, evaluate=reference.evaluate).states()[0]
+    assert np.array_equal(got, tile_states(reference.dense(mdef, 40, 40, 1), 8, 8))
