@@ -14,9 +14,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from maskc import ir
+from maskc.ir.grid import coords, na_axis
 from maskc.errors import MaskError, MaskInputError, MaskValueError
-from maskc.rng import random_table
-from maskc.sizes import (check_heads, check_size, dense_limit, prepare_inputs, resolve_lengths,
+from maskc.analysis.rng import random_table
+from maskc.analysis.sizes import (check_heads, check_size, dense_limit, prepare_inputs, resolve_lengths,
                          set_dense_limit)
 
 __all__ = ["dense", "attention", "evaluate", "prepare_inputs", "dense_limit", "set_dense_limit",
@@ -150,37 +151,6 @@ def _layout(n: ir.Layout, env):
     M = np.array(n.rows, dtype=bool)
     ok = (env.P >= 0) & (env.P < rows) & (env.K >= 0) & (env.K < cols)
     return M[np.clip(env.P, 0, rows - 1), np.clip(env.K, 0, cols - 1)] & ok
-
-
-def coords(flat: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
-    """Row-major grid coordinates of flat indices (the last axis varies fastest)."""
-    out, stride = [], 1
-    for size in reversed(shape):
-        out.append((flat // stride) % size)
-        stride *= size
-    return out[::-1]
-
-
-def na_axis(qi, ki, n: int, K: int, d: int, s: int, causal: bool, minimum=np.minimum,
-            clamp_min=np.maximum):
-    """NATTEN's generalized neighborhood rule on one axis (LANGUAGE.md section 2).
-
-    Written once for NumPy and torch: pass ``torch.minimum`` and a ``clamp(min=)`` for tensors.
-    """
-    # NOTE: only the final comparisons combine query and key terms, so on broadcast
-    # (queries, 1) x (1, keys) inputs everything before them stays query- or key-sized.
-    group = qi % d
-    ng = (n - group + d - 1) // d
-    qq, kk = qi // d, ki // d
-    if causal:
-        leader = minimum((qq // s) * s + s - 1, ng - 1)
-        keep = (kk <= qq) & (kk > leader - K)
-    else:
-        left, right = K // 2, K // 2 + K % 2 - 1
-        leader = minimum((qq // s) * s + s // 2, ng - 1)
-        center = clamp_min(minimum(leader, ng - 1 - right), left)
-        keep = (kk >= center - left) & (kk <= center + right)
-    return keep if d == 1 else keep & (ki % d == group)
 
 
 def _neighborhood(n: ir.Neighborhood, env):

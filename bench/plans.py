@@ -35,7 +35,7 @@ def _child(name: str, boxes: bool) -> dict:
     import torch
 
     import maskc
-    from maskc import gridboxes
+    from maskc.analysis import gridboxes
     from maskc.backends import triton as tb
     if not boxes:
         gridboxes.AXIS_TABLE_LIMIT = 0

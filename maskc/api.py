@@ -12,13 +12,14 @@ import numbers
 import os
 from pathlib import Path
 
-from . import ir, sizes
-from .check import check
-from .errors import MaskError, MaskSizeError, Source, Span
-from .parser import parse
-from .pretty import pretty
-from .simplify import simplify
-from .verify import verify
+from maskc import ir
+from maskc.analysis import sizes
+from maskc.frontend.check import check
+from maskc.errors import MaskError, MaskSizeError, Source, Span
+from maskc.frontend.parser import parse
+from maskc.ir.pretty import pretty
+from maskc.ir.simplify import simplify
+from maskc.ir.verify import verify
 
 __all__ = ["compile", "Mask", "read_source", "set_dense_limit", "dense_limit"]
 
@@ -100,35 +101,35 @@ class Mask:
         batched input the result is ``(B, heads, q_len, kv_len)``. Sizes over
         :func:`maskc.dense_limit` raise :class:`~maskc.MaskSizeError` before allocating.
         """
-        from .backends import reference
+        from maskc.backends import reference
         return reference.dense(self.ir, q_len, kv_len, heads, **inputs)
 
     def block_map(self, q_len: int | None = None, kv_len: int | None = None, heads: int = 1,
                   block_q: int = 128, block_k: int | None = None, **inputs):
-        """The tile structure at this size (:class:`maskc.blocktable.BlockMap`), built from the IR.
+        """The tile structure at this size (:class:`maskc.analysis.blocktable.BlockMap`), built from the IR.
 
         Exact for every primitive; ``where`` predicates are analysed soundly (a tile may be
         called partial when it is not). Cost grows with the visited tiles, not ``Lq * Lk``.
         """
-        from .backends import reference
-        from .blocktable import build
+        from maskc.backends import reference
+        from maskc.analysis.blocktable import build
         return build(self.ir, q_len, kv_len, heads, block_q, block_k,
                      evaluate=reference.evaluate, **inputs)
 
     def kernel_source(self) -> str:
         """The generated Triton module for this mask (what ``backend="triton"`` runs)."""
-        from .backends import triton
+        from maskc.backends import triton
         return triton.generate(self.ir)[0]
 
     def kernel_path(self):
         """Where the generated module is cached (written if needed): a content-hashed file."""
-        from .backends import triton
+        from maskc.backends import triton
         return triton.write_source(self.kernel_source(), self.name)
 
     def mask_mod(self, q_len: int | None = None, kv_len: int | None = None, heads: int = 1,
                  device=None, **inputs):
         """The mask as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` (generated from the IR)."""
-        from .backends import flex
+        from maskc.backends import flex
         q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
         heads = sizes.check_heads(self.ir, heads)
         return flex.make_mask_mod(self.ir, q_len, kv_len, heads,
@@ -144,8 +145,8 @@ class Mask:
         predicate. ``block_size`` is an int or ``(block_q, block_k)``. A head-independent mask
         has one head row, like ``create_block_mask(..., H=None)``.
         """
-        from .backends import flex, reference
-        from .blocktable import build
+        from maskc.backends import flex, reference
+        from maskc.analysis.blocktable import build
         bq, bk = _block_pair(self.ir, block_size)
         q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
         bm = build(self.ir, q_len, kv_len, heads, bq, bk, evaluate=reference.evaluate, **inputs)
@@ -191,16 +192,16 @@ class Mask:
                             "backend='reference' (or 'triton' with TRITON_INTERPRET=1), or "
                             + ("'flex-eager'" if not grad else "a GPU"))
         if backend == "triton":
-            from .backends import triton
+            from maskc.backends import triton
             return triton.attention(self, q, k, v, scale=scale, return_lse=return_lse,
                                     config=config, **inputs)
         if config is not None:
             raise MaskError(f"config= applies to the Triton backend, not {backend!r}")
         if backend in ("flex", "flex-eager"):
-            from .backends import flex
+            from maskc.backends import flex
             return flex.attention(self, q, k, v, scale=scale, return_lse=return_lse,
                                   compiled=backend != "flex-eager", **inputs)
-        from .backends import reference
+        from maskc.backends import reference
         B, Hq, Lq, _ = q.shape
         sizes.check_size(self.ir, (B, Hq, Lq, k.shape[2]), "reference score matrix")
         mask = self.dense(None if self.grid else Lq, None if self.grid else k.shape[2],

@@ -11,9 +11,9 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import MaskError
-from .pretty import pretty_mask
-from .sizes import check_heads, dense_limit, document_ids, resolve_lengths
+from maskc.errors import MaskError
+from maskc.ir.pretty import pretty_mask
+from maskc.analysis.sizes import check_heads, dense_limit, document_ids, resolve_lengths
 
 __all__ = ["main", "parse_param", "segments"]
 
@@ -22,10 +22,10 @@ FULL, PARTIAL, EMPTY = "█", "▒", "·"
 
 def parse_param(text: str):
     """``name=value`` with a value in the language's own syntax (``128``, ``[0, 1]``, ``(3, 7)``)."""
-    from .check import Checker, Ctx
-    from .parser import parse_expr
-    from .syntax import Module
-    from .values import to_python
+    from maskc.frontend.check import Checker, Ctx
+    from maskc.frontend.parser import parse_expr
+    from maskc.frontend.syntax import Module
+    from maskc.frontend.values import to_python
 
     name, sep, value = text.partition("=")
     if not sep or not re.fullmatch(r"[A-Za-z_]\w*", name.strip()):
@@ -49,13 +49,13 @@ def segments(spec: str, length: int, name: str):
 
 def _module(path):
     """The parsed file (parsed once per command; compile() reads it again per mask)."""
-    from .api import read_source
-    from .parser import parse
+    from maskc.api import read_source
+    from maskc.frontend.parser import parse
     return parse(*read_source(Path(path)))
 
 
 def _masks_in(module) -> list[str]:
-    from .check import mask_names
+    from maskc.frontend.check import mask_names
     return mask_names(module)
 
 
@@ -70,8 +70,8 @@ def _known(module, name, params):
 
 
 def cmd_check(args) -> int:
-    from .api import compile
-    from .errors import MaskParamError
+    from maskc.api import compile
+    from maskc.errors import MaskParamError
     params = dict(parse_param(p) for p in args.param)
     failed = 0
     for path in args.files:
@@ -124,7 +124,7 @@ def render(states) -> list[str]:
 def cmd_show(args) -> int:
     import numpy as np
 
-    from .api import compile
+    from maskc.api import compile
 
     params = dict(parse_param(p) for p in args.param)
     for what, value in (("--width", args.width), ("--block", args.block),
@@ -212,12 +212,12 @@ def _draw(states) -> None:
 
 def _compiled_view(m, q_len, kv_len, heads, kv_heads, inputs) -> None:
     """What the block compiler makes of the mask: tile sizes, groups, runs, speed-up."""
-    from .backends import reference
-    from .passes.fusion import fuse
-    from .passes.heads import group_heads
-    from .passes.tiles import choose_tiles
+    from maskc.backends import reference
+    from maskc.passes.fusion import fuse
+    from maskc.passes.heads import group_heads
+    from maskc.passes.tiles import choose_tiles
 
-    from .blocktable import build
+    from maskc.analysis.blocktable import build
     import numpy as np
     # NOTE: estimate the tiles a kernel would visit on a sample of query tiles first: a
     # dense pattern at a huge size has more tiles than are worth listing here.
@@ -255,7 +255,7 @@ def _compiled_view(m, q_len, kv_len, heads, kv_heads, inputs) -> None:
         print(f"  runs: {runs.n_rows:,} distinct query-tile rows, {n_full:,} full runs, "
               f"{n_part:,} partial runs")
     if m.grid is not None:
-        from .passes.layoutmap import choose_layout
+        from maskc.passes.layoutmap import choose_layout
         layout, lbm = choose_layout(m.ir, max(bq, bk), heads, evaluate=reference.evaluate,
                                     **inputs)
         plain = bm.stats["full"] + bm.stats["partial"]
@@ -275,7 +275,7 @@ def _compiled_view(m, q_len, kv_len, heads, kv_heads, inputs) -> None:
 
 
 def cmd_compile(args) -> int:
-    from .api import compile
+    from maskc.api import compile
     params = dict(parse_param(p) for p in args.param)
     m = compile(Path(args.file), name=args.name, **params)
     if args.backend != "triton":
@@ -297,7 +297,7 @@ def _compile_for_arch(m, args) -> int:
     arch = args.arch.lower().removeprefix("sm_")
     if not arch.isdigit():
         raise MaskError(f"--arch must look like sm_90 or 90, got {args.arch!r}")
-    from .backends.triton_aot import SHARED_LIMIT
+    from maskc.backends.triton.aot import SHARED_LIMIT
     if int(arch) not in SHARED_LIMIT:
         raise MaskError(f"--arch sm_{arch} is not a GPU maskc compiles for; use one of "
                         + ", ".join(f"sm_{a}" for a in sorted(SHARED_LIMIT)))
@@ -307,7 +307,7 @@ def _compile_for_arch(m, args) -> int:
         raise MaskError(f"--head-dim must be between 1 and 256, got {args.head_dim}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise MaskError("--arch needs Triton's compiler: unset TRITON_INTERPRET")
-    from .backends.triton_aot import compile_kernels
+    from maskc.backends.triton.aot import compile_kernels
     reports = compile_kernels(m, int(arch), args.dtype, args.head_dim)
     print(f"mask '{m.name}': kernels for sm_{arch}, {args.dtype}, head dim {args.head_dim}")
     print(f"{'kernel':<24} {'tile':>9} {'warps':>5} {'stages':>6} {'shared':>9} {'regs':>4} "
@@ -331,8 +331,8 @@ def cmd_test(args) -> int:
         import torch
         if not torch.cuda.is_available():
             os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-    from .api import compile
-    from .testing import assert_attention_matches
+    from maskc.api import compile
+    from maskc.testing import assert_attention_matches
 
     params = dict(parse_param(p) for p in args.param)
     q_len = 96 if args.q_len is None else args.q_len

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from .api import Mask, compile
+from maskc.api import Mask, compile
 
 __all__ = ["specs", "primitive_specs", "shapes", "runtime_inputs",
            "assert_attention_matches", "DEFAULT_TOLERANCES"]

@@ -15,8 +15,8 @@ round-trips exactly:
 - comparisons are binary (the checker turns a chain ``a < b < c`` into ``and``);
 - ``PAxis.of`` is ``"q"`` or ``"k"`` (the checker maps ``p.x`` to ``q``), with the grid's
   axis name as its label (positional grids: no label);
-- every arithmetic node's :func:`maskc.predicates.bound` stays within
-  :data:`maskc.predicates.I64_BOUND` (the checker rejects the rest as possible overflow).
+- every arithmetic node's :func:`maskc.frontend.predicates.bound` stays within
+  :data:`maskc.frontend.predicates.I64_BOUND` (the checker rejects the rest as possible overflow).
 
 Predicate integer constants stay small (``-5..8``); lengths stay small (``1..40``).
 """
@@ -31,7 +31,7 @@ from hypothesis.extra.lark import LarkStrategy
 from lark.grammar import Terminal
 
 from maskc import ir
-from maskc.predicates import I64_BOUND, bound
+from maskc.frontend.predicates import I64_BOUND, bound
 
 __all__ = [
     "Ctx", "INPUT_NAMES", "AXIS_NAMES", "int_sets", "grids", "predicates", "int_exprs",
@@ -48,7 +48,7 @@ _CMP = ("<", "<=", ">", ">=", "==", "!=")
 
 @dataclass(frozen=True)
 class Ctx:
-    """What an expression may use where it is drawn (mirrors :class:`maskc.check.Ctx`)."""
+    """What an expression may use where it is drawn (mirrors :class:`maskc.frontend.check.Ctx`)."""
 
     inputs: tuple[str, ...] = ()
     grid: ir.Grid | None = None
@@ -348,7 +348,7 @@ def lark_texts(start: str = "start", max_depth: int = 10, names=FUZZ_NAMES,
     end their line. ``start`` is a rule of the grammar (``"start"`` for whole files,
     ``"expr"`` for one expression).
     """
-    from maskc.parser import lark_parser
+    from maskc.frontend.parser import lark_parser
 
     grammar = lark_parser()
     terminals, _, _ = grammar.grammar.compile([start], ())

@@ -162,8 +162,8 @@ def test_document_ids_from_lengths_and_cu_seqlens():
        bk=st.sampled_from([2, 8, 16]))
 def test_random_ir_exact_or_sound(data, mdef, bq, bk):
     """Random IR (every construct): exact without `where`, sound with it."""
-    from backends import reference
-    from maskc.blocktable import build
+    from maskc.backends import reference
+    from maskc.analysis.blocktable import build
     kw = data.draw(dense_kwargs(mdef))
     q_len, kv_len, heads = kw.pop("q_len"), kw.pop("kv_len"), kw.pop("heads")
     try:

@@ -12,7 +12,7 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 import maskc
 from maskc.api import Mask
 from maskc.errors import MaskError, Source
-from maskc.simplify import simplify
+from maskc.ir.simplify import simplify
 
 from strategies import dense_kwargs, mask_defs
 

@@ -32,7 +32,7 @@ SIZES = [(17, 17), (13, 29), (29, 13), (1, 20), (40, 40), (33, 48)]
 
 def flex_dense(mdef: ir.MaskDef, q_len, kv_len, heads, **inputs) -> np.ndarray:
     """``create_mask`` of our mask_mod, shaped like ``reference.dense``'s answer."""
-    q_len, kv_len = maskc.sizes.resolve_lengths(mdef, q_len, kv_len)
+    q_len, kv_len = maskc.analysis.sizes.resolve_lengths(mdef, q_len, kv_len)
     xs = flex.torch_inputs(mdef, kv_len, inputs)
     B = max([x.shape[0] for x in xs.values()] or [1])
     mod = flex.make_mask_mod(mdef, q_len, kv_len, heads, xs)

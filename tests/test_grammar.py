@@ -7,7 +7,7 @@ import pytest
 from lark import Lark
 
 import maskc
-from maskc.parser import grammar_path
+from maskc.frontend.parser import grammar_path
 
 LANGUAGE_SECTION_1 = """
 # comments run to the end of the line; whitespace and newlines are free

@@ -1,4 +1,4 @@
-"""Grid masks decided axis by axis on boxes (maskc.gridboxes) equal the dense mask's tiles,
+"""Grid masks decided axis by axis on boxes (maskc.analysis.gridboxes) equal the dense mask's tiles,
 in row-major order and under token layouts, for random NATTEN configurations and tiles."""
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import maskc
-from backends import reference
-from maskc import gridboxes
+from maskc.backends import reference
+from maskc.analysis import gridboxes
 from maskc.cli import tile_states
 from maskc.passes.layout import make_layout, permuted_dense
 from maskc.passes.layoutmap import permuted_block_map

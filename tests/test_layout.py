@@ -22,7 +22,7 @@ from maskc.backends import reference
 from maskc.errors import MaskError, MaskValueError
 from maskc.passes.layout import (TokenLayout, choose_tile_shape, make_layout, permute,
                                  permuted_dense, unpermute)
-from maskc.pretty import pretty
+from maskc.ir.pretty import pretty
 
 import strategies as strat
 

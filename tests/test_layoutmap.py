@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import maskc
-from backends import reference
+from maskc.backends import reference
 from maskc.cli import main, tile_states
 from maskc.passes.layout import choose_tile_shape, make_layout, permuted_dense
 from maskc.passes.layoutmap import choose_layout, permuted_block_map

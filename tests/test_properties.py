@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, example, given, settings, target
 from hypothesis import strategies as st
 
 import maskc
-from backends import reference
+from maskc.backends import reference
 from maskc import ir
-from maskc.check import check
-from maskc.parser import parse
-from maskc.pretty import pretty
-from maskc.simplify import simplify
-from maskc.verify import verify
+from maskc.frontend.check import check
+from maskc.frontend.parser import parse
+from maskc.ir.pretty import pretty
+from maskc.ir.simplify import simplify
+from maskc.ir.verify import verify
 from tests.strategies import (Ctx, dense_kwargs, grid_mask_defs, lark_texts,
                               mask_defs, mask_exprs, sizes)
 

@@ -25,7 +25,7 @@ def test_sizes_over_the_limits_are_errors_before_allocating(call):
 
 
 def test_dense_tile_states_are_limited(monkeypatch):
-    monkeypatch.setattr(maskc.sizes, "_limit", 2**20)
+    monkeypatch.setattr(maskc.analysis.sizes, "_limit", 2**20)
     bm = maskc.compile("mask m = causal & window(before = 8, after = 0)").block_map(
         2**20, block_q=128)  # sparse tables: fine
     with pytest.raises(MaskSizeError, match="tile states would hold 67,108,864 elements"):
@@ -148,11 +148,11 @@ def test_random_zero_keeps_no_random_blocks(body):
     # random(0) built in the IR directly: the simplifier would otherwise fold it away
     import dataclasses
 
-    from backends import reference
+    from maskc.backends import reference
     from maskc import ir
-    from maskc.blocktable import build
+    from maskc.analysis.blocktable import build
     from maskc.cli import tile_states
-    from maskc.rewrite import map_children
+    from maskc.ir.rewrite import map_children
 
     def zero(n):
         n = map_children(n, zero)

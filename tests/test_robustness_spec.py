@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import maskc
-from maskc.syntax import MAX_INT, MAX_NESTING
+from maskc.frontend.syntax import MAX_INT, MAX_NESTING
 
 
 def _raises(cls, source, **params) -> maskc.MaskError:

@@ -5,11 +5,11 @@ import pytest
 
 import maskc
 from maskc import ir
-from maskc.check import check
-from maskc.parser import parse
-from maskc.simplify import simplify
-from maskc.verify import verify
-from backends import reference
+from maskc.frontend.check import check
+from maskc.frontend.parser import parse
+from maskc.ir.simplify import simplify
+from maskc.ir.verify import verify
+from maskc.backends import reference
 
 CASES = [
     # (source body, expected simplified body)

@@ -328,7 +328,7 @@ def test_a_new_length_compiles_nothing():
     # with runtime inputs and host-built block tables, all map to one variant per kernel
     code = """if True:
         import json, numpy as np, maskc
-        from maskc.backends.triton_aot import specializations
+        from maskc.backends.triton.aot import specializations
         keys = {}
         for src, inputs in [
                 ("mask m(input doc) = same(doc) & causal & window(before = 100, after = 0)",

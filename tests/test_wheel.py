@@ -125,7 +125,7 @@ def test_wheel_contents(wheel):
 
 def test_import_from_venv(venv, tmp_path):
     expected = int(maskc.compile(LONGFORMER, name="longformer", w=4).dense(16).sum())
-    code = ("import maskc, maskc.backends.reference as r, maskc.parser as p\n"
+    code = ("import maskc, maskc.backends.reference as r, maskc.frontend.parser as p\n"
             "print(maskc.__file__)\n"
             "print(r.__file__)\n"
             "print(p.grammar_path())\n"

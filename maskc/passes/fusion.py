@@ -1,6 +1,6 @@
 """Block fusion: consecutive key tiles become runs; query tiles with identical rows share one.
 
-Requires: a :class:`~maskc.blocktable.BlockMap`. Guarantees: expanding the runs of row
+Requires: a :class:`~maskc.analysis.blocktable.BlockMap`. Guarantees: expanding the runs of row
 ``row_of[b, g, i]`` gives exactly the full and partial key tiles (and, for partial tiles,
 the live-predicate variants) of query tile ``i``; a run never mixes variants.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..blocktable import BlockMap
+from maskc.analysis.blocktable import BlockMap
 
 __all__ = ["Runs", "fuse", "expand"]
 

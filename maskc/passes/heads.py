@@ -1,6 +1,6 @@
 """Head grouping: heads with the same tile structure share one table (networkx components).
 
-Requires: a :class:`~maskc.blocktable.BlockMap` (one table row per head, or one shared).
+Requires: a :class:`~maskc.analysis.blocktable.BlockMap` (one table row per head, or one shared).
 Guarantees: ``structure[h] == structure[h2]`` iff the two heads visit the same full and
 partial tiles; ``predicate[h] == predicate[h2]`` iff, in addition, every partial tile has
 the same live predicate; the returned map stores one table per predicate group, and
@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import networkx as nx
 import numpy as np
 
-from ..blocktable import BlockMap
+from maskc.analysis.blocktable import BlockMap
 
 __all__ = ["HeadGroups", "group_heads"]
 

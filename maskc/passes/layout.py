@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import MaskValueError
+from maskc.errors import MaskValueError
 
 __all__ = ["TokenLayout", "choose_tile_shape", "make_layout", "permute", "unpermute",
            "permuted_dense"]

@@ -1,11 +1,11 @@
 """Block tables of a grid mask under a token layout (:mod:`maskc.passes.layout`).
 
 Requires: a mask over a grid and a :class:`~maskc.passes.layout.TokenLayout` of that grid.
-Guarantees: a :class:`~maskc.blocktable.BlockMap` over *permuted* positions whose tiles are
+Guarantees: a :class:`~maskc.analysis.blocktable.BlockMap` over *permuted* positions whose tiles are
 exactly the tiles of ``permuted_dense(dense, layout)`` (checked in tests). Candidate key
 tiles come from the bounding box of each query tile's neighborhood (for ``neighborhood``
 and ``tile`` masks; every tile otherwise). A bare ``neighborhood`` or ``tile`` mask is
-classified axis by axis on the boxes that make up each tile (:mod:`maskc.gridboxes`; cost:
+classified axis by axis on the boxes that make up each tile (:mod:`maskc.analysis.gridboxes`; cost:
 the candidates times the boxes per tile pair); any other mask by evaluating each candidate
 on its tokens (cost: the candidates times the tile area). Both are exact.
 """
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ir
-from ..blocktable import BlockMap, _csr, _resolve, _stack
-from ..blockmap import Analysis, Rects, uses_head
-from ..gridboxes import (_CHUNK, AXIS_TABLE_LIMIT, _coords, axis_tables, classify_boxes,
+from maskc import ir
+from maskc.analysis.blocktable import BlockMap, _csr, _resolve, _stack
+from maskc.analysis.blockmap import Analysis, Rects, uses_head
+from maskc.ir.grid import coords as _coords
+from maskc.analysis.gridboxes import (_CHUNK, AXIS_TABLE_LIMIT, axis_tables, classify_boxes,
                          layout_boxes, progressions)
-from ..sizes import prepare_inputs
-from .layout import TokenLayout
+from maskc.analysis.sizes import prepare_inputs
+from maskc.passes.layout import TokenLayout
 
 __all__ = ["permuted_block_map", "visited_tiles", "tiled_layout", "choose_layout"]
 
@@ -105,7 +106,7 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
 
 def _classify_layout_tiles(body, layout, block_q, block_k, qt, kt):
     """``(full, empty)`` of the candidate tiles ``(qt, kt)`` of a bare ``neighborhood`` or
-    ``tile`` mask: each layout tile is a union of boxes (:mod:`maskc.gridboxes`)."""
+    ``tile`` mask: each layout tile is a union of boxes (:mod:`maskc.analysis.gridboxes`)."""
     tables = axis_tables(body, tuple(layout.grid_shape))
     q_lo, q_hi = layout_boxes(layout, block_q)
     k_lo, k_hi = layout_boxes(layout, block_k)
@@ -133,7 +134,7 @@ def visited_tiles(bm: BlockMap) -> tuple[int, int]:
 def tiled_layout(mdef: ir.MaskDef, tokens_per_tile: int) -> TokenLayout:
     """The tile-major layout of ``mdef``'s grid, tiles of ``tokens_per_tile`` tokens shaped
     like its neighborhood's kernel (balanced when it has none)."""
-    from .layout import choose_tile_shape, make_layout
+    from maskc.passes.layout import choose_tile_shape, make_layout
     kernel = next((n.kernel for n in ir.walk(mdef.body) if isinstance(n, ir.Neighborhood)), None)
     shape = mdef.grid.shape
     return make_layout(shape, choose_tile_shape(shape, tokens_per_tile, kernel))
@@ -146,7 +147,7 @@ def choose_layout(mdef: ir.MaskDef, block: int, heads: int = 1, evaluate=None, *
     permuted one when ``layout`` is not ``None``; a layout is chosen only when it visits
     strictly fewer tiles (for small kernels on narrow grids, row-major order often wins).
     """
-    from ..blocktable import build
+    from maskc.analysis.blocktable import build
     plain = build(mdef, None, None, heads, block, block, evaluate=evaluate, **inputs)
     layout = tiled_layout(mdef, block)
     permuted = permuted_block_map(mdef, layout, block, heads, evaluate, **inputs)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..blocktable import BlockMap, build
-from ..sizes import resolve_lengths
+from maskc.analysis.blocktable import BlockMap, build
+from maskc.analysis.sizes import resolve_lengths
 
 __all__ = ["SIZES", "cost", "choose_tiles"]
 

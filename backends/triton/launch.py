@@ -1,6 +1,6 @@
 """The Triton backend: generate a FlashAttention-2-style kernel for a mask, cache it, run it.
 
-The generated module (see :mod:`backends.triton_template`) is written to a content-hashed
+The generated module (see :mod:`backends.triton.template`) is written to a content-hashed
 file in the cache directory (``$MASKC_CACHE_DIR`` or ``~/.cache/maskc``) so that Triton's
 ``@jit`` can read its source, and so a user can open it. The kernel is specialized on the
 mask's structure only; lengths, block tables and runtime inputs are arguments.
@@ -22,77 +22,15 @@ import numpy as np
 
 from maskc import ir
 from maskc.errors import MaskError, MaskSizeError
-from maskc.pretty import pretty
-from maskc.sizes import check_batch, resolve_lengths
+from maskc.ir.pretty import pretty
+from maskc.analysis.sizes import check_batch, resolve_lengths
 
-from .triton_render import Renderer
-from .triton_template import BACKWARD, MODULE
+from maskc.backends.triton.cache import load
+from maskc.backends.triton.codegen import blocks_chain, generate
 
-__all__ = ["generate", "cache_dir", "load_module", "forward", "attention", "available",
+__all__ = ["forward", "attention", "available",
            "Launch", "Plan", "KernelConfig", "Tiles", "default_config", "block_alignment",
            "aligned"]
-
-_MODULES: dict[str, object] = {}
-
-
-def generate(mdef: ir.MaskDef) -> tuple[str, list]:
-    """``(source, extra_args)`` of the Triton module for ``mdef``. Byte-stable."""
-    r = Renderer(mdef)
-    expr = r.render()
-    params, varying = "", ""
-    for a in r.args:
-        ints = [f"{a.name}_sb"] if a.kind in ("input", "starts", "lens") else \
-            [f"{a.name}_first", f"{a.name}_rows", f"{a.name}_cols"]
-        params += f", {a.name}, " + ", ".join(ints)
-        varying += "".join(f', "{n}"' for n in ints)
-    body = "\n".join(f"    {line}" for line in r.lines) or "    pass"
-    name = mdef.name
-    spec = pretty(mdef).strip().replace("\n", "\n#   ")
-    args = "".join(f", {p}" for p in params.split(", ")[1:]) if params else ""
-    src = (MODULE + BACKWARD).format(name=name, spec=spec, params=params, args=args, body=body,
-                                     varying=varying,
-                                     expr=expr, spec_src=pretty(mdef).strip())
-    return src, r.args
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MASKC_CACHE_DIR") or Path.home() / ".cache" / "maskc")
-
-
-def write_source(src: str, name: str) -> Path:
-    """Write ``src`` to its content-hashed file (atomically: safe for concurrent writers)."""
-    digest = hashlib.sha256(src.encode()).hexdigest()[:16]
-    folder = cache_dir()
-    path = folder / f"maskc_{name}_{digest}.py"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(src)
-            os.replace(tmp, path)
-    except OSError as err:
-        raise MaskError(f"cannot write the generated kernel to {folder} ({err.strerror or err}); "
-                        "set MASKC_CACHE_DIR to a writable directory") from None
-    return path
-
-
-def load_module(mdef: ir.MaskDef):
-    """The imported generated module for ``mdef`` (imported once per process)."""
-    return _load(generate(mdef)[0], mdef.name)
-
-
-def _load(src: str, name: str):
-    path = write_source(src, name)
-    key = str(path)
-    if key not in _MODULES:
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
-        _MODULES[key] = module
-    return _MODULES[key]
-
 
 def available(device) -> bool:
     """Whether Triton can run on ``device`` here (a CUDA device, or the interpreter)."""
@@ -100,29 +38,14 @@ def available(device) -> bool:
         os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _blocks_chain(mdef):
-    """For each Random/Layout node: the product of the block sizes above it, and whether it
-    sits inside ``within`` (positions relative to a segment start, so never before 0)."""
-    out = {}
-
-    def go(n, size, in_within):
-        if isinstance(n, (ir.Random, ir.Layout)):
-            out[id(n)] = (size, in_within)
-        for c in ir.children(n):
-            go(c, size * n.size if isinstance(n, ir.Blocks) else size,
-               in_within or isinstance(n, ir.Within))
-    go(mdef.body, 1, False)
-    return out
-
-
 def _extra_tensors(mdef, extras, q_len, kv_len, xs, device):
     """Kernel arguments for runtime data, in the order of the generated signature."""
     import torch
 
-    from maskc.rng import random_table
+    from maskc.analysis.rng import random_table
 
-    from .reference import _runs
-    chain = _blocks_chain(mdef)
+    from maskc.backends.reference import _runs
+    chain = blocks_chain(mdef)
     args = []
     for a in extras:
         if a.kind in ("input", "starts", "lens"):
@@ -295,7 +218,7 @@ class Plan:
     a training loop that repeats a shape builds its tables once."""
 
     def __init__(self, mdef, Lq, Lk, Hq, device, inputs):
-        from maskc.sizes import prepare_inputs
+        from maskc.analysis.sizes import prepare_inputs
         self.mdef, self.Lq, self.Lk, self.Hq, self.device = mdef, Lq, Lk, Hq, device
         # NOTE: copies (prepare_inputs makes new arrays): tables built later, for the
         # backward, must see the inputs of the forward even if the caller reuses its buffer.
@@ -304,7 +227,7 @@ class Plan:
         # NOTE: the runtime arguments refer to this mask's IR nodes, so they come from this
         # generation, never from the cached module (equal masks share one module).
         src, extras = generate(mdef)
-        self.module = _load(src, mdef.name)
+        self.module = load(src, mdef.name)
         self.extra = _extra_tensors(mdef, extras, Lq, Lk, self.inputs, device)
         self._tables: dict = {}
         self.layout = None     # a TokenLayout once chosen (grid masks only)
@@ -333,9 +256,9 @@ class Plan:
 
     def _row_major_visits(self, tiles: "Tiles") -> float:
         """Tiles row-major order would visit, estimated on a sample of query tiles."""
-        from maskc.blocktable import build
+        from maskc.analysis.blocktable import build
 
-        from . import reference
+        from maskc.backends import reference
         nq = -(-self.Lq // tiles.block_q)
         sample = np.unique(np.linspace(0, nq - 1, min(nq, 64)).astype(np.int64))
         bm = build(self.mdef, None, None, self.Hq, tiles.block_q, tiles.block_k,
@@ -347,9 +270,9 @@ class Plan:
         return torch.as_tensor(np.ascontiguousarray(a, dtype=np.int32), device=self.device)
 
     def block_map(self, block_q: int, block_k: int):
-        from maskc.blocktable import build
+        from maskc.analysis.blocktable import build
 
-        from . import reference
+        from maskc.backends import reference
         key = ("map", block_q, block_k, self.layout)
         if key not in self._tables:
             grid = self.mdef.grid

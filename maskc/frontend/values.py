@@ -10,7 +10,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-from . import ir
+from maskc import ir
 
 __all__ = ["ListV", "RangeV", "TupleV", "InputV", "Value", "from_python", "kind", "describe",
            "compatible", "to_python", "what", "a_kind"]

@@ -1,6 +1,6 @@
 """The block IR: per head group and query tile, the key tiles to visit, full and partial.
 
-:func:`build` runs block analysis (:mod:`maskc.blockmap`) for one size and returns a
+:func:`build` runs block analysis (:mod:`maskc.analysis.blockmap`) for one size and returns a
 :class:`BlockMap`, the table every backend lowers from: FlexAttention-style
 ``kv_num_blocks``/``kv_indices`` for partial tiles and ``full_*`` for full tiles, plus, per
 partial tile, the index of its *live predicate* (the mask reduced to the terms that can
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import ir
-from .blockmap import E, F, P, R, U, Analysis, Rects, classify, support, uses_head
-from .sizes import (check_elements, check_heads, check_tiles, prepare_inputs,
+from maskc import ir
+from maskc.analysis.blockmap import E, F, P, R, U, Analysis, Rects, classify, support, uses_head
+from maskc.analysis.sizes import (check_elements, check_heads, check_tiles, prepare_inputs,
                     resolve_lengths)
 
 __all__ = ["BlockMap", "build", "live_predicate"]

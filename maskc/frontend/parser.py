@@ -1,4 +1,4 @@
-"""Parse `.mask` text into surface syntax (:mod:`maskc.syntax`).
+"""Parse `.mask` text into surface syntax (:mod:`maskc.frontend.syntax`).
 
 The grammar lives in ``grammar/mask.lark`` and is loaded once. A Lark ``Transformer``
 builds syntax nodes with spans directly; no ``lark.Tree`` leaves this module, and every
@@ -13,15 +13,15 @@ from pathlib import Path
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from . import syntax as S
-from .errors import MaskError, MaskSyntaxError, MaskValueError, Source, Span
+from maskc.frontend import syntax as S
+from maskc.errors import MaskError, MaskSyntaxError, MaskValueError, Source, Span
 
 __all__ = ["grammar_path", "lark_parser", "parse", "parse_expr"]
 
 
 def grammar_path() -> Path:
     """Where ``mask.lark`` is: inside the package when installed, beside it in a checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the maskc package
     for candidate in (here / "grammar" / "mask.lark", here.parent / "grammar" / "mask.lark"):
         if candidate.is_file():
             return candidate
@@ -81,10 +81,10 @@ def _int(src: Source, tok: Token) -> int:
 
 
 class _ToSyntax(Transformer_NonRecursive):
-    """Lark tree -> :mod:`maskc.syntax` nodes, each with its span.
+    """Lark tree -> :mod:`maskc.frontend.syntax` nodes, each with its span.
 
     NOTE: the non-recursive transformer builds trees of any depth without Python's recursion
-    limit; :func:`maskc.syntax.too_deep` then rejects what is nested past ``MAX_NESTING``.
+    limit; :func:`maskc.frontend.syntax.too_deep` then rejects what is nested past ``MAX_NESTING``.
     """
 
     def __init__(self, src: Source):
@@ -278,7 +278,7 @@ def _run(src: Source, start: str):
 
 
 def parse(text: str, filename: str = "<string>") -> S.Module:
-    """Parse a whole `.mask` file into a :class:`~maskc.syntax.Module`."""
+    """Parse a whole `.mask` file into a :class:`~maskc.frontend.syntax.Module`."""
     return _run(Source(text, filename), "start")
 
 

@@ -106,7 +106,7 @@ def record_calls(mask, dtype: str = "bfloat16", head_dim: int = 128, q_len: int 
 
     from maskc.testing import runtime_inputs
 
-    from . import triton as tb
+    from maskc.backends import triton as tb
 
     tdtype = getattr(torch, dtype)
     if mask.grid is not None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import ir
-from .errors import MaskError
+from maskc import ir
+from maskc.errors import MaskError
 
 __all__ = ["verify", "IRInvariantError"]
 

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from . import ir
-from .errors import MaskInputError, MaskSizeError
+from maskc import ir
+from maskc.errors import MaskInputError, MaskSizeError
 
 __all__ = ["dense_limit", "set_dense_limit", "prepare_inputs", "resolve_lengths", "check_size",
            "check_heads", "check_tiles", "check_elements", "check_batch", "document_ids",

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import ir
-from . import syntax as S
-from .errors import MaskTypeError, MaskValueError
-from .values import InputV, ListV, TupleV, describe, kind
+from maskc import ir
+from maskc.frontend import syntax as S
+from maskc.errors import MaskTypeError, MaskValueError
+from maskc.frontend.values import InputV, ListV, TupleV, describe, kind
 
 __all__ = ["BUILTINS", "bind"]
 

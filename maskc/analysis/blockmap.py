@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import ir
-from .errors import MaskValueError
-from .intervals import cond_range
-from .rng import random_choice
+from maskc import ir
+from maskc.errors import MaskValueError
+from maskc.analysis.intervals import cond_range
+from maskc.analysis.rng import random_choice
 
 __all__ = ["E", "P", "F", "U", "R", "Rects", "Analysis", "classify", "support", "uses_head"]
 
@@ -321,7 +321,7 @@ def _not(n: ir.Not, r, an, path):
     return not_states(classify(n.body, r, an, path + (0,)))
 
 
-from .gridboxes import classify_grid, grid_support  # noqa: E402  (uses the helpers above)
+from maskc.analysis.gridboxes import classify_grid, grid_support  # noqa: E402  (uses the helpers above)
 
 CLASSIFIERS = {
     ir.Const: lambda n, r, an, path: np.int8(F if n.keep else E),

@@ -7,10 +7,10 @@ intermediate value proves the arithmetic fits in 64-bit integers (what backends 
 
 from __future__ import annotations
 
-from . import ir
-from . import syntax as S
-from .errors import MaskNameError, MaskTypeError, MaskValueError
-from .values import a_kind, describe
+from maskc import ir
+from maskc.frontend import syntax as S
+from maskc.errors import MaskNameError, MaskTypeError, MaskValueError
+from maskc.frontend.values import a_kind, describe
 
 __all__ = ["lower_where", "bound", "POS_BOUND", "I64_BOUND"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import ir
-from .rewrite import rewrite
+from maskc import ir
+from maskc.ir.rewrite import rewrite
 
 __all__ = ["simplify", "RULES"]
 

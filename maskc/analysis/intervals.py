@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ir
+from maskc import ir
 
 __all__ = ["int_range", "cond_range", "coord_range"]
 

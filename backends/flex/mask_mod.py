@@ -1,6 +1,6 @@
 """The FlexAttention backend: the IR as a ``mask_mod``, block masks from the block IR, attention.
 
-Part 1 lowers a :class:`maskc.ir.MaskDef` to a FlexAttention ``mask_mod``
+This module lowers a :class:`maskc.ir.MaskDef` to a FlexAttention ``mask_mod``
 through the dispatch table :data:`LOWERINGS`, keyed like ``backends.reference.LOWERINGS``.
 Lowering happens in two stages so the returned function is safe under ``torch.vmap`` and
 ``torch.compile``:
@@ -28,17 +28,14 @@ import torch
 
 from maskc import ir
 from maskc.errors import MaskError, MaskInputError, MaskValueError
-from maskc.rng import random_table
-from maskc.sizes import check_batch, check_elements, prepare_inputs, resolve_lengths
+from maskc.analysis.rng import random_table
+from maskc.ir.grid import coords, na_axis as _na_axis
+from maskc.analysis.sizes import check_batch, check_elements, prepare_inputs, resolve_lengths
 
-from . import reference
-from .reference import coords
+from maskc.backends import reference
 
-__all__ = ["make_mask_mod", "torch_inputs", "to_block_mask", "attention",
-           "flex_attention_fn", "LOWERINGS", "PRED_LOWERINGS"]
+__all__ = ["make_mask_mod", "torch_inputs", "LOWERINGS", "PRED_LOWERINGS"]
 
-
-# ================================================================ part 1: mask_mod lowering
 
 @dataclass(frozen=True)
 class _Static:
@@ -251,7 +248,7 @@ def _layout(n: ir.Layout, st: _Static) -> MaskFn:
 
 def na_axis(qi, ki, n: int, K: int, d: int, s: int, causal: bool):
     """NATTEN's generalized neighborhood rule on one axis, on tensors (the reference's rule)."""
-    return reference.na_axis(qi, ki, n, K, d, s, causal, torch.minimum,
+    return _na_axis(qi, ki, n, K, d, s, causal, torch.minimum,
                              lambda x, lo: torch.clamp(x, min=lo))
 
 
@@ -475,83 +472,3 @@ def make_mask_mod(mdef: ir.MaskDef, q_len: int, kv_len: int, heads: int,
 
     mask_mod.__name__ = f"maskc_{mdef.name}"
     return mask_mod
-
-
-# ================================================================ part 2: block masks and the backend
-
-def to_block_mask(bm, mask_mod, device=None):
-    """A FlexAttention ``BlockMask`` holding ``bm``'s tiles, row by row.
-
-    FlexAttention counts the padding of a tail tile as masked, so a tail tile is never
-    full there: such tiles are moved to the partial list, exactly as ``create_block_mask``
-    would classify them. A head-independent table keeps one head row (FlexAttention's
-    ``H=None``).
-    """
-    import torch
-    from torch.nn.attention.flex_attention import BlockMask
-
-    B, G, nq = bm.kv_num_blocks.shape
-    nk = bm.n_k_tiles
-    rows = bm.head_group if G > 1 or bm.heads == 1 else np.zeros(1, dtype=np.int32)
-    H = len(rows)
-    check_elements(2 * B * H * nq * nk, "FlexAttention's block mask (two B x H x q-tiles x "
-                   "k-tiles index tables)")
-    tail_q = bm.q_len % bm.block_q != 0
-    tail_k = bm.kv_len % bm.block_k != 0
-    kv_num = np.zeros((B, H, nq), np.int32)
-    full_num = np.zeros((B, H, nq), np.int32)
-    kv_idx = np.zeros((B, H, nq, nk), np.int32)
-    full_idx = np.zeros((B, H, nq, nk), np.int32)
-    for b in range(B):
-        for h, g in enumerate(rows):
-            for i in range(nq):
-                part = bm.kv_indices[b, g, i, :bm.kv_num_blocks[b, g, i]]
-                full = bm.full_kv_indices[b, g, i, :bm.full_kv_num_blocks[b, g, i]]
-                demote = np.ones(len(full), bool) if (tail_q and i == nq - 1) else \
-                    (full == nk - 1) if tail_k else np.zeros(len(full), bool)
-                part = np.sort(np.concatenate([part, full[demote]]))
-                full = full[~demote]
-                kv_num[b, h, i], full_num[b, h, i] = len(part), len(full)
-                kv_idx[b, h, i, :len(part)] = part
-                full_idx[b, h, i, :len(full)] = full
-    t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    return BlockMask.from_kv_blocks(t(kv_num), t(kv_idx), t(full_num), t(full_idx),
-                                    BLOCK_SIZE=(bm.block_q, bm.block_k), mask_mod=mask_mod,
-                                    seq_lengths=(bm.q_len, bm.kv_len))
-
-
-_COMPILED = {}
-
-
-def flex_attention_fn(compiled: bool = True):
-    """``flex_attention``, through ``torch.compile`` when it works here (CPU included)."""
-    from torch.nn.attention.flex_attention import flex_attention
-    if not compiled:
-        return flex_attention
-    if "fn" not in _COMPILED:
-        import torch
-        # NOTE: dynamic=None: the first shape compiles static, a second one compiles a kernel
-        # for any length. dynamic=False recompiled per length until dynamo's recompile limit
-        # (8), then silently ran the unfused O(N^2) path.
-        _COMPILED["fn"] = torch.compile(flex_attention, dynamic=None)
-    return _COMPILED["fn"]
-
-
-def attention(mask, q, k, v, scale=None, return_lse=False, block_size=128, compiled=True,
-              **inputs):
-    """Run ``flex_attention`` with ``mask``'s block mask and generated ``mask_mod``."""
-    bm_mask = mask.flex_block_mask(q.shape[2], k.shape[2], q.shape[1], block_size,
-                                   device=q.device, **inputs)
-    check_batch(mask.ir, bm_mask.kv_num_blocks.shape[0], q.shape[0])  # inputs' batch
-    fn = flex_attention_fn(compiled)
-    gqa = q.shape[1] != k.shape[1]
-    try:
-        return fn(q, k, v, block_mask=bm_mask, scale=scale, enable_gqa=gqa,
-                  return_lse=return_lse)
-    except Exception as err:  # torch wraps it (InternalTorchDynamoError)
-        if not (isinstance(err, RecursionError) or isinstance(err.__cause__, RecursionError)
-                or "RecursionError" in str(err).split("\n", 1)[0]):
-            raise
-        raise MaskError("the mask nests too deeply for FlexAttention, whose torch.compile "
-                        "tracer recurses once per level (even with flex-eager); use "
-                        "backend='triton' or 'reference'", mask.ir.span) from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Iterator
 
-from .errors import Span
+from maskc.errors import Span
 
 __all__ = [
     "Node", "IntSet", "Const", "Causal", "Window", "Global", "Sink", "Prefix", "Chunk",

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import ir
-from . import syntax as S
-from .errors import (MaskError, MaskNameError, MaskParamError, MaskSizeError, MaskTypeError,
+from maskc import ir
+from maskc.frontend import syntax as S
+from maskc.errors import (MaskError, MaskNameError, MaskParamError, MaskSizeError, MaskTypeError,
                      MaskValueError, Span)
-from .values import (InputV, ListV, RangeV, TupleV, Value, a_kind, compatible, describe,
+from maskc.frontend.values import (InputV, ListV, RangeV, TupleV, Value, a_kind, compatible, describe,
                      from_python, kind)
-from .values import what as what_
-from .primitives import BUILTINS
+from maskc.frontend.values import what as what_
+from maskc.frontend.primitives import BUILTINS
 
 __all__ = ["check", "mask_names", "Ctx", "Checker", "MAX_INT", "RESERVED", "ir_too_deep"]
 
 # The largest integer a spec may hold (a size, a position, a grid's token count): lengths
-# stay below 2**31 everywhere (maskc.sizes).
+# stay below 2**31 everywhere (maskc.analysis.sizes).
 MAX_INT = S.MAX_INT
 # NOTE: expansion is bounded so a file of doubling macros cannot build an exponential tree.
 MAX_EXPANSIONS = 20_000
@@ -281,7 +281,7 @@ class Checker:
         return ir.Heads(tuple(arms), span=syn.span)
 
     def _eval_WhereLit(self, syn: S.WhereLit, env, ctx):
-        from .predicates import lower_where
+        from maskc.frontend.predicates import lower_where
         return lower_where(self, syn, env, ctx)
 
     def positions(self, v: Value, span, what: str) -> ir.IntSet:
@@ -304,8 +304,8 @@ _LEAF_LEVELS = {ir.Window: 1, ir.Global: 2, ir.Sink: 1, ir.Prefix: 1, ir.Chunk: 
 def ir_too_deep(body: ir.Node, limit: int = S.MAX_NESTING) -> ir.Node | None:
     """The first node (pre-order) of ``body`` nested past ``limit``, or ``None``.
 
-    Levels are counted as in the source that :func:`maskc.pretty.pretty` prints for the IR
-    (and :func:`maskc.syntax.too_deep` counts), so what passes here prints, parses back and
+    Levels are counted as in the source that :func:`maskc.ir.pretty.pretty` prints for the IR
+    (and :func:`maskc.frontend.syntax.too_deep` counts), so what passes here prints, parses back and
     passes there: an ``n``-term ``&``/``|`` prints as ``n - 1`` nested operators, and a leaf
     adds the levels of its arguments. Iterative, so any depth is safe.
     """

@@ -1,14 +1,14 @@
 """Surface syntax: what the parser builds, before names and types are resolved.
 
 Masks and integers share one expression tree (the grammar cannot tell them apart); the
-checker (:mod:`maskc.check`) decides types and lowers to the typed IR in :mod:`maskc.ir`.
+checker (:mod:`maskc.frontend.check`) decides types and lowers to the typed IR in :mod:`maskc.ir`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import Span
+from maskc.errors import Span
 
 __all__ = [
     "Syn", "Int", "Bool", "Name", "Call", "Arg", "BinOp", "Unary", "TupleLit", "ListLit",

@@ -21,21 +21,14 @@ import functools
 
 import numpy as np
 
-from . import ir
+from maskc import ir
+from maskc.ir.grid import coords as _coords, na_axis
 
 __all__ = ["progressions", "classify_grid", "grid_support", "range_boxes", "AxisTables",
            "classify_boxes", "layout_boxes", "axis_tables", "AXIS_TABLE_LIMIT"]
 
 _CHUNK = 1 << 20  # (tile, query) pairs evaluated at once
 AXIS_TABLE_LIMIT = 2048  # longest axis given a prefix-count table ((n + 1)² int32)
-
-
-def _coords(flat, shape):
-    out, stride = [], 1
-    for size in reversed(shape):
-        out.append((flat // stride) % size)
-        stride *= size
-    return out[::-1]
 
 
 def progressions(node: ir.Node, q, shape: tuple[int, ...]):
@@ -90,7 +83,7 @@ def _rows(p_lo, p_hi):
 
 
 def classify_grid(node, r, an, path):
-    from .blockmap import _states
+    from maskc.analysis.blockmap import _states
     shape = an.grid.shape
     if max(shape) > AXIS_TABLE_LIMIT:
         return _states(*_count_queries(node, r, shape, an.grid.numel))
@@ -141,7 +134,6 @@ class AxisTables:
     ``tile``): ``C[q, k]`` = kept pairs with query coordinate ``< q`` and key ``< k``."""
 
     def __init__(self, node, shape):
-        from .backends.reference import na_axis
         self.tables, self.widths = [], []
         for i, n in enumerate(shape):
             c = np.arange(n)

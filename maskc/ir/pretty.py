@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import ir
+from maskc import ir
 
 __all__ = ["pretty", "pretty_mask", "pretty_pred"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Callable, Sequence
 
-from . import ir
+from maskc import ir
 
 __all__ = ["Rule", "rewrite", "map_children"]
 

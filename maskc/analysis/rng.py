@@ -43,7 +43,7 @@ def random_choice(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int
 
     Memory stays proportional to the answer: scores are computed a slice of rows at a time.
     """
-    from .sizes import check_elements
+    from maskc.analysis.sizes import check_elements
     query_blocks = np.asarray(query_blocks)
     check_elements(len(query_blocks) * r, f"random({r})'s choice for {len(query_blocks):,} "
                    "query blocks", span)
@@ -61,7 +61,7 @@ def random_table(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int,
 
     A table over :func:`maskc.dense_limit` cells is a :class:`~maskc.MaskSizeError` located
     at ``span``."""
-    from .sizes import check_elements
+    from maskc.analysis.sizes import check_elements
     query_blocks = np.asarray(query_blocks)
     check_elements(len(query_blocks) * n_key_blocks, f"random()'s table of "
                    f"{len(query_blocks):,} x {n_key_blocks:,} blocks (use larger blocks)", span)
