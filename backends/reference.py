@@ -20,8 +20,8 @@ from maskc.analysis.rng import random_table
 from maskc.analysis.sizes import (check_heads, check_size, dense_limit, prepare_inputs, resolve_lengths,
                          set_dense_limit)
 
-__all__ = ["dense", "attention", "evaluate", "prepare_inputs", "dense_limit", "set_dense_limit",
-           "LOWERINGS"]
+__all__ = ["dense", "attention", "run", "dense_from_plan", "evaluate", "prepare_inputs",
+           "dense_limit", "set_dense_limit", "LOWERINGS"]
 
 @dataclass(frozen=True)
 class _Env:
@@ -174,11 +174,8 @@ def _where(n: ir.Where, env):
     return np.asarray(_pred(n.pred, env), dtype=bool)
 
 
-_BIN = {
-    "+": np.add, "-": np.subtract, "*": np.multiply, "//": np.floor_divide, "%": np.mod,
-    "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
-    "==": np.equal, "!=": np.not_equal, "and": np.logical_and, "or": np.logical_or,
-}
+# every operator, unary and binary, as its NumPy ufunc (Python's integer semantics)
+_OPS = {op: getattr(np, op.numpy) for op in ir.Op}
 
 
 def _pred(p: ir.Pred, env):
@@ -191,9 +188,9 @@ def _pred(p: ir.Pred, env):
         return coords(env.K if p.of == "k" else env.P, env.grid.shape)[p.axis]
     if isinstance(p, ir.PUn):
         x = _pred(p.operand, env)
-        return np.negative(x) if p.op == "-" else np.logical_not(x)
+        return _OPS[p.op](x)
     if isinstance(p, ir.PBin):
-        return _BIN[p.op](_pred(p.left, env), _pred(p.right, env))
+        return _OPS[p.op](_pred(p.left, env), _pred(p.right, env))
     if isinstance(p, ir.PCall):
         args = [_pred(a, env) for a in p.args]
         if p.func == "abs":
@@ -288,3 +285,50 @@ def evaluate(node: ir.Node, P, Q, K, Hh, Lq: int, Lk: int, inputs: dict, grid) -
     """Evaluate ``node`` on explicit 4-D index arrays (e.g. a few tiles, for block analysis)."""
     return _eval(node, _Env(P=P, Q=Q, K=K, Hh=Hh, Lq=Lq, Lk=Lk, Lk_outer=Lk, inputs=inputs,
                             grid=grid))
+
+
+def run(plan, q, k, v, scale=None, return_lse: bool = False):
+    """Reference attention with a plan's mask: its bound sizes, heads and runtime inputs."""
+    b = plan.bound
+    mask = dense(b.mdef, b.q_len, b.kv_len, b.heads, **b.inputs)  # (B, H, Lq, Lk): inputs are 2-D
+    return attention(mask, q, k, v, scale, return_lse)
+
+
+def dense_from_plan(plan, kernel: str = "fwd") -> np.ndarray:
+    """The mask ``(B, heads, q_len, kv_len)`` that a plan's ``kernel`` tables describe.
+
+    Each head reads its group's table row; a full tile keeps every pair, a partial tile is
+    evaluated pair by pair, any other tile keeps nothing; positions go back from the plan's
+    token layout to row-major order. Equal to :func:`dense` when the plan is right (the
+    property tests' check that tables, grouping and layout lose nothing).
+    """
+    bm, b = plan.block_map(kernel), plan.bound
+    check_size(b.mdef, (b.batch, b.heads, b.q_len, b.kv_len))
+    bq, bk = bm.block_q, bm.block_k
+    Lq, Lk = b.q_len, b.kv_len
+    layout = plan.layout
+    perm = layout.perm if layout is not None else np.arange(Lq)
+    kperm = layout.perm if layout is not None else np.arange(Lk)
+    out = np.zeros((b.batch, b.heads, Lq, Lk), dtype=bool)
+    for bi in range(b.batch):
+        tb = min(bi, bm.kv_num_blocks.shape[0] - 1)
+        xs = {name: x[min(bi, x.shape[0] - 1)][None, :] for name, x in b.inputs.items()}
+        for h in range(b.heads):
+            g = bm.head_group[h]
+            for i in range(bm.n_q_tiles):
+                rows = np.arange(i * bq, min((i + 1) * bq, Lq))
+                for full, num, idx in ((True, bm.full_kv_num_blocks, bm.full_kv_indices),
+                                       (False, bm.kv_num_blocks, bm.kv_indices)):
+                    for j in idx[tb, g, i, :num[tb, g, i]]:
+                        cols = np.arange(j * bk, min((j + 1) * bk, Lk))
+                        qt, kt = perm[rows], kperm[cols]  # row-major tokens of this tile
+                        if full:
+                            keep = True
+                        else:
+                            Q = qt.reshape(1, 1, -1, 1)
+                            keep = evaluate(b.mdef.body, P=Q + (Lk - Lq), Q=Q,
+                                            K=kt.reshape(1, 1, 1, -1),
+                                            Hh=np.full((1, 1, 1, 1), h), Lq=Lq, Lk=Lk,
+                                            inputs=xs, grid=b.mdef.grid)[0, 0]
+                        out[bi, h, qt[:, None], kt[None, :]] = keep
+    return out

@@ -7,10 +7,11 @@ attention with it. See README.md and LANGUAGE.md for the language.
 
 from maskc.api import Mask, compile, set_dense_limit, dense_limit
 from maskc.analysis.sizes import document_ids
+from maskc.passes.tiles import KernelConfig, Tiles
 from maskc.errors import (MaskError, MaskInputError, MaskNameError, MaskParamError,
                      MaskSizeError, MaskSyntaxError, MaskTypeError, MaskValueError)
 
 __all__ = ["compile", "Mask", "MaskError", "MaskSyntaxError", "MaskNameError", "MaskTypeError",
            "MaskValueError", "MaskParamError", "MaskInputError", "MaskSizeError",
-           "set_dense_limit", "dense_limit", "document_ids"]
+           "set_dense_limit", "dense_limit", "document_ids", "KernelConfig", "Tiles"]
 __version__ = "0.1.0"

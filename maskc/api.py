@@ -10,6 +10,8 @@ import builtins
 import math
 import numbers
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from maskc import ir
@@ -21,7 +23,9 @@ from maskc.ir.pretty import pretty
 from maskc.ir.simplify import simplify
 from maskc.ir.verify import verify
 
-__all__ = ["compile", "Mask", "read_source", "set_dense_limit", "dense_limit"]
+__all__ = ["compile", "Mask", "read_source", "set_dense_limit", "dense_limit", "PLANS_PER_MASK"]
+
+PLANS_PER_MASK = 8
 
 
 def read_source(source) -> tuple[str, str]:
@@ -70,6 +74,8 @@ class Mask:
         self.ir = ir_
         self.source = source
         self.params = dict(params)
+        self._plans: OrderedDict = OrderedDict()  # the plans of the last few sizes and inputs
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -116,6 +122,38 @@ class Mask:
         return build(self.ir, q_len, kv_len, heads, block_q, block_k,
                      evaluate=reference.evaluate, **inputs)
 
+    def plan(self, q_len: int | None = None, kv_len: int | None = None, heads: int = 1,
+             kv_heads: int | None = None, target: str = "triton", **options):
+        """The back half for one size and target: a :class:`maskc.pipeline.KernelPlan`.
+
+        The plan is what a backend runs: ``.groups`` (query heads that share one block
+        table), ``.tiles`` (per kernel), ``.layout`` (the token order of a grid mask, or
+        ``None``); ``str(plan)`` is what ``maskc show FILE --target T`` prints. ``target`` is
+        ``"triton"`` (options ``device``, default ``"cuda"``; ``dtype``, default
+        ``"bfloat16"``; ``head_dim``, default 128; ``config``, a :class:`maskc.KernelConfig`),
+        ``"flex"`` (``block_size``, default 128; ``device``) or ``"reference"``. Runtime
+        inputs are passed by name, as to :meth:`dense`. Plans are cached per size, options and
+        input content (a few per mask), so a training loop that repeats a shape plans once.
+        """
+        from maskc import pipeline
+        from maskc.backends import reference
+        from maskc.passes.bind import digest
+        inputs = {k: options.pop(k) for k in list(options) if k in self.ir.inputs}
+        opts = pipeline.normalize_options(target, options)
+        key = (q_len, kv_len, heads, kv_heads, target, tuple(sorted(opts.items())),
+               digest(inputs))
+        with self._lock:
+            if key in self._plans:
+                self._plans.move_to_end(key)
+                return self._plans[key]
+        p = pipeline.plan(self.ir, q_len, kv_len, heads, kv_heads, target,
+                          evaluate=reference.evaluate, inputs=inputs, **opts)
+        with self._lock:
+            self._plans[key] = p
+            while len(self._plans) > PLANS_PER_MASK:
+                self._plans.popitem(last=False)
+        return p
+
     def kernel_source(self) -> str:
         """The generated Triton module for this mask (what ``backend="triton"`` runs)."""
         from maskc.backends import triton
@@ -145,13 +183,13 @@ class Mask:
         predicate. ``block_size`` is an int or ``(block_q, block_k)``. A head-independent mask
         has one head row, like ``create_block_mask(..., H=None)``.
         """
-        from maskc.backends import flex, reference
-        from maskc.analysis.blocktable import build
-        bq, bk = _block_pair(self.ir, block_size)
-        q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
-        bm = build(self.ir, q_len, kv_len, heads, bq, bk, evaluate=reference.evaluate, **inputs)
-        mod = self.mask_mod(q_len, kv_len, heads, device, **inputs)
-        return flex.to_block_mask(bm, mod, device)
+        from maskc.backends import flex
+        if device is None:  # the inputs' device, else the CPU
+            device = next((x.device for x in inputs.values() if hasattr(x, "device")), "cpu")
+        flex.check_device(device)
+        plan = self.plan(q_len, kv_len, heads, target="flex", block_size=block_size,
+                         device=device, **inputs)
+        return flex.block_mask(plan)
 
     def attention(self, q, k, v, scale: float | None = None, backend: str = "auto",
                   return_lse: bool = False, config=None, **inputs):
@@ -191,6 +229,12 @@ class Mask:
             raise MaskError(f"FlexAttention on the CPU does not support {what}; use "
                             "backend='reference' (or 'triton' with TRITON_INTERPRET=1), or "
                             + ("'flex-eager'" if not grad else "a GPU"))
+        B, Hq, Lq, _ = q.shape
+        Hkv, Lk = k.shape[1], k.shape[2]
+        if self.grid is not None and (Lq, Lk) != (self.ir.grid.numel,) * 2:
+            raise MaskSizeError(f"mask '{self.name}' is over a grid of {self.ir.grid.numel} "
+                                f"tokens, but q/k have {Lq}/{Lk}", self._span())
+        lengths = (None, None) if self.grid is not None else (Lq, Lk)
         if backend == "triton":
             from maskc.backends import triton
             return triton.attention(self, q, k, v, scale=scale, return_lse=return_lse,
@@ -199,19 +243,15 @@ class Mask:
             raise MaskError(f"config= applies to the Triton backend, not {backend!r}")
         if backend in ("flex", "flex-eager"):
             from maskc.backends import flex
-            return flex.attention(self, q, k, v, scale=scale, return_lse=return_lse,
-                                  compiled=backend != "flex-eager", **inputs)
+            plan = self.plan(*lengths, Hq, Hkv, target="flex", device=q.device, **inputs)
+            sizes.check_batch(self.ir, plan.batch, B)
+            return flex.attention(plan, q, k, v, scale=scale, return_lse=return_lse,
+                                  compiled=backend != "flex-eager")
         from maskc.backends import reference
-        B, Hq, Lq, _ = q.shape
-        sizes.check_size(self.ir, (B, Hq, Lq, k.shape[2]), "reference score matrix")
-        mask = self.dense(None if self.grid else Lq, None if self.grid else k.shape[2],
-                          Hq, **inputs)
-        if self.grid is not None and (Lq, k.shape[2]) != (mask.shape[-2], mask.shape[-1]):
-            raise MaskSizeError(f"mask '{self.name}' is over a grid of {mask.shape[-1]} tokens, "
-                                f"but q/k have {Lq}/{k.shape[2]}", self._span())
-        if mask.ndim == 4:
-            sizes.check_batch(self.ir, mask.shape[0], B)
-        return reference.attention(mask, q, k, v, scale, return_lse)
+        sizes.check_size(self.ir, (B, Hq, Lq, Lk), "reference score matrix")
+        plan = self.plan(*lengths, Hq, Hkv, target="reference", **inputs)
+        sizes.check_batch(self.ir, plan.batch, B)
+        return reference.run(plan, q, k, v, scale, return_lse)
 
     def _span(self) -> Span | None:
         return self.ir.span
@@ -241,13 +281,3 @@ class Mask:
         if Hkv == 0 or Hq % Hkv:
             raise MaskSizeError(f"query heads ({Hq}) must be a multiple of key/value heads "
                                 f"({Hkv})", self._span())
-
-
-def _block_pair(mdef: ir.MaskDef, block_size) -> tuple[int, int]:
-    """``block_size`` (an int or a pair of ints) as ``(block_q, block_k)``."""
-    pair = (block_size, block_size) if not isinstance(block_size, (tuple, list)) else \
-        tuple(block_size)
-    if builtins.len(pair) != 2:
-        raise MaskSizeError(f"block_size must be an int or (block_q, block_k), got "
-                            f"{block_size!r}", mdef.span)
-    return pair

@@ -170,6 +170,13 @@ def cmd_show(args) -> int:
             lens = [Lk // n + (1 if i < Lk % n else 0) for i in range(n)]
             inputs[name] = segments(",".join(str(x) for x in lens if x), Lk, name)
             notes.append(f"{name}: {n} equal segments (pass -i {name}=LEN,LEN,... to choose)")
+    plan_opts = _target_options(args)
+    if args.target is not None:  # what that backend runs, and nothing else
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(m.plan(q_len, kv_len, args.heads, args.kv_heads, args.target, **plan_opts,
+                     **inputs))
+        return 0
     block = args.block or max(1, 1 << max(0, (max(Lq, Lk) - 1) // args.width).bit_length())
     dense = None
     if Lq * Lk * args.heads <= dense_limit():
@@ -193,8 +200,23 @@ def cmd_show(args) -> int:
         print(f"FLOPs saved against dense attention: {1 - kept / total:.2%}")
     print(f"tiles: {full:,} full, {partial:,} partial, {states.size - full - partial:,} empty "
           f"of {states.size:,}; a block-sparse kernel visits {(full + partial) / states.size:.2%}")
-    _compiled_view(m, q_len, kv_len, args.heads, args.kv_heads, inputs)
+    _compiled_view(m, q_len, kv_len, args.heads, args.kv_heads, plan_opts, inputs)
     return 0
+
+
+def _target_options(args) -> dict:
+    """``--dtype``/``--head-dim``/``--device`` as the target's plan options."""
+    target = args.target or "triton"
+    given = {"dtype": args.dtype, "head_dim": args.head_dim, "device": args.device}
+    if target != "triton":
+        extra = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None
+                 and k != "device"]
+        if extra:
+            raise MaskError(f"{extra[0]} applies to --target triton, not {target}")
+        given = {"device": args.device} if target == "flex" else {}
+        if target == "flex" and args.block:
+            given["block_size"] = args.block
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _draw(states) -> None:
@@ -210,17 +232,13 @@ def _draw(states) -> None:
             print("  " + line)
 
 
-def _compiled_view(m, q_len, kv_len, heads, kv_heads, inputs) -> None:
-    """What the block compiler makes of the mask: tile sizes, groups, runs, speed-up."""
-    from maskc.backends import reference
-    from maskc.passes.fusion import fuse
-    from maskc.passes.heads import group_heads
-    from maskc.passes.tiles import choose_tiles
+def _compiled_view(m, q_len, kv_len, heads, kv_heads, options, inputs) -> None:
+    """What the Triton backend runs for this mask at this size: its plan (``--target``)."""
+    import numpy as np
 
     from maskc.analysis.blocktable import build
-    import numpy as np
     # NOTE: estimate the tiles a kernel would visit on a sample of query tiles first: a
-    # dense pattern at a huge size has more tiles than are worth listing here.
+    # dense pattern at a huge size has more tiles than are worth planning here.
     Lq = q_len or m.ir.grid.numel
     nq = -(-Lq // 128)
     sample = np.unique(np.linspace(0, nq - 1, min(nq, 64)).astype(np.int64))
@@ -229,49 +247,8 @@ def _compiled_view(m, q_len, kv_len, heads, kv_heads, inputs) -> None:
     if visited > 5e7:
         print(f"compiled: skipped, about {visited:,.0f} tiles of 128 x 128 would be visited")
         return
-    bq, bk = choose_tiles(m.ir, q_len, kv_len, heads, evaluate=reference.evaluate, **inputs)
-    bm = m.block_map(q_len, kv_len, heads, bq, bk, **inputs)
-    merged, groups = group_heads(bm, kv_heads or heads)
-    # NOTE: fusion walks every query tile in Python: skip it for millions of them
-    runs = fuse(merged) if bm.n_q_tiles * merged.kv_num_blocks.shape[1] <= 200_000 else None
-    st = bm.stats
-    visited = st["full"] + st["partial"]
-    print(f"compiled: tiles {bq} x {bk} (chosen), {st['full']:,} full + {st['partial']:,} partial "
-          f"of {st['tiles']:,}; estimated speed-up over dense "
-          f"{st['tiles'] / max(visited, 1):.1f}x")
-    exact = visited - st["unproven"]
-    print(f"  classified exactly: {st['tiles'] - st['unproven']:,} of {st['tiles']:,} tiles"
-          + (f" ({st['unproven']:,} partial tiles not proven partial: 'where' is analysed "
-             "soundly)" if st["unproven"] else "") + (f"; {exact:,} visited" if visited else ""))
-    print(f"  head groups: {int(groups.predicate.max()) + 1} tables for {heads} heads "
-          f"({int(groups.structure.max()) + 1} tile structures); kv groups: "
-          + ", ".join(f"kv{kv}:{list(hs)}" for kv, hs in groups.kv_groups[:8])
-          + (" ..." if len(groups.kv_groups) > 8 else ""))
-    if runs is None:
-        print(f"  runs: not computed for {bm.n_q_tiles:,} query tiles")
-    else:
-        n_full = sum(len(f) for f in runs.full)
-        n_part = sum(len(p) for p in runs.partial)
-        print(f"  runs: {runs.n_rows:,} distinct query-tile rows, {n_full:,} full runs, "
-              f"{n_part:,} partial runs")
-    if m.grid is not None:
-        from maskc.passes.layoutmap import choose_layout
-        layout, lbm = choose_layout(m.ir, max(bq, bk), heads, evaluate=reference.evaluate,
-                                    **inputs)
-        plain = bm.stats["full"] + bm.stats["partial"]
-        if layout is None:
-            print(f"  token layout: row-major (a tiled layout would not visit fewer "
-                  f"{max(bq, bk)}-token tiles)")
-        else:
-            v = lbm.stats["full"] + lbm.stats["partial"]
-            print(f"  token layout: tiles {' x '.join(map(str, layout.tile_shape))} made "
-                  f"contiguous: {v:,} tiles of {max(bq, bk)} visited instead of {plain:,} "
-                  f"({lbm.stats['full']:,} full); estimated speed-up over dense "
-                  f"{lbm.stats['tiles'] / max(v, 1):.1f}x")
-    for i, v in enumerate(bm.variants[:6]):
-        print(f"  live predicate {i}: {pretty_mask(v)}")
-    if len(bm.variants) > 6:
-        print(f"  ... {len(bm.variants) - 6} more live predicates")
+    print()
+    print(m.plan(q_len, kv_len, heads, kv_heads, "triton", **options, **inputs))
 
 
 def cmd_compile(args) -> int:
@@ -393,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a runtime input as segment lengths (e.g. documents of a packed batch)")
     s.add_argument("--block", type=int, help="tile size (default: fit --width columns)")
     s.add_argument("--width", type=int, default=64, help="most tile columns to draw")
+    s.add_argument("--target", choices=("triton", "flex", "reference"),
+                   help="print only the plan this backend runs (tiles, layout, head groups)")
+    s.add_argument("--dtype", help="the input dtype the Triton plan is for (default bfloat16)")
+    s.add_argument("--head-dim", type=int, help="the head dim the Triton plan is for "
+                                                "(default 128)")
+    s.add_argument("--device", help="the device the plan is for (triton default: cuda)")
     k = sub.add_parser("compile", help="write the generated kernel module")
     k.add_argument("file")
     k.add_argument("--name", help="which mask of the file (needed when it has several)")

@@ -96,12 +96,14 @@ class MaskNameError(MaskError):
     """A name is undefined, redefined or used where it is reserved."""
 
 
-class MaskTypeError(MaskError):
-    """A value of the wrong kind: a mask where an integer is needed, and so on."""
+class MaskTypeError(MaskError, TypeError):
+    """A value of the wrong kind: a mask where an integer is needed, and so on (also a
+    ``TypeError``, so ``except TypeError`` catches it as Python's convention expects)."""
 
 
-class MaskValueError(MaskError):
-    """A value out of range: a negative window, a zero stride, a kernel larger than its axis."""
+class MaskValueError(MaskError, ValueError):
+    """A value out of range: a negative window, a zero stride, a kernel larger than its axis
+    (also a ``ValueError``)."""
 
 
 class MaskParamError(MaskError):
@@ -112,5 +114,6 @@ class MaskInputError(MaskError):
     """A runtime input (``input x``) is missing or malformed when the mask is used."""
 
 
-class MaskSizeError(MaskError):
-    """The requested sizes do not fit: a grid mismatch, or a dense mask over the limit."""
+class MaskSizeError(MaskError, ValueError):
+    """The requested sizes do not fit: a grid mismatch, or a dense mask over the limit (also
+    a ``ValueError``)."""

@@ -7,7 +7,7 @@ import numpy as np
 from maskc.errors import MaskError
 from maskc.analysis.sizes import check_batch, check_elements
 
-__all__ = ["to_block_mask", "attention", "flex_attention_fn"]
+__all__ = ["to_block_mask", "block_mask", "check_device", "attention", "flex_attention_fn"]
 
 def to_block_mask(bm, mask_mod, device=None):
     """A FlexAttention ``BlockMask`` holding ``bm``'s tiles, row by row.
@@ -67,12 +67,37 @@ def flex_attention_fn(compiled: bool = True):
     return _COMPILED["fn"]
 
 
-def attention(mask, q, k, v, scale=None, return_lse=False, block_size=128, compiled=True,
-              **inputs):
-    """Run ``flex_attention`` with ``mask``'s block mask and generated ``mask_mod``."""
-    bm_mask = mask.flex_block_mask(q.shape[2], k.shape[2], q.shape[1], block_size,
-                                   device=q.device, **inputs)
-    check_batch(mask.ir, bm_mask.kv_num_blocks.shape[0], q.shape[0])  # inputs' batch
+def check_device(device) -> None:
+    """A :class:`MaskError` for a device torch cannot use here (before any analysis)."""
+    import torch
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, TypeError, AssertionError, ValueError) as err:
+        raise MaskError(f"device {device!r} is not available here: "
+                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") \
+            from None
+
+
+def block_mask(plan):
+    """The FlexAttention ``BlockMask`` of a ``"flex"`` plan: its forward tables (tiles of the
+    plan's block size, heads grouped) and the generated ``mask_mod``; built once per plan."""
+    if plan.target != "flex":
+        raise MaskError(f"a FlexAttention block mask needs a 'flex' plan, not {plan.target!r}")
+    if "block_mask" not in plan.cache:
+        from maskc.backends.flex.mask_mod import make_mask_mod, torch_inputs
+        device = plan.options["device"]
+        mod = make_mask_mod(plan.mdef, plan.q_len, plan.kv_len, plan.heads,
+                            torch_inputs(plan.mdef, plan.kv_len, plan.bound.inputs, device),
+                            device=device)
+        plan.cache["block_mask"] = to_block_mask(plan.block_map("fwd"), mod, device)
+    return plan.cache["block_mask"]
+
+
+def attention(plan, q, k, v, scale=None, return_lse=False, compiled=True):
+    """Run ``flex_attention`` with a ``"flex"`` plan's block mask and generated ``mask_mod``."""
+    bm_mask = block_mask(plan)
+    check_batch(plan.mdef, plan.batch, q.shape[0])  # inputs' batch
     fn = flex_attention_fn(compiled)
     gqa = q.shape[1] != k.shape[1]
     try:
@@ -84,4 +109,4 @@ def attention(mask, q, k, v, scale=None, return_lse=False, block_size=128, compi
             raise
         raise MaskError("the mask nests too deeply for FlexAttention, whose torch.compile "
                         "tracer recurses once per level (even with flex-eager); use "
-                        "backend='triton' or 'reference'", mask.ir.span) from None
+                        "backend='triton' or 'reference'", plan.mdef.span) from None

@@ -8,4 +8,4 @@ plan's kernels with torch autograd; :mod:`.aot` compiles them for a GPU without 
 from maskc.backends.triton.cache import _MODULES, cache_dir, load_module, write_source  # noqa: F401
 from maskc.backends.triton.codegen import generate  # noqa: F401
 from maskc.backends.triton.launch import *  # noqa: F401,F403
-from maskc.backends.triton.launch import _PLANS_PER_MASK, _FITTED  # noqa: F401
+from maskc.backends.triton.launch import _FITTED  # noqa: F401

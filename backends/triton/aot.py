@@ -117,7 +117,7 @@ def record_calls(mask, dtype: str = "bfloat16", head_dim: int = 128, q_len: int 
     inputs = inputs or runtime_inputs(mask, kv_len)
     q = torch.zeros(1, heads, q_len, head_dim, dtype=tdtype)
     k = torch.zeros(1, kv_heads, kv_len, head_dim, dtype=tdtype)
-    config = config or tb.default_config("cuda", tdtype, head_dim)
+    # NOTE: config None: the plan's tile rule for a CUDA device, as a real launch would get
     launch = tb.Launch(mask, q, k, k, None, config, _device_checked=True, **inputs)
     calls: list = []
     launch.module = _Module(launch.module, calls)

@@ -16,6 +16,7 @@ import networkx as nx
 import numpy as np
 
 from maskc.analysis.blocktable import BlockMap
+from maskc.errors import MaskSizeError
 
 __all__ = ["HeadGroups", "group_heads"]
 
@@ -48,12 +49,14 @@ def group_heads(bm: BlockMap, kv_heads: int | None = None) -> tuple[BlockMap, He
     H = bm.heads
     kv_heads = kv_heads or H
     if H % kv_heads:
-        raise ValueError(f"{H} query heads cannot share {kv_heads} kv heads")
+        raise MaskSizeError(f"{H} query heads cannot share {kv_heads} kv heads")
 
     def table(h, with_variants):
         g = bm.head_group[h]
         parts = [bm.kv_num_blocks[:, g], bm.kv_indices[:, g], bm.full_kv_num_blocks[:, g],
-                 bm.full_kv_indices[:, g]] + ([bm.variant[:, g]] if with_variants else [])
+                 bm.full_kv_indices[:, g]]
+        if with_variants:  # what a partial tile evaluates: its live predicate and terms
+            parts += [bm.variant[:, g]] + ([] if bm.live is None else [bm.live[:, g]])
         return b"|".join(np.ascontiguousarray(p).tobytes() for p in parts)
 
     structure = _components([table(h, False) for h in range(H)])

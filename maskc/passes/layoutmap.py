@@ -23,7 +23,8 @@ from maskc.analysis.gridboxes import (_CHUNK, AXIS_TABLE_LIMIT, axis_tables, cla
 from maskc.analysis.sizes import prepare_inputs
 from maskc.passes.layout import TokenLayout
 
-__all__ = ["permuted_block_map", "visited_tiles", "tiled_layout", "choose_layout"]
+__all__ = ["permuted_block_map", "visited_tiles", "tiled_layout", "choose_layout",
+           "row_major_visits", "LAYOUT_GAIN"]
 
 
 def _boxes(tokens: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -140,17 +141,44 @@ def tiled_layout(mdef: ir.MaskDef, tokens_per_tile: int) -> TokenLayout:
     return make_layout(shape, choose_tile_shape(shape, tokens_per_tile, kernel))
 
 
-def choose_layout(mdef: ir.MaskDef, block: int, heads: int = 1, evaluate=None, **inputs):
-    """The token layout that visits fewer tiles than row-major order, or ``None``.
+# A tiled layout must visit at most this fraction of row-major's tiles: reordering q, k, v
+# and the output costs a few memory passes (measured on an H100, bench/README.md).
+LAYOUT_GAIN = 0.8
 
-    Requires: a grid mask. Guarantees: ``(layout, block_map)`` where ``block_map`` is the
-    permuted one when ``layout`` is not ``None``; a layout is chosen only when it visits
-    strictly fewer tiles (for small kernels on narrow grids, row-major order often wins).
-    """
+
+def row_major_visits(mdef: ir.MaskDef, block_q: int, block_k: int, heads: int = 1,
+                     evaluate=None, sample: int = 64, **inputs) -> float:
+    """Tiles row-major order would visit, estimated on ``sample`` query tiles spread evenly."""
     from maskc.analysis.blocktable import build
-    plain = build(mdef, None, None, heads, block, block, evaluate=evaluate, **inputs)
-    layout = tiled_layout(mdef, block)
-    permuted = permuted_block_map(mdef, layout, block, heads, evaluate, **inputs)
-    if visited_tiles(permuted)[0] < visited_tiles(plain)[0]:
-        return layout, permuted
-    return None, plain
+    nq = -(-mdef.grid.numel // block_q)
+    rows = np.unique(np.linspace(0, nq - 1, min(nq, sample)).astype(np.int64))
+    bm = build(mdef, None, None, heads, block_q, block_k, evaluate=evaluate, q_tiles=rows,
+               **inputs)
+    return (bm.stats["full"] + bm.stats["partial"]) * nq / len(rows)
+
+
+def choose_layout(mdef: ir.MaskDef, block_q: int, block_k: int | None = None, how: str = "auto",
+                  heads: int = 1, evaluate=None, **inputs):
+    """The token order the kernels run in (the pipeline's one layout rule).
+
+    Requires: ``how`` is ``"auto"``, ``"row-major"`` or ``"tiled"``. Guarantees:
+    ``(layout, block_map)``; ``(None, None)`` for row-major order (always for a mask without
+    a grid); otherwise the tile-major :func:`tiled_layout` for tiles of ``max(block_q,
+    block_k)`` tokens and its exact permuted block map. With ``"auto"`` the layout is taken
+    only when it visits at most :data:`LAYOUT_GAIN` of the tiles that row-major order would
+    (estimated on a sample of query tiles), as small kernels on narrow grids often favour
+    row-major order.
+    """
+    if how not in ("auto", "row-major", "tiled"):
+        from maskc.errors import MaskError
+        raise MaskError(f"layout must be 'auto', 'row-major' or 'tiled', got {how!r}")
+    block_k = block_q if block_k is None else block_k
+    if mdef.grid is None or how == "row-major":
+        return None, None
+    layout = tiled_layout(mdef, max(block_q, block_k))
+    permuted = permuted_block_map(mdef, layout, block_q, heads, evaluate, block_k=block_k,
+                                  **inputs)
+    if how == "auto" and visited_tiles(permuted)[0] >= LAYOUT_GAIN * row_major_visits(
+            mdef, block_q, block_k, heads, evaluate, **inputs):
+        return None, None
+    return layout, permuted

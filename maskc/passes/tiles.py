@@ -1,48 +1,172 @@
-"""Tile choice: the (BM, BN) that minimizes the estimated kernel work for a mask and size.
+"""Tile choice: the tiles each kernel of a target runs with (the pipeline's one tile rule).
 
-Requires: a mask IR and a size. Guarantees: a pair from ``SIZES`` (the tile sizes Triton
-kernels use) minimizing ``cost``: every visited tile costs its area, a partial tile half as
-much again (mask evaluation and wasted lanes), and each visited tile a fixed overhead.
-Ties go to larger tiles. A window or stride that a tile size divides leaves no partial
-tiles at that size, which this cost prefers.
+Requires: a mask IR and the target's options (device type, dtype name, head dim, an optional
+user :class:`KernelConfig`). Guarantees: per kernel a :class:`Tiles` whose sides are powers
+of two (at least 16 on a GPU); the same inputs always give the same tiles.
+
+The rule, for the Triton target: the user's ``config`` if given; otherwise tiles by device,
+dtype and head dim (on Hopper close to FlexAttention's defaults, measured in
+``bench/README.md``), then on a GPU capped at the mask's block alignment
+(:func:`block_alignment`), so that every visited tile of a ``blocks(B, ...)`` mask is full.
+FlexAttention runs one block size (default 128, its own default). The reference has no tiles.
+Torch-free: dtypes are named (``"bfloat16"``), as torch prints them without the prefix.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
+from dataclasses import dataclass, replace
 
-from maskc.analysis.blocktable import BlockMap, build
-from maskc.analysis.sizes import resolve_lengths
+from maskc import ir
+from maskc.errors import MaskError, MaskSizeError
 
-__all__ = ["SIZES", "cost", "choose_tiles"]
+__all__ = ["Tiles", "KernelConfig", "default_config", "block_alignment", "aligned",
+           "check_block", "dtype_name", "kernel_tiles", "KERNELS", "DTYPES"]
 
-SIZES = (16, 32, 64, 128)
-PARTIAL_PENALTY = 0.5
-TILE_OVERHEAD = 4096  # element-equivalents per visited tile (loads, loop, softmax rescale)
-
-
-def cost(bm: BlockMap) -> float:
-    area = bm.block_q * bm.block_k
-    full, partial = bm.stats["full"], bm.stats["partial"]
-    return (full + partial) * (area + TILE_OVERHEAD) + partial * area * PARTIAL_PENALTY
+# the kernels of each target, in the order they run
+KERNELS = {"triton": ("fwd", "dq", "dkdv"), "flex": ("fwd",), "reference": ()}
+DTYPES = ("float16", "bfloat16", "float32")
 
 
-def choose_tiles(mdef, q_len=None, kv_len=None, heads: int = 1, sizes=SIZES, evaluate=None,
-                 sample: int = 64, **inputs) -> tuple[int, int]:
-    """The ``(block_q, block_k)`` of least :func:`cost`.
+@dataclass(frozen=True)
+class Tiles:
+    """One kernel's tile (``block_q`` x ``block_k``) and launch options."""
 
-    Long sequences are costed on ``sample`` query tiles spread evenly over the queries
-    (scaled up), so choosing stays cheap at a million tokens.
+    block_q: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self):
+        w, st = self.num_warps, self.num_stages
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1 or w & (w - 1) or w > 32:
+            raise MaskError(f"num_warps must be a power of two from 1 to 32, got {w!r}")
+        if isinstance(st, bool) or not isinstance(st, int) or st < 1:
+            raise MaskError(f"num_stages must be a positive integer, got {st!r}")
+
+    def smaller(self) -> "Tiles | None":
+        """A configuration that needs fewer resources (``None`` at the smallest)."""
+        if self.num_stages > 1:
+            return replace(self, num_stages=1)
+        if max(self.block_q, self.block_k) > 16:
+            big = "block_q" if self.block_q >= self.block_k else "block_k"
+            return replace(self, **{big: getattr(self, big) // 2})
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.block_q} x {self.block_k} ({self.num_warps} warps, {self.num_stages} stages)"
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tiles of the three generated kernels: forward, dq and dk/dv.
+
+    Each kernel walks block tables built at its own tile size (the dk/dv kernel their
+    transpose), so the three may differ, as they do in FlexAttention's defaults.
     """
-    q_len, _ = resolve_lengths(mdef, q_len, kv_len)
-    best = None
-    for bq in sorted(sizes, reverse=True):
-        nq = -(-q_len // bq)
-        rows = None if nq <= sample else np.unique(np.linspace(0, nq - 1, sample).astype(np.int64))
-        scale = 1.0 if rows is None else nq / len(rows)
-        for bk in sorted(sizes, reverse=True):
-            c = scale * cost(build(mdef, q_len, kv_len, heads, bq, bk, evaluate=evaluate,
-                                   q_tiles=rows, **inputs))
-            if best is None or c < best[0]:
-                best = (c, bq, bk)
-    return best[1], best[2]
+
+    fwd: Tiles
+    dq: Tiles
+    dkdv: Tiles
+    # token order of a grid mask: "auto" (tiled when that visits fewer tiles), "row-major",
+    # or "tiled" (see maskc.passes.layout)
+    layout: str = "auto"
+
+    @classmethod
+    def uniform(cls, block_q: int, block_k: int) -> "KernelConfig":
+        t = Tiles(block_q, block_k)
+        return cls(t, t, t)
+
+
+def dtype_name(dtype) -> str:
+    """``"bfloat16"`` for ``torch.bfloat16`` or ``"bfloat16"``; a :class:`MaskError` otherwise."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise MaskError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return name
+
+
+def default_config(device_type: str, dtype, head_dim: int) -> KernelConfig:
+    """Tiles by device, dtype and head dim (on Hopper close to FlexAttention's defaults).
+
+    On the CPU (Triton's interpreter) the tiles are small and unequal, so that the tests
+    walk several tiles and tables of different shapes for each kernel.
+    """
+    if str(device_type) != "cuda":
+        return KernelConfig(Tiles(32, 16), Tiles(16, 32), Tiles(16, 32))
+    if dtype_name(dtype) == "float32":  # no tensor-core tiles
+        if head_dim <= 64:
+            return KernelConfig(Tiles(64, 32), Tiles(32, 32, 4, 1), Tiles(32, 32, 4, 1))
+        return KernelConfig(Tiles(32, 32), Tiles(32, 16, 4, 1), Tiles(16, 32, 4, 1))
+    if head_dim <= 32:
+        return KernelConfig(Tiles(64, 64), Tiles(64, 64), Tiles(64, 64))
+    if head_dim <= 64:
+        return KernelConfig(Tiles(128, 128), Tiles(128, 64, 8), Tiles(64, 128, 8))
+    if head_dim <= 128:
+        return KernelConfig(Tiles(128, 64, 8), Tiles(128, 64, 8), Tiles(64, 128, 8))
+    return KernelConfig(Tiles(64, 32), Tiles(64, 32, 4, 2), Tiles(32, 64, 4, 2))
+
+
+def block_alignment(mdef: ir.MaskDef) -> int | None:
+    """The tile size that lines up with the mask's blocks, if it is made of ``blocks(B, ...)``
+    only (through ``& | - ~`` and ``heads``): the largest power of two dividing every ``B``
+    (at least 16). Tiles no larger than that are each inside one block, so when
+    ``kv_len - q_len`` is a multiple of it (queries are aligned to the end of the keys) every
+    tile the kernels visit is full and none evaluates the mask (``None``: no such size)."""
+    sizes = []
+
+    def walk(n) -> bool:
+        if isinstance(n, ir.Blocks):
+            sizes.append(n.size)
+            return True
+        if isinstance(n, ir.Const):
+            return True
+        if isinstance(n, ir.Heads):
+            return all(walk(arm.body) for arm in n.arms)
+        if isinstance(n, (ir.And, ir.Or, ir.Not)):
+            return all(walk(c) for c in ir.children(n))
+        return False
+    if not walk(mdef.body) or not sizes:
+        return None
+    g = math.gcd(*sizes)
+    align = g & -g  # its largest power-of-two divisor
+    return align if align >= 16 else None
+
+
+def aligned(config: KernelConfig, align: int | None) -> KernelConfig:
+    """``config`` with every tile at most ``align`` (see :func:`block_alignment`)."""
+    if align is None:
+        return config
+
+    def cap(t: Tiles) -> Tiles:
+        if max(t.block_q, t.block_k) <= align:
+            return t
+        return replace(t, block_q=min(t.block_q, align), block_k=min(t.block_k, align),
+                       num_warps=4 if align <= 64 else t.num_warps)
+    return replace(config, fwd=cap(config.fwd), dq=cap(config.dq), dkdv=cap(config.dkdv))
+
+
+def check_block(size, what: str, mdef: ir.MaskDef, on_gpu: bool) -> None:
+    """A Triton tile side is a power of two (at least 16 on a GPU)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size & (size - 1) or \
+            (on_gpu and size < 16):
+        raise MaskSizeError(f"{what} must be a power of two (>= 16 on a GPU), got {size!r}",
+                            mdef.span)
+
+
+def kernel_tiles(mdef: ir.MaskDef, target: str, device: str, dtype: str, head_dim: int,
+                 config: KernelConfig | None = None, block_size=(128, 128)) -> dict:
+    """Per kernel of ``target`` (:data:`KERNELS`), its :class:`Tiles`; see the module docstring."""
+    if target == "reference":
+        return {}
+    if target == "flex":
+        return {"fwd": Tiles(*block_size)}
+    gpu = device == "cuda"
+    if config is None:
+        config = default_config(device, dtype, head_dim)
+        if gpu:
+            config = aligned(config, block_alignment(mdef))
+    for kind in KERNELS["triton"]:
+        for what in ("block_q", "block_k"):
+            check_block(getattr(getattr(config, kind), what), what, mdef, gpu)
+    return {kind: getattr(config, kind) for kind in KERNELS["triton"]}

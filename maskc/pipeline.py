@@ -1,0 +1,349 @@
+"""The back half of the compiler, in one place: :func:`plan` lists its stages in order.
+
+``maskc.compile`` runs the front half (parse -> check -> verify -> simplify -> verify) and
+returns a :class:`~maskc.Mask`; ``Mask.plan(...)`` runs this back half for one size and one
+target and returns a frozen :class:`KernelPlan`. Every backend runs a plan and decides
+nothing itself: the tiles, the token layout and the head groups it uses are the plan's.
+
+    bind -> tiles -> layout -> block analysis -> head grouping
+
+1. **bind** (:mod:`maskc.passes.bind`): lengths, heads, kv heads and runtime inputs are
+   checked, and the host tables of ``within``/``random``/``layout`` built, once;
+2. **tiles** (:mod:`maskc.passes.tiles`): the tiles of each kernel of the target;
+3. **layout** (:mod:`maskc.passes.layoutmap`): the token order of a grid mask;
+4. **block analysis** (:mod:`maskc.analysis.blocktable`): each kernel's tables at its tiles;
+5. **head grouping** (:mod:`maskc.passes.heads`): heads with equal tables share one row.
+
+The forward kernel's tables are built by :func:`plan`; the backward kernels' (dq, dk/dv) on
+first use, since inference never needs them. ``KernelPlan.lint()`` checks the invariants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from maskc import ir
+from maskc.analysis.blocktable import BlockMap, build
+from maskc.errors import MaskError
+from maskc.ir.pretty import pretty_mask
+from maskc.passes.bind import Bound, bind
+from maskc.passes.heads import HeadGroups, group_heads
+from maskc.passes.layout import TokenLayout
+from maskc.passes.layoutmap import choose_layout, permuted_block_map
+from maskc.passes.tiles import KERNELS, KernelConfig, Tiles, dtype_name, kernel_tiles
+
+__all__ = ["plan", "normalize_options", "KernelPlan", "TARGETS", "STAGES", "STAGES_OF"]
+
+TARGETS = tuple(KERNELS)
+STAGES = ("bind", "tiles", "layout", "block analysis", "head grouping")
+# the stages that do something for each target (FlexAttention runs in the tokens' order; the
+# reference groups heads by their resolved mask, evaluating every pair)
+STAGES_OF = {"triton": STAGES, "flex": ("bind", "tiles", "block analysis", "head grouping"),
+             "reference": ("bind", "head grouping")}
+# the options each target takes, with their defaults (the GPU the Triton kernels are for)
+_OPTIONS = {
+    "triton": {"device": "cuda", "dtype": "bfloat16", "head_dim": 128, "config": None},
+    "flex": {"block_size": 128, "device": "cpu"},
+    "reference": {},
+}
+
+
+@dataclass(frozen=True, eq=False)
+class KernelPlan:
+    """One mask at one size for one target: what its backend runs. Build with :func:`plan`.
+
+    ``groups``: tuples of query heads that share one block table (forward kernel), numbered
+    by their smallest head; ``tiles``: kernel name -> :class:`~maskc.passes.tiles.Tiles`;
+    ``layout``: the :class:`~maskc.passes.layout.TokenLayout` the kernels run in, or ``None``
+    for row-major order. ``block_map(kernel)`` gives a kernel's grouped tables.
+    """
+
+    bound: Bound
+    target: str
+    options: dict
+    tiles: dict
+    layout: TokenLayout | None
+    groups: tuple
+    head_groups: HeadGroups | None
+    evaluate: object = field(repr=False)
+    _maps: dict = field(default_factory=dict, repr=False)
+    cache: dict = field(default_factory=dict, repr=False)  # backends' derived data (tensors)
+
+    # ---------------------------------------------------------------- the bound sizes
+    @property
+    def mdef(self) -> ir.MaskDef:
+        return self.bound.mdef
+
+    @property
+    def q_len(self) -> int:
+        return self.bound.q_len
+
+    @property
+    def kv_len(self) -> int:
+        return self.bound.kv_len
+
+    @property
+    def heads(self) -> int:
+        return self.bound.heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.bound.kv_heads
+
+    @property
+    def batch(self) -> int:
+        return self.bound.batch
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        return tuple(self.tiles)
+
+    # ---------------------------------------------------------------- tables
+    def block_map(self, kernel: str = "fwd") -> BlockMap:
+        """The grouped tables of ``kernel`` at its tiles, in the plan's layout."""
+        if kernel not in self.tiles:
+            raise MaskError(f"the {self.target} plan has no kernel {kernel!r}; its kernels: "
+                            + (", ".join(self.tiles) or "none"))
+        t = self.tiles[kernel]
+        key = (t.block_q, t.block_k)
+        if key not in self._maps:
+            bm = _analyse(self.bound, t, self.layout, self.evaluate)
+            self._maps[key] = group_heads(bm, self.kv_heads)[0]
+        return self._maps[key]
+
+    def transposed(self, kernel: str = "dkdv"):
+        """``kernel``'s tables transposed (key tile -> query tiles), as the dk/dv kernel walks them."""
+        t = self.tiles[kernel]
+        key = ("T", t.block_q, t.block_k)
+        if key not in self._maps:
+            self._maps[key] = self.block_map(kernel).transposed()
+        return self._maps[key]
+
+    def retiled(self, kernel: str, tiles: Tiles) -> "KernelPlan":
+        """This plan with ``kernel`` at other tiles (a GPU that lacks the resources for the
+        planned ones); the layout and every other decision stay."""
+        if tiles == self.tiles[kernel]:
+            return self
+        key = ("retiled", kernel, tiles)
+        if key not in self.cache:
+            self.cache[key] = replace(self, tiles={**self.tiles, kernel: tiles}, _maps={},
+                                      cache={})
+        return self.cache[key]
+
+    # ---------------------------------------------------------------- checks and display
+    def lint(self) -> "KernelPlan":
+        """Check the plan's invariants (builds every kernel's tables); returns the plan.
+
+        Groups partition the heads; each kernel's ``head_group`` maps every head to a table
+        row, and heads of one group to one row; table entries lie in ``[0, n_k_tiles)``,
+        sorted, without repeats, and a tile is never both full and partial; counts are within
+        the table widths; each kernel's tables are at its tiles (so the tiles divide the
+        table blocks); the layout is a permutation of the grid's tokens.
+        """
+        H = self.heads
+        flat = sorted(h for g in self.groups for h in g)
+        _check(flat == list(range(H)), f"groups {self.groups} do not partition {H} heads")
+        for kernel, t in self.tiles.items():
+            bm = self.block_map(kernel)
+            where = f"kernel {kernel}"
+            _check((bm.block_q, bm.block_k) == (t.block_q, t.block_k),
+                   f"{where}: tables at {bm.block_q} x {bm.block_k}, tiles {t}")
+            _check(bm.head_group.shape == (H,), f"{where}: head_group has shape "
+                   f"{bm.head_group.shape}, not ({H},)")
+            G = bm.kv_num_blocks.shape[1]
+            _check(bool(((bm.head_group >= 0) & (bm.head_group < G)).all()),
+                   f"{where}: head_group outside the {G} table rows")
+            for g in self.groups:
+                _check(len({int(bm.head_group[h]) for h in g}) == 1 or kernel != "fwd",
+                       f"{where}: heads {g} of one group read different rows")
+            _check(bm.kv_num_blocks.shape[0] in (1, self.batch),
+                   f"{where}: tables for batch {bm.kv_num_blocks.shape[0]}")
+            nk = bm.n_k_tiles
+            rows = []
+            for num, idx in ((bm.kv_num_blocks, bm.kv_indices),
+                             (bm.full_kv_num_blocks, bm.full_kv_indices)):
+                _check(bm.kv_num_blocks.shape == num.shape == idx.shape[:3],
+                       f"{where}: table shapes {num.shape}, {idx.shape}")
+                _check(bool(((num >= 0) & (num <= idx.shape[-1])).all()),
+                       f"{where}: counts outside the table width {idx.shape[-1]}")
+                used = np.arange(idx.shape[-1]) < num[..., None]
+                _check(bool(((idx[used] >= 0) & (idx[used] < nk)).all()),
+                       f"{where}: key tiles outside [0, {nk})")
+                _check(bool((idx[~used] == -1).all()), f"{where}: padding is not -1")
+                rows.append(np.where(used, idx, -1))
+            both = np.concatenate(rows, axis=-1)
+            srt = np.sort(both, axis=-1)
+            dup = (srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)
+            _check(not dup.any(), f"{where}: a key tile listed twice (or full and partial)")
+            for r in rows:
+                d = np.diff(np.where(r < 0, nk, r), axis=-1)
+                _check(bool((d >= 0).all()), f"{where}: key tiles not sorted")
+        if self.layout is not None:
+            _check(self.mdef.grid is not None and self.layout.numel == self.q_len,
+                   "a token layout without a grid of q_len tokens")
+            _check(bool(np.array_equal(np.sort(self.layout.perm), np.arange(self.q_len))),
+                   "the layout is not a permutation")
+            _check(bool(np.array_equal(self.layout.perm[self.layout.inv],
+                                       np.arange(self.q_len))), "the layout's inverse is wrong")
+        return self
+
+    def __str__(self) -> str:
+        return "\n".join(self._lines())
+
+    def _lines(self) -> list[str]:
+        opts = ", ".join(f"{k} {v}" for k, v in self.options.items() if k != "config")
+        out = [f"plan for mask {self.mdef.name}: {pretty_mask(self.mdef.body)}",
+               f"target {self.target}" + (f" ({opts})" if opts else "")
+               + f"; q_len {self.q_len}, kv_len {self.kv_len}, heads {self.heads}, "
+               f"kv heads {self.kv_heads}, batch {self.batch}",
+               "stages: " + " -> ".join(STAGES_OF[self.target])]
+        if not self.tiles:
+            out.append("tiles: none (the reference evaluates every pair)")
+        for kernel, t in self.tiles.items():
+            out.append(f"tiles {kernel}: " + (str(t) if self.target == "triton" else
+                                              f"{t.block_q} x {t.block_k}"))
+        if self.mdef.grid is not None:
+            if self.layout is None:
+                out.append("layout: row-major")
+            else:
+                out.append(f"layout: tiles {' x '.join(map(str, self.layout.tile_shape))} of "
+                           f"the grid {' x '.join(map(str, self.layout.grid_shape))} made "
+                           "contiguous")
+        out.append(f"head groups: {len(self.groups)} table{'s' if len(self.groups) != 1 else ''}"
+                   f" for {self.heads} heads: " + ", ".join(_span(g) for g in self.groups[:8])
+                   + (" ..." if len(self.groups) > 8 else ""))
+        if self.head_groups is not None and self.kv_heads != self.heads:
+            kv = self.head_groups.kv_groups
+            out.append("kv groups: " + ", ".join(f"kv{k}:{_span(hs)}" for k, hs in kv[:8])
+                       + (" ..." if len(kv) > 8 else ""))
+        if "fwd" in self.tiles:
+            bm = self.block_map("fwd")
+            st = bm.stats
+            # NOTE: per head, through its group's row: what the kernels' programs visit
+            rows = bm.head_group
+            full = int(bm.full_kv_num_blocks[:, rows].sum())
+            part = int(bm.kv_num_blocks[:, rows].sum())
+            tiles = bm.kv_num_blocks.shape[0] * self.heads * bm.n_q_tiles * bm.n_k_tiles
+            out.append(f"forward tables: {bm.n_q_tiles:,} query x {bm.n_k_tiles:,} key tiles, "
+                       f"{bm.kv_num_blocks.shape[1]} row{'s' if rows.max() else ''} per batch "
+                       f"entry; over all heads {full:,} full + {part:,} partial tiles visited "
+                       f"of {tiles:,}; estimated speed-up over dense "
+                       f"{tiles / max(full + part, 1):.1f}x")
+            if st.get("unproven"):
+                out.append(f"  {st['unproven']:,} partial tiles not proven partial ('where' is "
+                           "analysed soundly)")
+            for i, v in enumerate(bm.variants[:6]):
+                out.append(f"  live predicate {i}: {pretty_mask(v)}")
+            if len(bm.variants) > 6:
+                out.append(f"  ... {len(bm.variants) - 6} more live predicates")
+        return out
+
+
+def _span(heads: tuple) -> str:
+    """``0..4`` for consecutive heads (half-open, as the language writes ranges), else a list."""
+    if len(heads) > 1 and list(heads) == list(range(heads[0], heads[-1] + 1)):
+        return f"[{heads[0]}..{heads[-1] + 1}]"
+    return "[" + ", ".join(map(str, heads)) + "]"
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise AssertionError(f"KernelPlan.lint: {what}")
+
+
+def _analyse(bound: Bound, tiles: Tiles, layout: TokenLayout | None, evaluate) -> BlockMap:
+    """Block analysis at one kernel's tiles, in the plan's token order."""
+    mdef = bound.mdef
+    if layout is not None:
+        return permuted_block_map(mdef, layout, tiles.block_q, bound.heads, evaluate,
+                                  block_k=tiles.block_k, **bound.inputs)
+    grid = mdef.grid is not None
+    return build(mdef, None if grid else bound.q_len, None if grid else bound.kv_len,
+                 bound.heads, tiles.block_q, tiles.block_k, evaluate=evaluate, **bound.inputs)
+
+
+def normalize_options(target: str, given: dict) -> dict:
+    """The target's options with defaults filled in and values checked (a :class:`MaskError`
+    naming the option otherwise)."""
+    if target not in _OPTIONS:
+        raise MaskError(f"unknown target {target!r}; targets: " + ", ".join(TARGETS))
+    allowed = _OPTIONS[target]
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise MaskError(f"target {target!r} has no option {unknown[0]!r}; its options: "
+                        + (", ".join(allowed) or "none"))
+    opts = {**allowed, **given}
+    if "device" in opts:
+        opts["device"] = str(opts["device"])  # "cuda:1" stays: a flex block mask lives there
+    if "dtype" in opts:
+        opts["dtype"] = dtype_name(opts["dtype"])
+    if "head_dim" in opts:
+        d = opts["head_dim"]
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d <= 65536:
+            raise MaskError(f"head_dim must be a positive integer, got {d!r}")
+        opts["head_dim"] = int(d)
+    if opts.get("config") is not None and not isinstance(opts["config"], KernelConfig):
+        raise MaskError(f"config must be a maskc.KernelConfig, got "
+                        f"{type(opts['config']).__name__}")
+    if "block_size" in opts:
+        b = opts["block_size"]
+        pair = tuple(b) if isinstance(b, (tuple, list)) else (b, b)
+        if len(pair) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, np.integer))
+                                 or x < 1 for x in pair):
+            raise MaskError(f"block_size must be a positive int or (block_q, block_k), got {b!r}")
+        opts["block_size"] = tuple(int(x) for x in pair)
+    return opts
+
+
+def plan(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=None,
+         target: str = "triton", evaluate=None, inputs: dict | None = None,
+         **target_options) -> KernelPlan:
+    """Run the back half for one size and target; see the module docstring.
+
+    ``target_options``: for ``"triton"`` ``device`` (default ``"cuda"``: the plan describes
+    the GPU kernels), ``dtype`` (``"bfloat16"``), ``head_dim`` (128) and ``config`` (a
+    :class:`~maskc.passes.tiles.KernelConfig` overriding the tile rule, whose ``layout`` also
+    picks the token order); for ``"flex"`` ``block_size`` (128, or ``(block_q, block_k)``)
+    and ``device``; the reference takes none. ``evaluate`` is the reference evaluator that
+    block analysis resolves undecided tiles with (exact tables; without it they stay partial).
+    """
+    opts = normalize_options(target, target_options)
+    bound = bind(mdef, q_len, kv_len, heads, kv_heads, inputs)                  # 1. bind
+    config = opts.get("config")                                                 # 2. tiles
+    tiles = kernel_tiles(mdef, target, opts.get("device", "cpu").split(":")[0], opts.get("dtype", "float32"),
+                         opts.get("head_dim", 64), config, opts.get("block_size", (128, 128)))
+    layout, fwd = None, None                                                    # 3. layout
+    if target == "triton":
+        t = tiles["fwd"]
+        layout, fwd = choose_layout(mdef, t.block_q, t.block_k,
+                                    config.layout if config is not None else "auto",
+                                    bound.heads, evaluate, **bound.inputs)
+    maps, head_groups = {}, None
+    if "fwd" in tiles:
+        t = tiles["fwd"]
+        fwd = fwd if fwd is not None else _analyse(bound, t, layout, evaluate)  # 4. analysis
+        merged, head_groups = group_heads(fwd, bound.kv_heads)                 # 5. grouping
+        maps[(t.block_q, t.block_k)] = merged
+        rows = merged.head_group
+    else:
+        rows = _ir_groups(mdef, bound.heads)
+    groups = tuple(tuple(int(h) for h in np.flatnonzero(rows == g)) for g in
+                   sorted(set(rows.tolist()), key=lambda g: int(np.flatnonzero(rows == g)[0])))
+    return KernelPlan(bound, target, opts, tiles, layout, groups, head_groups, evaluate, maps)
+
+
+def _ir_groups(mdef: ir.MaskDef, heads: int) -> np.ndarray:
+    """Per head, a group id: heads whose mask (the arms of ``heads { ... }`` resolved) is
+    the same IR share one (a mask that reads ``h`` in ``where`` has one group per head)."""
+    from maskc.analysis.blocktable import live_predicate
+    reads_h = any(isinstance(n, ir.PVar) and n.name == "h" for n in ir.walk(mdef.body))
+    if reads_h:
+        return np.arange(heads, dtype=np.int32)
+    seen: dict = {}
+    out = np.zeros(heads, dtype=np.int32)
+    for h in range(heads):
+        node = live_predicate(mdef.body, (), {}, h)  # bind has checked every head is covered
+        out[h] = seen.setdefault(node, len(seen))
+    return out
