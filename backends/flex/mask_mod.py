@@ -318,13 +318,10 @@ def _maximum(a, b):
 
 # NOTE: on int64 tensors `//` floors and `%` takes the divisor's sign, like Python (the
 # language's integer semantics); Python ints mix in as scalars.
-_BIN = {
-    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-    "//": lambda a, b: a // b, "%": lambda a, b: a % b,
-    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
-    "and": _and, "or": _or,
-}
+import operator  # noqa: E402
+
+_BIN = {op: getattr(operator, op.python) for op in ir.Op if not op.unary}
+_BIN.update({ir.Op.AND: _and, ir.Op.OR: _or})
 
 
 def _pconst(p: ir.PConst, st: _Static):
@@ -346,7 +343,7 @@ def _paxis(p: ir.PAxis, st: _Static):
 
 def _pun(p: ir.PUn, st: _Static):
     x = _lower_pred(p.operand, st)
-    if p.op == "-":
+    if p.op is ir.Op.NEG:
         return lambda v: -x(v)
 
     def not_(v):

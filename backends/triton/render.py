@@ -98,7 +98,7 @@ class Renderer:
             return self.coord(env.K if p.of == "k" else env.P, p.axis)
         if isinstance(p, ir.PUn):
             x = self.pred(p.operand, env)
-            return f"(-{x})" if p.op == "-" else f"(~{x})"
+            return f"({p.op.triton.format(x)})"
         if isinstance(p, ir.PCall):
             args = [self.pred(a, env) for a in p.args]
             if p.func == "abs":
@@ -108,12 +108,7 @@ class Renderer:
                 out = f"tl.{'minimum' if p.func == 'min' else 'maximum'}({out}, {a})"
             return out
         a, b = self.pred(p.left, env), self.pred(p.right, env)
-        if p.op == "//":
-            return f"_floordiv({a}, {b})"
-        if p.op == "%":
-            return f"_mod({a}, {b})"
-        op = {"and": "&", "or": "|"}.get(p.op, p.op)
-        return f"({a} {op} {b})"
+        return f"({p.op.triton.format(a, b)})"
 
     def coord(self, flat: str, axis: int) -> str:
         shape = self.mdef.grid.shape

@@ -48,20 +48,53 @@ def int_range(p: ir.Pred, env):
         for a, b in rs[1:]:
             lo, hi = f(lo, a), f(hi, b)
         return lo, hi
-    (alo, ahi), (blo, bhi) = int_range(p.left, env), int_range(p.right, env)
-    if p.op == "+":
-        return alo + blo, ahi + bhi
-    if p.op == "-":
-        return alo - bhi, ahi - blo
-    if p.op == "*":
-        c = [alo * blo, alo * bhi, ahi * blo, ahi * bhi]
-        return np.minimum.reduce(np.broadcast_arrays(*c)), np.maximum.reduce(np.broadcast_arrays(*c))
+    return _INT[p.op](int_range(p.left, env), int_range(p.right, env), p)
+
+
+def _mul(a, b, p):
+    c = [a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1]]
+    return np.minimum.reduce(np.broadcast_arrays(*c)), np.maximum.reduce(np.broadcast_arrays(*c))
+
+
+def _mod(a, b, p):
     d = int(p.right.value)  # the checker guarantees a positive constant divisor
-    if p.op == "//":
-        return alo // d, ahi // d
-    # '%': exact when the range stays inside one period
-    same = (alo // d) == (ahi // d)
-    return np.where(same, alo % d, 0), np.where(same, ahi % d, d - 1)
+    same = (a[0] // d) == (a[1] // d)  # exact when the range stays inside one period
+    return np.where(same, a[0] % d, 0), np.where(same, a[1] % d, d - 1)
+
+
+# integer operators: ((alo, ahi), (blo, bhi), node) -> (lo, hi)
+_INT = {
+    ir.Op.ADD: lambda a, b, p: (a[0] + b[0], a[1] + b[1]),
+    ir.Op.SUB: lambda a, b, p: (a[0] - b[1], a[1] - b[0]),
+    ir.Op.MUL: _mul,
+    ir.Op.FLOORDIV: lambda a, b, p: (a[0] // int(p.right.value), a[1] // int(p.right.value)),
+    ir.Op.MOD: _mod,
+}
+
+
+def _point_equal(a, b):
+    return (a[0] == a[1]) & (b[0] == b[1]) & (a[0] == b[0])
+
+
+def _overlap(a, b):
+    return (a[0] <= b[1]) & (b[0] <= a[1])
+
+
+# comparisons: ((alo, ahi), (blo, bhi)) -> (may_be_false, may_be_true) over the product
+_CMP = {
+    ir.Op.LT: lambda a, b: (a[1] >= b[0], a[0] < b[1]),
+    ir.Op.LE: lambda a, b: (a[1] > b[0], a[0] <= b[1]),
+    ir.Op.GT: lambda a, b: (a[0] <= b[1], a[1] > b[0]),
+    ir.Op.GE: lambda a, b: (a[0] < b[1], a[1] >= b[0]),
+    ir.Op.EQ: lambda a, b: (~_point_equal(a, b), _overlap(a, b)),
+    ir.Op.NE: lambda a, b: (_overlap(a, b), ~_point_equal(a, b)),
+}
+
+# logic: ((af, at), (bf, bt)) -> (may_be_false, may_be_true)
+_LOGIC = {
+    ir.Op.AND: lambda a, b: (a[0] | b[0], a[1] & b[1]),
+    ir.Op.OR: lambda a, b: (a[0] & b[0], a[1] | b[1]),
+}
 
 
 def cond_range(p: ir.Pred, env):
@@ -71,23 +104,6 @@ def cond_range(p: ir.Pred, env):
     if isinstance(p, ir.PUn):  # not
         f, t = cond_range(p.operand, env)
         return t, f
-    if p.op in ("and", "or"):
-        (af, at), (bf, bt) = cond_range(p.left, env), cond_range(p.right, env)
-        if p.op == "and":
-            return af | bf, at & bt
-        return af & bf, at | bt
-    (alo, ahi), (blo, bhi) = int_range(p.left, env), int_range(p.right, env)
-    # may_true / may_false of a OP b over the product of the two ranges
-    if p.op == "<":
-        return ahi >= blo, alo < bhi
-    if p.op == "<=":
-        return ahi > blo, alo <= bhi
-    if p.op == ">":
-        return alo <= bhi, ahi > blo
-    if p.op == ">=":
-        return alo < bhi, ahi >= blo
-    point = (alo == ahi) & (blo == bhi)
-    overlap = (alo <= bhi) & (blo <= ahi)
-    if p.op == "==":
-        return ~(point & (alo == blo)), overlap
-    return overlap, ~(point & (alo == blo))  # '!='
+    if p.op in _LOGIC:
+        return _LOGIC[p.op](cond_range(p.left, env), cond_range(p.right, env))
+    return _CMP[p.op](int_range(p.left, env), int_range(p.right, env))

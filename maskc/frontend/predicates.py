@@ -55,7 +55,7 @@ def _lower(ck, syn, env, ctx) -> tuple[ir.Pred, str]:
         _expect(ty, want, syn.operand.span, syn.op)
         if isinstance(x, ir.PConst):
             return ir.PConst(-x.value if want == "int" else not x.value, span=sp), want
-        return ir.PUn(syn.op, x, span=sp), want
+        return ir.PUn(ir.Op.of(syn.op, unary=True), x, span=sp), want
     if isinstance(syn, S.BinOp):
         a, ta = _lower(ck, syn.left, env, ctx)
         b, tb = _lower(ck, syn.right, env, ctx)
@@ -65,15 +65,15 @@ def _lower(ck, syn, env, ctx) -> tuple[ir.Pred, str]:
         if syn.op in ("//", "%") and not (isinstance(b, ir.PConst) and b.value > 0):
             raise MaskValueError(f"'{syn.op}' inside 'where' needs a positive constant divisor",
                                  syn.right.span)
-        return ir.PBin(syn.op, a, b, span=sp), want
+        return ir.PBin(ir.Op.of(syn.op), a, b, span=sp), want
     if isinstance(syn, S.Compare):
         parts = [_lower(ck, o, env, ctx) for o in syn.operands]
         for (x, t), o in zip(parts, syn.operands):
             _expect(t, "int", o.span, "comparison")
         out = None
         for i, op in enumerate(syn.ops):
-            c = ir.PBin(op, parts[i][0], parts[i + 1][0], span=sp)
-            out = c if out is None else ir.PBin("and", out, c, span=sp)
+            c = ir.PBin(ir.Op.of(op), parts[i][0], parts[i + 1][0], span=sp)
+            out = c if out is None else ir.PBin(ir.Op.AND, out, c, span=sp)
         return out, "bool"
     if isinstance(syn, S.Call):
         if syn.func not in _FUNCS:
@@ -123,6 +123,11 @@ def _axis(syn: S.Axis, ctx) -> ir.PAxis:
                     span=syn.span)
 
 
+_BOUND = {ir.Op.ADD: lambda a, b: a + b, ir.Op.SUB: lambda a, b: a + b,
+          ir.Op.MUL: lambda a, b: a * b, ir.Op.FLOORDIV: lambda a, b: a,
+          ir.Op.MOD: lambda a, b: b}  # comparisons and logic: 0 or 1
+
+
 def bound(pred: ir.Pred) -> int:
     """An upper bound on ``|value|`` of an integer predicate expression."""
     if isinstance(pred, ir.PConst):
@@ -135,20 +140,12 @@ def bound(pred: ir.Pred) -> int:
         return max(bound(a) for a in pred.args)
     if isinstance(pred, ir.PBin):
         a, b = bound(pred.left), bound(pred.right)
-        if pred.op in ("+", "-"):
-            return a + b
-        if pred.op == "*":
-            return a * b
-        if pred.op == "//":
-            return a
-        if pred.op == "%":
-            return b
-        return 1
+        return _BOUND.get(pred.op, lambda a, b: 1)(a, b)
     raise TypeError(type(pred).__name__)
 
 
 def _check_bounds(pred: ir.Pred) -> None:
     for node in ir.walk(pred):
-        if isinstance(node, ir.PBin) and node.op in ("+", "-", "*", "//", "%") and bound(node) > I64_BOUND:
+        if isinstance(node, ir.PBin) and node.op in _BOUND and bound(node) > I64_BOUND:
             raise MaskValueError("this arithmetic could overflow 64-bit integers for "
                                  "positions up to 2**31", node.span)

@@ -9,6 +9,7 @@ are already substituted: the IR holds only constants and runtime-input names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Iterator
 
 from maskc.errors import Span
@@ -17,7 +18,7 @@ __all__ = [
     "Node", "IntSet", "Const", "Causal", "Window", "Global", "Sink", "Prefix", "Chunk",
     "Strided", "Fixed", "Same", "Within", "Where", "Not", "And", "Or", "HeadArm", "Heads",
     "Blocks", "Random", "Layout", "Neighborhood", "Tile", "GridAxis", "Grid", "MaskDef",
-    "Pred", "PConst", "PVar", "PAxis", "PBin", "PUn", "PCall", "and_", "or_", "not_",
+    "Pred", "PConst", "PVar", "PAxis", "PBin", "PUn", "PCall", "Op", "and_", "or_", "not_",
     "children", "walk", "PRED_VARS",
 ]
 
@@ -243,21 +244,90 @@ class PAxis(Pred):
     label: str | None = field(default=None, compare=False)
 
 
+class Op(Enum):
+    """The operators of ``where`` predicates, with their spelling on every target.
+
+    Every table over operators (the simplifier's folding, interval bounds, the NumPy
+    reference, the torch and Triton renderings) is keyed by these members; the spellings
+    live here once. ``surface`` is the ``.mask`` language (``pretty``) and ``prec`` its
+    binding power; ``python`` names the :mod:`operator` function on Python ints and bools;
+    ``numpy`` the NumPy ufunc; ``torch``/``triton`` format the operands (``{}``) as source
+    text on tensors (``//``/``%`` are Python's floor rules on both: torch's own operators,
+    Triton's ``_floordiv``/``_mod`` helpers of the generated module).
+    """
+
+    #          surface prec python     numpy            torch        triton
+    ADD = ("+", 5, "add", "add", "{} + {}", "{} + {}")
+    SUB = ("-", 5, "sub", "subtract", "{} - {}", "{} - {}")
+    MUL = ("*", 6, "mul", "multiply", "{} * {}", "{} * {}")
+    FLOORDIV = ("//", 6, "floordiv", "floor_divide", "{} // {}", "_floordiv({}, {})")
+    MOD = ("%", 6, "mod", "mod", "{} % {}", "_mod({}, {})")
+    LT = ("<", 4, "lt", "less", "{} < {}", "{} < {}")
+    LE = ("<=", 4, "le", "less_equal", "{} <= {}", "{} <= {}")
+    GT = (">", 4, "gt", "greater", "{} > {}", "{} > {}")
+    GE = (">=", 4, "ge", "greater_equal", "{} >= {}", "{} >= {}")
+    EQ = ("==", 4, "eq", "equal", "{} == {}", "{} == {}")
+    NE = ("!=", 4, "ne", "not_equal", "{} != {}", "{} != {}")
+    AND = ("and", 2, "and_", "logical_and", "{} & {}", "{} & {}")
+    OR = ("or", 1, "or_", "logical_or", "{} | {}", "{} | {}")
+    NEG = ("-", 7, "neg", "negative", "-{}", "-{}")       # unary
+    NOT = ("not", 3, "not_", "logical_not", "~{}", "~{}")  # unary
+
+    def __init__(self, surface, prec, python, numpy, torch, triton):
+        self.surface, self.prec = surface, prec
+        self.python, self.numpy, self.torch, self.triton = python, numpy, torch, triton
+
+    @property
+    def unary(self) -> bool:
+        return self in (Op.NEG, Op.NOT)
+
+    @property
+    def compare(self) -> bool:
+        return self.prec == 4
+
+    @property
+    def logical(self) -> bool:
+        return self in (Op.AND, Op.OR, Op.NOT)
+
+    @staticmethod
+    def of(surface: "str | Op", unary: bool = False) -> "Op":
+        """The member spelled ``surface`` in the language (binary, or ``unary``)."""
+        if isinstance(surface, Op):
+            return surface
+        for op in Op:
+            if op.surface == surface and op.unary == unary:
+                return op
+        raise ValueError(f"no {'unary' if unary else 'binary'} operator {surface!r}")
+
+    def __repr__(self) -> str:
+        return f"Op.{self.name}"
+
+
 @dataclass(frozen=True, slots=True)
 class PBin(Pred):
     """``+ - * // %``, comparisons ``< <= > >= == !=``, and ``and`` / ``or``."""
 
-    op: str
+    op: Op
     left: Pred
     right: Pred
+
+    def __post_init__(self):
+        # NOTE: a surface spelling ("+") is accepted and stored as its member, so IR built
+        # by hand or by tests compares equal to the front end's.
+        if not isinstance(self.op, Op):
+            object.__setattr__(self, "op", Op.of(self.op))
 
 
 @dataclass(frozen=True, slots=True)
 class PUn(Pred):
-    """``-`` (negate) or ``not``."""
+    """``-`` (negate, :attr:`Op.NEG`) or ``not`` (:attr:`Op.NOT`)."""
 
-    op: str
+    op: Op
     operand: Pred
+
+    def __post_init__(self):
+        if not isinstance(self.op, Op):
+            object.__setattr__(self, "op", Op.of(self.op, unary=True))
 
 
 @dataclass(frozen=True, slots=True)

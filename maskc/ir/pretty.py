@@ -112,8 +112,6 @@ def _and(terms: tuple[ir.Node, ...]) -> str:
 
 # ---------------------------------------------------------------- predicates
 
-_PPREC = {"or": 1, "and": 2, "not": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "==": 4, "!=": 4,
-          "+": 5, "-": 5, "*": 6, "//": 6, "%": 6, "neg": 7}
 
 
 def pretty_pred(p: ir.Pred, prec: int = 0) -> str:
@@ -126,7 +124,7 @@ def _pred(p: ir.Pred) -> tuple[str, int]:
         v = p.value
         if isinstance(v, bool):
             return _bool(v), 9
-        return (str(v), 9) if v >= 0 else (f"-{-v}", _PPREC["neg"])
+        return (str(v), 9) if v >= 0 else (f"-{-v}", ir.Op.NEG.prec)
     if isinstance(p, ir.PVar):
         return p.name, 9
     if isinstance(p, ir.PAxis):
@@ -134,13 +132,12 @@ def _pred(p: ir.Pred) -> tuple[str, int]:
     if isinstance(p, ir.PCall):
         return f"{p.func}({', '.join(pretty_pred(a) for a in p.args)})", 9
     if isinstance(p, ir.PUn):
-        if p.op == "not":
-            return f"not {pretty_pred(p.operand, _PPREC['not'])}", _PPREC["not"]
-        return f"-{pretty_pred(p.operand, _PPREC['neg'])}", _PPREC["neg"]
+        sep = " " if p.op is ir.Op.NOT else ""
+        return f"{p.op.surface}{sep}{pretty_pred(p.operand, p.op.prec)}", p.op.prec
     if isinstance(p, ir.PBin):
-        own = _PPREC[p.op]
-        if own == 4:  # comparisons do not chain in print: both sides bind tighter
-            return f"{pretty_pred(p.left, 5)} {p.op} {pretty_pred(p.right, 5)}", own
+        own, op = p.op.prec, p.op.surface
+        if p.op.compare:  # comparisons do not chain in print: both sides bind tighter
+            return f"{pretty_pred(p.left, own + 1)} {op} {pretty_pred(p.right, own + 1)}", own
         # left-associative: the right operand needs strictly tighter binding
-        return f"{pretty_pred(p.left, own)} {p.op} {pretty_pred(p.right, own + 1)}", own
+        return f"{pretty_pred(p.left, own)} {op} {pretty_pred(p.right, own + 1)}", own
     raise TypeError(f"cannot print {type(p).__name__}")

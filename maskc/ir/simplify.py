@@ -6,6 +6,7 @@ input; ``And``/``Or`` flat with at least two distinct terms; idempotent.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import replace
 
 from maskc import ir
@@ -162,13 +163,9 @@ def heads_wildcard(n):
     return None
 
 
-_FOLD = {
-    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-    "//": lambda a, b: a // b, "%": lambda a, b: a % b, "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
-    "and": lambda a, b: a and b, "or": lambda a, b: a or b,
-}
+# NOTE: Python's integer semantics (floor division, the divisor's sign for %); ``and``/``or``
+# only ever see bools (the checker types them), where operator.and_/or_ agree with them.
+_FOLD = {op: getattr(operator, op.python) for op in ir.Op}
 
 
 def fold_constants(n):
@@ -178,7 +175,7 @@ def fold_constants(n):
         return ir.PConst(_FOLD[n.op](n.left.value, n.right.value), span=n.span)
     if isinstance(n, ir.PUn) and isinstance(n.operand, ir.PConst):
         v = n.operand.value
-        return ir.PConst(not v if n.op == "not" else -v, span=n.span)
+        return ir.PConst(_FOLD[n.op](v), span=n.span)
     if isinstance(n, ir.PCall) and all(isinstance(a, ir.PConst) for a in n.args):
         vals = [a.value for a in n.args]
         return ir.PConst({"abs": lambda: abs(vals[0]), "min": lambda: min(vals),

@@ -46,7 +46,7 @@ def verify(mdef: ir.MaskDef) -> ir.MaskDef:
             _fail(n, "one size >= 1 per grid axis")
         if isinstance(n, ir.PAxis) and not 0 <= n.axis < nd:
             _fail(n, "axis out of range")
-        if isinstance(n, ir.PBin) and n.op in ("//", "%") and not (
+        if isinstance(n, ir.PBin) and n.op in (ir.Op.FLOORDIV, ir.Op.MOD) and not (
                 isinstance(n.right, ir.PConst) and n.right.value > 0):
             _fail(n, "divisor must be a positive constant")
         for c in ir.children(n):
