@@ -6,6 +6,7 @@ golden kernel sources in tests/golden/.
 """
 
 import os
+import sys
 
 import pytest
 
@@ -31,3 +32,20 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def device():
     return "cuda" if GPU_RUN else "cpu"
+
+
+@pytest.fixture
+def default_recursion_limit():
+    """Python's default recursion limit (1000) for one test; the previous limit comes back after.
+
+    NOTE: the first torch.compile that reaches inductor on a cold cache raises the limit to
+    2000 for the rest of the process (``torch/_inductor/compile_fx.py``), so a test that
+    relies on the default passes or fails with the cache and with the tests run before it.
+    Tests that check what works (or fails) under the default pin it here.
+    """
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        yield 1000
+    finally:
+        sys.setrecursionlimit(old)
