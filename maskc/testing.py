@@ -13,13 +13,17 @@ function against maskc's float64 reference, forward and backward::
         assert_attention_matches(lambda q, k, v, **kw: my_attention(q, k, v, mask, **kw),
                                  mask, **shape)
 
-Needs hypothesis, numpy and torch.
+Needs numpy and torch; the strategies need hypothesis (the ``test`` extra), imported only when
+one is built, so ``runtime_inputs`` and ``assert_attention_matches`` (``maskc compile --arch``,
+``maskc test``) work without it.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import numpy as np
-from hypothesis import strategies as st
 
 from maskc.api import Mask, compile
 
@@ -31,9 +35,25 @@ DEFAULT_TOLERANCES = {"float64": (1e-9, 1e-9), "float32": (2e-4, 2e-4),
                       "float16": (2e-2, 2e-2), "bfloat16": (6e-2, 6e-2)}
 
 
-@st.composite
+def _composite(fn):
+    """``hypothesis.strategies.composite``, applied when a strategy is asked for.
+
+    NOTE: hypothesis is only in the ``test`` extra; a module-level import would make every
+    CLI command that reaches this module (``compile --arch`` reads ``runtime_inputs``) need it.
+    """
+    @functools.wraps(fn)
+    def strategy(*args, **kwargs):
+        from hypothesis import strategies as st
+        return st.composite(fn)(*args, **kwargs)
+    sig = inspect.signature(fn)
+    strategy.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
+    return strategy
+
+
+@_composite
 def primitive_specs(draw, runtime: bool = True) -> str:
     """One primitive of LANGUAGE.md section 2 with small random parameters, as source text."""
+    from hypothesis import strategies as st
     n = st.integers(0, 12)
     pos = st.integers(1, 12)
     options = [
@@ -57,9 +77,10 @@ def primitive_specs(draw, runtime: bool = True) -> str:
     return draw(st.one_of(options))
 
 
-@st.composite
+@_composite
 def specs(draw, max_terms: int = 3, runtime: bool = True) -> str:
     """A `.mask` file with one mask ``m`` combining primitives with ``~ - & |``."""
+    from hypothesis import strategies as st
     terms = [draw(primitive_specs(runtime=runtime))
              for _ in range(draw(st.integers(1, max_terms)))]
     expr = terms[0]
@@ -70,9 +91,10 @@ def specs(draw, max_terms: int = 3, runtime: bool = True) -> str:
     return f"mask m{params} = {expr}\n"
 
 
-@st.composite
+@_composite
 def shapes(draw, max_len: int = 96, dtypes=("float32",), max_heads: int = 4) -> dict:
     """``batch, heads, kv_heads, q_len, kv_len, head_dim, dtype`` (GQA/MQA included)."""
+    from hypothesis import strategies as st
     kv_heads = draw(st.integers(1, max(1, max_heads // 2)))
     return {
         "batch": draw(st.integers(1, 2)),
