@@ -138,10 +138,14 @@ class Mask:
         from maskc import pipeline
         from maskc.backends import reference
         from maskc.passes.bind import digest
-        inputs = {k: options.pop(k) for k in list(options) if k in self.ir.inputs}
+        # NOTE: a name that is not an option of the target is a runtime input (bind says so
+        # when the mask has no such input)
+        known = pipeline.target_options(target)
+        inputs = {k: options.pop(k) for k in list(options) if k in self.ir.inputs or
+                  k not in known}
         opts = pipeline.normalize_options(target, options)
-        key = (q_len, kv_len, heads, kv_heads, target, tuple(sorted(opts.items())),
-               digest(inputs))
+        key = (q_len, kv_len, heads, heads if kv_heads is None else kv_heads, target,
+               tuple(sorted(opts.items())), digest(inputs))
         with self._lock:
             if key in self._plans:
                 self._plans.move_to_end(key)

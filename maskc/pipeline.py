@@ -34,7 +34,7 @@ from maskc.passes.layout import TokenLayout
 from maskc.passes.layoutmap import choose_layout, permuted_block_map
 from maskc.passes.tiles import KERNELS, KernelConfig, Tiles, dtype_name, kernel_tiles
 
-__all__ = ["plan", "normalize_options", "KernelPlan", "TARGETS", "STAGES", "STAGES_OF"]
+__all__ = ["plan", "normalize_options", "target_options", "KernelPlan", "TARGETS", "STAGES", "STAGES_OF"]
 
 TARGETS = tuple(KERNELS)
 STAGES = ("bind", "tiles", "layout", "block analysis", "head grouping")
@@ -212,7 +212,7 @@ class KernelPlan:
                            f"the grid {' x '.join(map(str, self.layout.grid_shape))} made "
                            "contiguous")
         out.append(f"head groups: {len(self.groups)} table{'s' if len(self.groups) != 1 else ''}"
-                   f" for {self.heads} heads: " + ", ".join(_span(g) for g in self.groups[:8])
+                   f" for {self.heads} head{'s' if self.heads != 1 else ''}: " + ", ".join(_span(g) for g in self.groups[:8])
                    + (" ..." if len(self.groups) > 8 else ""))
         if self.head_groups is not None and self.kv_heads != self.heads:
             kv = self.head_groups.kv_groups
@@ -262,6 +262,13 @@ def _analyse(bound: Bound, tiles: Tiles, layout: TokenLayout | None, evaluate) -
     grid = mdef.grid is not None
     return build(mdef, None if grid else bound.q_len, None if grid else bound.kv_len,
                  bound.heads, tiles.block_q, tiles.block_k, evaluate=evaluate, **bound.inputs)
+
+
+def target_options(target: str) -> tuple[str, ...]:
+    """The names of ``target``'s options."""
+    if target not in _OPTIONS:
+        raise MaskError(f"unknown target {target!r}; targets: " + ", ".join(TARGETS))
+    return tuple(_OPTIONS[target])
 
 
 def normalize_options(target: str, given: dict) -> dict:

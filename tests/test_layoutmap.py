@@ -52,7 +52,7 @@ def test_layout_makes_a_large_2d_neighborhood_visit_fewer_tiles():
 def test_row_major_is_kept_when_it_is_better():
     m = maskc.compile("mask m over grid(32, 32) = neighborhood(7)")
     layout, bm = choose_layout(m.ir, 64, evaluate=reference.evaluate)
-    assert layout is None and bm.stats == m.block_map(block_q=64).stats
+    assert layout is None and bm is None  # the kernels then run on row-major tables
 
 
 def test_show_reports_the_layout(capsys):
@@ -65,4 +65,4 @@ def test_show_reports_the_layout(capsys):
     finally:
         os.unlink(f.name)
     out = capsys.readouterr().out
-    assert "token layout: tiles" in out and "visited instead of" in out
+    assert "layout: tiles 16 x 8 of the grid 64 x 64 made contiguous" in out

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,7 +139,7 @@ def test_compile_command_writes_an_importable_module(tmp_path, device):
                              q_len=33)
     q = torch.randn(1, 2, 33, 32, device=device)
     swa_kernel.attention(q, q, q)  # a second call reuses the module's mask and its tables
-    assert len(swa_kernel._MASK) == 1 and len(swa_kernel._MASK[0]._triton_plans) == 1
+    assert len(swa_kernel._MASK) == 1 and len(swa_kernel._MASK[0]._plans) == 1
     # the module runs its own kernels (an edited copy runs as edited), not a cached copy
     calls = []
     forward = swa_kernel.fwd_mistral
@@ -382,7 +383,7 @@ def test_plans_are_cached_per_size_and_input_content(device):
     assert tb.Launch(m, q[:, :, :30], q, q, doc=doc).plan is not first  # another q_len
     for _ in range(12):  # a bounded cache: old plans go
         tb.Launch(m, q, q, q, doc=np.random.default_rng(_).integers(0, 3, 40))
-    assert len(m._triton_plans) == tb._PLANS_PER_MASK
+    assert len(m._plans) == maskc.api.PLANS_PER_MASK
 
 
 def test_out_of_resources_falls_back_to_smaller_tiles_once(device):
@@ -393,20 +394,23 @@ def test_out_of_resources_falls_back_to_smaller_tiles_once(device):
     launch = tb.Launch(m, q, q, q, None, tb.KernelConfig.uniform(32, 32))
     tried = []
 
-    def run(tiles):
+    def run(plan, tiles):
         tried.append(tiles)
+        assert plan.tiles["fwd"] == tiles  # the plan is retiled, its tables at those tiles
+        assert plan.block_map("fwd").block_q == tiles.block_q
         if tiles.block_q * tiles.block_k > 256:
             raise OutOfResources("shared memory")
         return tiles
     start = tb.Tiles(32, 32, 4, 3)
-    assert launch._run("fwd", start, q.dtype, run) == tb.Tiles(16, 16, 4, 1)
+    assert launch.plan.tiles["fwd"] == start
+    assert launch._run("fwd", q.dtype, run) == tb.Tiles(16, 16, 4, 1)
     assert tried == [start, tb.Tiles(32, 32, 4, 1), tb.Tiles(16, 32, 4, 1),
                      tb.Tiles(16, 16, 4, 1)]
     tried.clear()
-    launch._run("fwd", start, q.dtype, run)  # remembered: straight to the tiles that fit
+    launch._run("fwd", q.dtype, run)  # remembered: straight to the tiles that fit
     assert tried == [tb.Tiles(16, 16, 4, 1)]
     with pytest.raises(ValueError):  # other errors are not resource problems
-        launch._run("dq", start, q.dtype, lambda t: (_ for _ in ()).throw(ValueError("x")))
+        launch._run("dq", q.dtype, lambda p, t: (_ for _ in ()).throw(ValueError("x")))
 
 
 def test_tiled_layout_with_batched_runtime_inputs(device):
@@ -444,3 +448,34 @@ def test_shape_errors_match_the_reference():
     q = torch.randn(3, 1, 20, 16)
     with pytest.raises(maskc.MaskSizeError, match="batch 2 but q has 3"):
         packed.attention(q, q, q, backend="triton", doc=np.stack([np.repeat([0, 1], 10)] * 2))
+
+
+def _scopes(fn_lines):
+    """The assignment lines each scope of a generated function can see: the function's own
+    lines, and each ``if`` block with the lines above it (blocks do not see each other)."""
+    outer = [ln for ln in fn_lines if not ln.startswith("        ")]
+    blocks, cur = [], None
+    for ln in fn_lines:
+        if ln.startswith("    if "):
+            cur = []
+            blocks.append(cur)
+        elif ln.startswith("        ") and cur is not None:
+            cur.append(ln.strip())
+        else:
+            cur = None
+    return [[ln.strip() for ln in outer]] + [[ln.strip() for ln in outer] + b for b in blocks]
+
+
+@pytest.mark.parametrize("golden", sorted(GOLDEN_CASES))
+def test_golden_kernels_compute_each_expression_once(golden):
+    """In each generated mask function, no right-hand side is computed twice in one scope,
+    and no neutral arithmetic (`% 1`, `// 1`, `+ 0`, `* 1`, `- 0`) is left unfolded."""
+    src = (GOLDEN / f"{golden}.py.golden").read_text()
+    fn = re.search(r"^def mask_\w+\(.*?(?=^\S)", src, re.S | re.M).group(0).splitlines()[1:]
+    for scope in _scopes(fn):
+        rhs = [ln.split(" = ", 1)[1] for ln in scope
+               if re.match(r"\w+ = ", ln) and not ln.startswith("keep =")]
+        assert len(rhs) == len(set(rhs)), f"{golden}: an expression is computed twice: {rhs}"
+    body = "\n".join(fn)
+    assert not re.search(r"(%|//|\*) 1\b(?!\d)|[+-] 0\b(?![\d.])", body), body
+    assert "Lk_in" not in body

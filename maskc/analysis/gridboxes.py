@@ -87,6 +87,8 @@ def classify_grid(node, r, an, path):
     shape = an.grid.shape
     if max(shape) > AXIS_TABLE_LIMIT:
         return _states(*_count_queries(node, r, shape, an.grid.numel))
+    if len(r.p_lo) == 0:  # no candidate tile (e.g. a head whose mask is empty)
+        return _states(np.zeros(0, bool), np.zeros(0, bool))
     tables = axis_tables(node, tuple(shape))
     # NOTE: many tiles share a query range (and a key range): box each distinct one once
     qb, qi = _distinct_boxes(r.p_lo, r.p_hi, shape, an.grid.numel)
