@@ -1,27 +1,28 @@
-"""The FlexAttention backend: the IR as a ``mask_mod``, block masks from the block IR, attention.
+"""The FlexAttention backend's ``mask_mod``: Python source generated from the IR.
 
-This module lowers a :class:`maskc.ir.MaskDef` to a FlexAttention ``mask_mod``
-through the dispatch table :data:`LOWERINGS`, keyed like ``backends.reference.LOWERINGS``.
-Lowering happens in two stages so the returned function is safe under ``torch.vmap`` and
-``torch.compile``:
+:func:`make_mask_mod` renders the mask, for known lengths and head count, through the same
+memoizing emitter as the Triton kernels (:mod:`maskc.backends.emit`, the constructs of
+:mod:`maskc.backends.constructs`): each value computed once and named for what it is,
+constants folded (the lengths too), the cheapest exact form of each construct. Everything
+data-dependent is built on the host first and captured: the runtime inputs, segment starts
+and lengths of ``within``, random block choices for every query block that can occur,
+layout matrices; the arm each head takes in ``heads { ... }`` is resolved then too, and
+errors (``random(r)`` with too few key blocks, a head no arm covers) are raised there,
+located at the node. The function itself only does tensor arithmetic, comparisons,
+``torch.where`` and gathers at clamped indices: no Python branching on tensor values and no
+``.item()``, so it is safe under ``torch.vmap`` and ``torch.compile``.
 
-- at build time (plain Python, the sizes known) each node turns into a closure, and every
-  data-dependent table is precomputed on the host: random block choices for every query
-  block that can occur, layout matrices, segment starts and lengths of ``within`` inputs,
-  the arm each head takes in ``heads { ... }``; errors (``random(r)`` with too few key
-  blocks, a head no arm covers) are raised here, located at the node;
-- at call time the closures only do tensor arithmetic, comparisons, ``torch.where`` and
-  gathers from the captured tables at clamped indices: no Python branching on tensor
-  values and no ``.item()``.
-
+NOTE: source rather than closures: one closure per node costs a Python call per node and
+per evaluation, and hides what runs; the source can be read (``mask_mod.source``,
+``inspect.getsource``) and compiles to the straight-line code a person would write.
 The result equals ``backends.reference.dense`` exactly (``create_mask`` of the mask_mod).
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, replace
-from typing import Callable
+import hashlib
+import linecache
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -29,108 +30,87 @@ import torch
 from maskc import ir
 from maskc.errors import MaskError, MaskInputError, MaskValueError
 from maskc.analysis.rng import random_table
-from maskc.ir.grid import coords, na_axis as _na_axis
-from maskc.analysis.sizes import check_batch, check_elements, prepare_inputs, resolve_lengths
+from maskc.analysis.sizes import prepare_inputs, resolve_lengths
+from maskc.ir import Op
+from maskc.ir.pretty import pretty
 
-from maskc.backends import reference
+from maskc.backends.constructs import LOWERINGS as _ARITH, Env, in_set, value
+from maskc.backends.emit import TORCH, Emitter
 
-__all__ = ["make_mask_mod", "torch_inputs", "LOWERINGS", "PRED_LOWERINGS"]
+__all__ = ["make_mask_mod", "mask_mod_source", "torch_inputs", "LOWERINGS"]
 
 
 @dataclass(frozen=True)
 class _Static:
-    """What a node may look at when it is lowered (build time, plain Python values)."""
+    """What a node may rely on (build time): bounds of the positions it sees for indices in
+    range, the key axis length of its position space, and the heads that reach it."""
 
-    heads: int
-    Lk_outer: int             # length of the key axis in the current position space
-    p_lo: int                 # bounds of the aligned query position P here (inclusive)
+    p_lo: int
     p_hi: int
-    grid: ir.Grid | None
-    inputs: dict              # name -> int64 tensor (B, Lk)
-    device: torch.device
-    reach: tuple | None = None  # the heads that reach this node (None: all of them)
+    k_hi: int
+    Lk_outer: int
+    reach: tuple | None = None   # None: every head
 
 
-@dataclass(frozen=True)
-class _Vars:
-    """Call-time values: 0-d int64 tensors under vmap (``Lq``/``Lk`` may be Python ints)."""
+class _Gen:
+    """Renders one mask_mod: the emitter's lines plus the host tensors it captures."""
 
-    b: torch.Tensor
-    h: torch.Tensor
-    Q: torch.Tensor           # raw query index (as predicates see it)
-    P: torch.Tensor           # aligned query position
-    K: torch.Tensor           # key position
-    Lq: object
-    Lk: object
+    def __init__(self, mdef: ir.MaskDef, heads: int, inputs: dict, device):
+        self.mdef, self.heads, self.inputs, self.device = mdef, heads, inputs, device
+        self.e = Emitter(TORCH, ("b", "h", "q_idx", "kv_idx", "torch", "make"))
+        self.captures: list[tuple[str, torch.Tensor]] = []
+        self._captured: dict[object, str] = {}
 
+    def capture(self, key, make, hint: str) -> str:
+        """The name of a captured host tensor (built by ``make()`` once per key)."""
+        if key not in self._captured:
+            name = self.e.ns.fresh(hint)
+            self.captures.append((name, make()))
+            self._captured[key] = name
+        return self._captured[key]
 
-MaskFn = Callable[[_Vars], torch.Tensor]
-
-
-def _lower(node: ir.Node, st: _Static) -> MaskFn:
-    fn = LOWERINGS.get(type(node))
-    if fn is None:
-        raise MaskError(f"the flex backend cannot lower {type(node).__name__}", node.span)
-    return fn(node, st)
-
-
-def _const_fn(keep: bool) -> MaskFn:
-    # NOTE: derived from an index, so the value is batched like every other node's.
-    if keep:
-        return lambda v: v.K == v.K
-    return lambda v: v.K != v.K
+    def mask(self, n: ir.Node, env: Env):
+        fn = LOWERINGS.get(type(n))
+        if fn is None:
+            raise MaskError(f"the flex backend cannot lower {type(n).__name__}", n.span)
+        if isinstance(n, (ir.Neighborhood, ir.Tile)) and env.grid is None:
+            raise MaskError(f"{type(n).__name__} needs a mask over a grid", n.span)
+        out = fn(self, n, env)
+        self.e.note(None)
+        return out
 
 
-def _tensor(x, v: _Vars) -> torch.Tensor:
-    """A predicate result as a bool tensor (a constant predicate gives a Python bool)."""
-    return x if isinstance(x, torch.Tensor) else _const_fn(bool(x))(v)
+def _tensor(x, env: Env):
+    """A boolean value as a tensor (a folded constant becomes one, batched like an index)."""
+    if isinstance(x, bool):
+        return f"{env.K} == {env.K}" if x else f"{env.K} != {env.K}"
+    return x
 
 
-def _in(x, s: ir.IntSet):
-    out = None
-    for a, b in s.intervals:
-        hit = (x >= a) & (x < b)
-        out = hit if out is None else out | hit
-    return out
+def _gather(g: _Gen, table: str, rows: int, length: int, pos, lo: int, hi: int, hint: str):
+    """``table[b, pos]`` at a clamped index, and whether ``pos`` (within ``lo..hi`` for indices
+    in range) is inside ``0..length-1`` (folded when the bounds decide it)."""
+    e = g.e
+    row = table if rows == 1 else e.let(f"{table}[b.clamp(0, {rows - 1})]", f"{table}_b")
+    val = e.let(f"{row}[{e.clamp(pos, 0, length - 1)}]", hint)
+    ok = e.and_(True if lo >= 0 else e.cmp(Op.GE, pos, 0),
+                True if hi < length else e.cmp(Op.LT, pos, length))
+    return val, e.let(ok, f"ok_{hint}")
 
 
-def _global(n: ir.Global, st: _Static) -> MaskFn:
-    if not n.positions.intervals:
-        return _const_fn(False)
-    return lambda v: _in(v.P, n.positions) | _in(v.K, n.positions)
+def _input(g: _Gen, name: str, x: torch.Tensor, hint: str) -> str:
+    # NOTE: one batch row is captured as a 1-D tensor: no per-element batch index.
+    return g.capture(("input", hint), lambda: x[0] if x.shape[0] == 1 else x, hint)
 
 
-def _window(n: ir.Window, st: _Static) -> MaskFn:
-    before, after, d = n.before * n.dilation, n.after * n.dilation, n.dilation
-
-    def fn(v):
-        diff = v.P - v.K
-        keep = (diff <= before) & (-diff <= after)
-        return keep & (diff % d == 0) if d > 1 else keep
-    return fn
-
-
-def _rows(x: torch.Tensor, b: torch.Tensor):
-    """The row of a ``(B, L)`` table that batch ``b`` reads (row 0 when B == 1)."""
-    return x[0] if x.shape[0] == 1 else x[b.clamp(0, x.shape[0] - 1)]
-
-
-def _gather(x: torch.Tensor, b, idx):
-    """``x[b, idx]`` at a clamped index, and whether ``idx`` was in range."""
-    L = x.shape[1]
-    return _rows(x, b)[idx.clamp(0, L - 1)], (idx >= 0) & (idx < L)
-
-
-def _same_fn(x: torch.Tensor) -> MaskFn:
-    def fn(v):
-        xp, vp = _gather(x, v.b, v.P)
-        xk, vk = _gather(x, v.b, v.K)
-        return (xp == xk) & vp & vk
-    return fn
-
-
-def _same(n: ir.Same, st: _Static) -> MaskFn:
-    return _same_fn(st.inputs[n.input])
+def _same(g: _Gen, n: ir.Same, env: Env):
+    e, st, x = g.e, env.extra, g.inputs[n.input]
+    t = _input(g, n.input, x, n.input)
+    e.note(f"same({n.input})")
+    B, L = x.shape
+    xq, okq = _gather(g, t, B, L, env.P, st.p_lo, st.p_hi, f"{n.input}_q")
+    xk, okk = _gather(g, t, B, L, env.K, 0, st.k_hi, f"{n.input}_k")
+    return e.let(e.and_(e.cmp(Op.EQ, xq, xk), okq, okk), f"same_{n.input}")
 
 
 def _runs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,40 +126,37 @@ def _runs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return start.contiguous(), (end - start + 1).contiguous()
 
 
-def _within(n: ir.Within, st: _Static) -> MaskFn:
-    x = st.inputs[n.input]
-    start, length = _runs(x)
-    same = _same_fn(x)
+def _within(g: _Gen, n: ir.Within, env: Env):
+    e, st, x = g.e, env.extra, g.inputs[n.input]
+    same = _same(g, ir.Same(n.input), env)
+    B, L = x.shape
+    runs = {}
+
+    def table(i, hint):
+        if not runs:
+            runs["st"], runs["len"] = _runs(x)
+        t = runs["st"] if i == 0 else runs["len"]
+        return g.capture((hint, n.input), lambda: t[0] if B == 1 else t, f"{n.input}_{hint}")
+    e.note(f"within({n.input}): positions from the start of the run")
+    starts = table(0, "start")
+    sq, _ = _gather(g, starts, B, L, env.P, st.p_lo, st.p_hi, "start_q")
+    sk, _ = _gather(g, starts, B, L, env.K, 0, st.k_hi, "start_k")
+    P = e.let(e.sub(env.P, sq), f"p_{n.input}")
+    K = e.let(e.sub(env.K, sk), f"k_{n.input}")
+    lens = lambda: table(1, "len")  # noqa: E731
+    lq = lambda: _gather(g, lens(), B, L, env.P, st.p_lo, st.p_hi, "len_q")[0]  # noqa: E731
+    lk = lambda: _gather(g, lens(), B, L, env.K, 0, st.k_hi, "len_k")[0]  # noqa: E731
     # NOTE: P - start(P) lies in [0, P] for P in range; out of range, start is start(0) = 0.
-    inner = _lower(n.body, replace(st, p_lo=min(st.p_lo, 0), p_hi=max(st.p_hi, 0)))
-
-    def fn(v):
-        sp, _ = _gather(start, v.b, v.P)
-        sk, _ = _gather(start, v.b, v.K)
-        lp, _ = _gather(length, v.b, v.P)
-        lk, _ = _gather(length, v.b, v.K)
-        P = v.P - sp
-        return same(v) & inner(replace(v, P=P, Q=P, K=v.K - sk, Lq=lp, Lk=lk))
-    return fn
+    inner = replace(env, P=P, Q=P, K=K, Lq=lq, Lk=lk, p_nonneg=env.p_nonneg and st.p_lo >= 0,
+                    extra=replace(st, p_lo=min(st.p_lo, 0), p_hi=max(st.p_hi, 0)))
+    return e.and_(same, g.mask(n.body, inner))
 
 
-def _not(n: ir.Not, st: _Static) -> MaskFn:
-    body = _lower(n.body, st)
-    return lambda v: ~body(v)
-
-
-def _nary(op):
-    def lower(n, st: _Static) -> MaskFn:
-        terms = [_lower(t, st) for t in n.terms]
-        return lambda v: functools.reduce(op, (t(v) for t in terms))
-    return lower
-
-
-def _heads(n: ir.Heads, st: _Static) -> MaskFn:
-    H = st.heads
+def _heads(g: _Gen, n: ir.Heads, env: Env):
+    e, st, H = g.e, env.extra, g.heads
     reach = np.ones(H, dtype=bool) if st.reach is None else np.array(st.reach, dtype=bool)
     arm_of = np.full(H, -1, dtype=np.int64)
-    bodies: list[tuple[int, MaskFn]] = []
+    bodies = []
     for i, arm in enumerate(n.arms):
         hit = np.array([arm.heads is None or h in arm.heads for h in range(H)], dtype=bool)
         sel = hit & (arm_of < 0) & reach
@@ -187,222 +164,109 @@ def _heads(n: ir.Heads, st: _Static) -> MaskFn:
         # e.g. its random(r) cannot fail), and coverage is checked over the heads that
         # reach this node.
         if sel.any():
-            bodies.append((i, _lower(arm.body, replace(st, reach=tuple(sel.tolist())))))
+            body = g.mask(arm.body, replace(env, extra=replace(st, reach=tuple(sel.tolist()))))
+            bodies.append((ir.IntSet.of(np.flatnonzero(sel).tolist()), body))
         arm_of[sel] = i
     if ((arm_of < 0) & reach).any():
         h = int(np.flatnonzero((arm_of < 0) & reach)[0])
         raise MaskValueError(f"head {h} is not covered by any arm of heads {{...}} (with "
                              f"{H} heads); add a '_: ...' arm", n.span)
-    table = torch.from_numpy(arm_of).to(st.device)
-    if len(bodies) == 1:
-        return bodies[0][1]
-
-    def fn(v):
-        arm = table[v.h.clamp(0, H - 1)]
-        out = _const_fn(False)(v)
-        for i, body in bodies:
-            out = torch.where(arm == i, body(v), out)
-        return out
-    return fn
+    # the last arm taken needs no test: every head that reaches here takes one of them
+    out = bodies[-1][1]
+    for heads, body in reversed(bodies[:-1]):
+        out = e.where(in_set(g, env.h, heads, nonneg=True), _tensor(body, env), _tensor(out, env))
+    return out
 
 
-def _blocks(n: ir.Blocks, st: _Static) -> MaskFn:
-    B = n.size
+def _blocks(g: _Gen, n: ir.Blocks, env: Env):
+    e, st, B = g.e, env.extra, n.size
     nkb = -(-st.Lk_outer // B)
-    inner = _lower(n.body, replace(st, Lk_outer=nkb, p_lo=st.p_lo // B, p_hi=st.p_hi // B))
+    e.note(f"blocks({B}): block indices")
+    P = e.let(e.floordiv(env.P, B, env.p_nonneg), "qb")
+    K = e.let(e.floordiv(env.K, B, True), "kb")
+    inner = replace(env, P=P, Q=P, K=K, Lq=nkb, Lk=nkb,
+                    extra=replace(st, Lk_outer=nkb, p_lo=st.p_lo // B, p_hi=st.p_hi // B,
+                                  k_hi=st.k_hi // B))
+    return g.mask(n.body, inner)
 
-    def fn(v):
-        P = v.P // B
-        return inner(replace(v, P=P, Q=P, K=v.K // B, Lq=nkb, Lk=nkb))
-    return fn
+
+def _lookup(g: _Gen, t: str, rows: int, cols: int, row, env: Env, row_lo: int, row_hi: int):
+    """``t[row, K]`` of a host table, False outside it (bounds folded where they decide)."""
+    e, st = g.e, env.extra
+    hit = e.let(f"{t}[{e.clamp(row, 0, rows - 1)}, {e.clamp(env.K, 0, cols - 1)}]", f"{t}_hit")
+    return e.and_(hit, True if row_lo >= 0 else e.cmp(Op.GE, row, 0),
+                  True if row_hi < rows else e.cmp(Op.LT, row, rows),
+                  True if st.k_hi < cols else e.cmp(Op.LT, env.K, cols))
 
 
-def _random(n: ir.Random, st: _Static) -> MaskFn:
-    nkb = st.Lk_outer
+def _random(g: _Gen, n: ir.Random, env: Env):
+    st, nkb = env.extra, env.extra.Lk_outer
     if n.r > nkb:
         raise MaskValueError(f"random({n.r}) needs at least {n.r} key blocks, but there are "
                              f"{nkb}", n.span)
     lo, hi = st.p_lo, st.p_hi
-    table = torch.from_numpy(random_table(n.seed, np.arange(lo, hi + 1), nkb, n.r, n.span))
-    table = table.to(st.device)
-    rows = hi - lo + 1
-
-    def fn(v):
-        keep = table[(v.P - lo).clamp(0, rows - 1), v.K.clamp(0, nkb - 1)]
-        return keep & (v.K >= 0) & (v.K < nkb)
-    return fn
+    t = g.capture(n, lambda: torch.from_numpy(random_table(
+        n.seed, np.arange(lo, hi + 1), nkb, n.r, n.span)).to(g.device), "rand")
+    g.e.note(f"random({n.r}, seed = {n.seed}): a host table of key blocks per query block")
+    row = g.e.let(g.e.sub(env.P, lo), f"{t}_row")
+    return _lookup(g, t, hi - lo + 1, nkb, row, env, 0, hi - lo)
 
 
-def _layout(n: ir.Layout, st: _Static) -> MaskFn:
+def _layout(g: _Gen, n: ir.Layout, env: Env):
     rows = len(n.rows)
     cols = len(n.rows[0]) if rows else 0
     if not rows or not cols:
-        return _const_fn(False)
-    M = torch.tensor(n.rows, dtype=torch.bool, device=st.device)
-
-    def fn(v):
-        ok = (v.P >= 0) & (v.P < rows) & (v.K >= 0) & (v.K < cols)
-        return M[v.P.clamp(0, rows - 1), v.K.clamp(0, cols - 1)] & ok
-    return fn
-
-
-def na_axis(qi, ki, n: int, K: int, d: int, s: int, causal: bool):
-    """NATTEN's generalized neighborhood rule on one axis, on tensors (the reference's rule)."""
-    return _na_axis(qi, ki, n, K, d, s, causal, torch.minimum,
-                             lambda x, lo: torch.clamp(x, min=lo))
-
-
-def _grid_shape(node: ir.Node, st: _Static) -> tuple[int, ...]:
-    if st.grid is None:
-        raise MaskError(f"{type(node).__name__} needs a mask over a grid", node.span)
-    return st.grid.shape
-
-
-def _neighborhood(n: ir.Neighborhood, st: _Static) -> MaskFn:
-    shape = _grid_shape(n, st)
-
-    def fn(v):
-        out = None
-        for i, (qi, ki) in enumerate(zip(coords(v.P, shape), coords(v.K, shape))):
-            keep = na_axis(qi, ki, shape[i], n.kernel[i], n.dilation[i], n.stride[i],
-                           n.causal[i])
-            out = keep if out is None else out & keep
-        return out if out is not None else _const_fn(True)(v)
-    return fn
-
-
-def _tile(n: ir.Tile, st: _Static) -> MaskFn:
-    shape = _grid_shape(n, st)
-
-    def fn(v):
-        out = _const_fn(True)(v)
-        for t, qi, ki in zip(n.sizes, coords(v.P, shape), coords(v.K, shape)):
-            out = out & (qi // t == ki // t)
-        return out
-    return fn
-
-
-def _where(n: ir.Where, st: _Static) -> MaskFn:
-    pred = _lower_pred(n.pred, st)
-    return lambda v: _tensor(pred(v), v)
-
-
-# ---------------------------------------------------------------- predicates
-
-def _lower_pred(p: ir.Pred, st: _Static) -> Callable[[_Vars], object]:
-    fn = PRED_LOWERINGS.get(type(p))
-    if fn is None:
-        raise MaskError(f"the flex backend cannot lower {type(p).__name__}", p.span)
-    return fn(p, st)
-
-
-def _is_t(x) -> bool:
-    return isinstance(x, torch.Tensor)
-
-
-def _and(a, b):
-    return a & b if _is_t(a) or _is_t(b) else bool(a) and bool(b)
-
-
-def _or(a, b):
-    return a | b if _is_t(a) or _is_t(b) else bool(a) or bool(b)
-
-
-def _minimum(a, b):
-    return torch.where(a <= b, a, b) if _is_t(a) or _is_t(b) else min(a, b)
-
-
-def _maximum(a, b):
-    return torch.where(a >= b, a, b) if _is_t(a) or _is_t(b) else max(a, b)
-
-
-# NOTE: on int64 tensors `//` floors and `%` takes the divisor's sign, like Python (the
-# language's integer semantics); Python ints mix in as scalars.
-import operator  # noqa: E402
-
-_BIN = {op: getattr(operator, op.python) for op in ir.Op if not op.unary}
-_BIN.update({ir.Op.AND: _and, ir.Op.OR: _or})
-
-
-def _pconst(p: ir.PConst, st: _Static):
-    value = p.value
-    return lambda v: value
-
-
-def _pvar(p: ir.PVar, st: _Static):
-    attr = {"q": "Q", "p": "P", "k": "K", "h": "h", "Lq": "Lq", "Lk": "Lk"}[p.name]
-    return lambda v: getattr(v, attr)
-
-
-def _paxis(p: ir.PAxis, st: _Static):
-    shape = _grid_shape(p, st)
-    stride = int(np.prod(shape[p.axis + 1:], dtype=np.int64))
-    size = shape[p.axis]
-    return lambda v: ((v.K if p.of == "k" else v.P) // stride) % size
-
-
-def _pun(p: ir.PUn, st: _Static):
-    x = _lower_pred(p.operand, st)
-    if p.op is ir.Op.NEG:
-        return lambda v: -x(v)
-
-    def not_(v):
-        a = x(v)
-        return torch.logical_not(a) if _is_t(a) else not a
-    return not_
-
-
-def _pbin(p: ir.PBin, st: _Static):
-    op = _BIN.get(p.op)
-    if op is None:
-        raise MaskError(f"the flex backend cannot lower the operator {p.op!r}", p.span)
-    left, right = _lower_pred(p.left, st), _lower_pred(p.right, st)
-    return lambda v: op(left(v), right(v))
-
-
-def _pcall(p: ir.PCall, st: _Static):
-    args = [_lower_pred(a, st) for a in p.args]
-    if p.func == "abs":
-        return lambda v: abs(args[0](v))
-    if p.func not in ("min", "max"):
-        raise MaskError(f"the flex backend cannot lower the function {p.func!r}", p.span)
-    fn = _minimum if p.func == "min" else _maximum
-    return lambda v: functools.reduce(fn, (a(v) for a in args))
-
-
-PRED_LOWERINGS = {
-    ir.PConst: _pconst,
-    ir.PVar: _pvar,
-    ir.PAxis: _paxis,
-    ir.PUn: _pun,
-    ir.PBin: _pbin,
-    ir.PCall: _pcall,
-}
+        return False
+    t = g.capture(n, lambda: torch.tensor(n.rows, dtype=torch.bool, device=g.device), "layout")
+    g.e.note("layout: a host table of key blocks per query block")
+    return _lookup(g, t, rows, cols, env.P, env, env.extra.p_lo, env.extra.p_hi)
 
 
 LOWERINGS = {
-    ir.Const: lambda n, st: _const_fn(n.keep),
-    ir.Causal: lambda n, st: lambda v: v.K <= v.P,
-    ir.Window: _window,
-    ir.Global: _global,
-    ir.Sink: lambda n, st: lambda v: v.K < n.n,
-    ir.Prefix: lambda n, st: lambda v: (v.P < n.n) & (v.K < n.n),
-    ir.Chunk: lambda n, st: lambda v: v.P // n.n == v.K // n.n,
-    ir.Strided: lambda n, st: lambda v: (v.P - v.K) % n.s == 0,
-    ir.Fixed: lambda n, st: lambda v: v.K % n.s >= n.s - n.c,
+    **_ARITH,
+    ir.Const: lambda g, n, env: n.keep,
     ir.Same: _same,
     ir.Within: _within,
-    ir.Where: _where,
-    ir.Not: _not,
-    ir.And: _nary(torch.logical_and),
-    ir.Or: _nary(torch.logical_or),
     ir.Heads: _heads,
     ir.Blocks: _blocks,
     ir.Random: _random,
     ir.Layout: _layout,
-    ir.Neighborhood: _neighborhood,
-    ir.Tile: _tile,
 }
+
+
+def _bound(p: ir.Pred, pos: int) -> int:
+    """An upper bound on ``|value|`` of a predicate expression (and of its operands)."""
+    if isinstance(p, ir.PConst):
+        return abs(int(p.value))
+    if isinstance(p, (ir.PVar, ir.PAxis)):
+        return pos
+    if isinstance(p, (ir.PUn, ir.PCall)):
+        return max(_bound(a, pos) for a in ir.children(p))
+    a, b = _bound(p.left, pos), _bound(p.right, pos)
+    return {Op.ADD: a + b, Op.SUB: a + b, Op.MUL: a * b, Op.FLOORDIV: a,
+            Op.MOD: b}.get(p.op, max(a, b))
+
+
+_I32 = 2 ** 31 - 1
+
+
+def _needs_int64(mdef: ir.MaskDef, q_len: int, kv_len: int) -> bool:
+    """Whether int32 indices could overflow: large lengths or parameters, or ``where``
+    arithmetic (products of positions) beyond 32 bits; positions stay int32 otherwise."""
+    pos = 2 * max(q_len, kv_len) + 2
+    if 4 * pos > _I32:
+        return True
+    for n in ir.walk(mdef.body):
+        if isinstance(n, ir.Pred):
+            if _bound(n, pos) * 2 + pos > _I32:
+                return True
+            continue
+        for f in fields(n):
+            v = getattr(n, f.name)
+            for x in (v if isinstance(v, tuple) else (v,)):
+                if isinstance(x, int) and abs(x) * 2 + 4 * pos > _I32:
+                    return True
+    return False
 
 
 def torch_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, device=None) -> dict:
@@ -433,6 +297,34 @@ def _normalize_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, device) -> di
     return out
 
 
+def mask_mod_source(mdef: ir.MaskDef, q_len: int, kv_len: int, heads: int,
+                    inputs: dict, device) -> tuple[str, list]:
+    """``(source, captured tensors)`` of the mask_mod: ``make(*tensors)`` returns it."""
+    g = _Gen(mdef, heads, inputs, device)
+    e = g.e
+    wide = _needs_int64(mdef, q_len, kv_len)
+    q, k = "q_idx", "kv_idx"
+    if wide:
+        # NOTE: compiled kernels pass int32 indices; this mask's arithmetic needs 64 bits.
+        q, k = e.let("q_idx.to(torch.int64)", "q"), e.let("kv_idx.to(torch.int64)", "k")
+    shift = kv_len - q_len
+    P = e.let(e.add(q, shift), "p")
+    env = Env(P=P, Q=q, K=k, h="h", Lq=q_len, Lk=kv_len, p_nonneg=shift >= 0, grid=mdef.grid,
+              extra=_Static(p_lo=shift, p_hi=kv_len - 1, k_hi=kv_len - 1, Lk_outer=kv_len))
+    expr = _tensor(g.mask(mdef.body, env), env)
+    names = ", ".join(name for name, _ in g.captures)
+    body = "".join(f"        {line}\n" for line in e.lines)
+    spec = pretty(mdef).strip().replace("\n", "\n#   ")
+    src = (f"# Generated by maskc: the FlexAttention mask_mod of mask `{mdef.name}`\n"
+           f"# for q_len {q_len}, kv_len {kv_len}, {heads} head(s).\n#\n#   {spec}\n"
+           f"import torch\n\n\n"
+           f"def make({names}):\n"
+           f"    def maskc_{mdef.name}(b, h, q_idx, kv_idx):\n{body}"
+           f"        return {expr}\n"
+           f"    return maskc_{mdef.name}\n")
+    return src, [t for _, t in g.captures]
+
+
 def make_mask_mod(mdef: ir.MaskDef, q_len: int, kv_len: int, heads: int,
                   inputs: dict | None = None, *, device=None):
     """The mask as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool tensor``.
@@ -445,6 +337,7 @@ def make_mask_mod(mdef: ir.MaskDef, q_len: int, kv_len: int, heads: int,
     Captured tables live on ``device`` (default: the inputs' device, else the CPU).
     ``create_mask(mask_mod, B, heads, q_len, kv_len)`` equals ``reference.dense`` exactly;
     the function uses only vmap-safe tensor ops (no branching on values, no ``.item()``).
+    Its generated source is ``mask_mod.source`` (and ``inspect.getsource`` reads it).
     """
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
     if not isinstance(heads, (int, np.integer)) or heads < 1:
@@ -454,18 +347,14 @@ def make_mask_mod(mdef: ir.MaskDef, q_len: int, kv_len: int, heads: int,
         device = next((x.device for x in inputs.values() if isinstance(x, torch.Tensor)),
                       torch.device("cpu"))
     device = torch.device(device)
-    st = _Static(heads=int(heads), Lk_outer=kv_len, p_lo=kv_len - q_len, p_hi=kv_len - 1,
-                 grid=mdef.grid, inputs=_normalize_inputs(mdef, kv_len, inputs, device),
-                 device=device)
-    body = _lower(mdef.body, st)
-    shift = kv_len - q_len
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        # NOTE: int64 throughout: compiled kernels pass int32 indices, and predicates may
-        # multiply positions (the checker bounds every expression by 64 bits).
-        q = q_idx.to(torch.int64)
-        return body(_Vars(b=b, h=h.to(torch.int64), Q=q, P=q + shift,
-                          K=kv_idx.to(torch.int64), Lq=q_len, Lk=kv_len))
-
-    mask_mod.__name__ = f"maskc_{mdef.name}"
+    xs = _normalize_inputs(mdef, kv_len, inputs, device)
+    src, tensors = mask_mod_source(mdef, q_len, kv_len, int(heads), xs, device)
+    digest = hashlib.sha256(src.encode()).hexdigest()[:16]
+    filename = f"<maskc mask_mod {mdef.name} {digest}>"
+    # NOTE: registered with linecache so tracebacks, inspect and torch.compile see the text
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    scope = {"torch": torch}
+    exec(compile(src, filename, "exec"), scope)  # noqa: S102 - our own generated source
+    mask_mod = scope["make"](*tensors)
+    mask_mod.source = src
     return mask_mod
