@@ -267,3 +267,33 @@ def test_random_masks(data):
 def test_random_grid_masks(data):
     mdef = data.draw(strat.grid_mask_defs(depth=3))
     _agree(mdef, data.draw(strat.dense_kwargs(mdef)))
+
+
+# ---------------------------------------------------------------- the generated source
+
+@pytest.mark.parametrize("spec, kw", [
+    ("mask m over grid(y = 64, x = 64) = neighborhood(13)", {}),
+    ("mask m(input doc) = within(doc, causal & window(before = 3, after = 0)) & same(doc)"
+     " | blocks(8, random(1, seed = 1)) | heads {0: sink(2), _: where k == Lk - 1}",
+     dict(q_len=37, kv_len=40, heads=2, doc=doc_for(40))),
+])
+def test_generated_source_is_readable_and_computes_each_value_once(spec, kw):
+    """``mask_mod.source`` is the function that runs: every value bound once, constants
+    folded, no int64 conversion where 32 bits are exact, a clamp for a plain neighborhood."""
+    m = maskc.compile(spec)
+    kw = dict(kw)
+    mod = m.mask_mod(kw.pop("q_len", None), kw.pop("kv_len", None), kw.pop("heads", 1), **kw)
+    src = mod.source
+    rhs = [ln.split(" = ", 1)[1] for ln in src.splitlines() if re.match(r"\s+\w+ = ", ln)]
+    assert len(rhs) == len(set(rhs)), src
+    assert not re.search(r"(%|//|\*) 1\b(?!\d)|[+-] 0\b(?![\d.])", src), src
+    assert "int64" not in src and ".item()" not in src
+    if "neighborhood" in spec:
+        assert "clamp(0, 51)" in src and src.count("//") == 2, src
+
+
+def test_int64_only_where_needed():
+    """A product of positions could pass 32 bits: then (only then) the indices widen."""
+    m = maskc.compile("mask m = where p * k < 2000000000")
+    assert "torch.int64" in m.mask_mod(100_000, 100_000).source
+    check(m.ir, 40, 40)
