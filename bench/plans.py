@@ -9,7 +9,10 @@ reuse the tables (cached on the Mask).
 
 Side by side: grid masks decided on boxes (the default) and without them (per-query counts
 in row-major order, evaluating each candidate tile under a layout: what maskc did before,
-and still does for axes longer than ``gridboxes.AXIS_TABLE_LIMIT``).
+and still does for axes longer than ``gridboxes.AXIS_TABLE_LIMIT``); and per-head masks at
+32 and 64 heads with head grouping (heads of one pattern analysed once, one table row per
+group) and without it (every head analysed, one row per head: maskc before plans), their
+table memory and first-call host time.
 
     python bench/plans.py [--repeats N] [PATTERN ...]
 """
@@ -30,32 +33,75 @@ sys.path.insert(0, str(Path(__file__).parent))
 from gpu import PATTERNS, _docs  # noqa: E402
 
 
-def _child(name: str, boxes: bool) -> dict:
+# Per-head masks (MoA / DuoAttention style): few patterns over many heads.
+HEADS = {
+    "moa2-32h-16K": ("mask m = heads { 0..4: causal & window(before = 255, after = 0), "
+                     "_: causal }", 16384, 32),
+    "moa2-64h-16K": ("mask m = heads { 0..4: causal & window(before = 255, after = 0), "
+                     "_: causal }", 16384, 64),
+    "moa3-64h-16K": ("mask m = heads { 0..8: causal & window(before = 127, after = 0), "
+                     "8..16: causal & window(before = 1023, after = 0), _: causal }", 16384, 64),
+}
+
+
+def _plan_all(m, n, heads, head_dim, xs):
+    """What the first attention call plans: the forward, dq and transposed dk/dv tables."""
+    grid = m.grid is not None
+    plan = m.plan(None if grid else n, None if grid else n, heads, device="cuda",
+                  dtype="bfloat16", head_dim=head_dim, **xs)
+    plan.block_map("dq")
+    plan.transposed("dkdv")
+    return plan
+
+
+def _table_bytes(plan) -> int:
+    total = 0
+    for kernel in plan.kernels:
+        bm = plan.block_map(kernel)
+        total += sum(a.nbytes for a in (bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks,
+                                        bm.full_kv_indices, bm.variant, bm.live))
+    return total + sum(a.nbytes for a in plan.transposed("dkdv"))
+
+
+def _child(name: str, mode: str) -> dict:
     import numpy as np
-    import torch
 
     import maskc
-    from maskc.analysis import gridboxes
-    from maskc.backends import triton as tb
-    if not boxes:
+    from maskc.analysis import blocktable, gridboxes
+    from maskc import pipeline
+    if mode == "no-boxes":
         gridboxes.AXIS_TABLE_LIMIT = 0
-    src, n, heads, head_dim, inputs, _ = PATTERNS[name]
+    if mode == "ungrouped":  # one table row per head, each head analysed: maskc before plans
+        blocktable.head_patterns = lambda mdef, heads: np.arange(heads, dtype=np.int32)
+        pipeline.group_heads = lambda bm, kv_heads: (bm, None)
+    if name in HEADS:
+        src, n, heads = HEADS[name]
+        head_dim, xs = 128, {}
+    else:
+        src, n, heads, head_dim, inputs, _ = PATTERNS[name]
     t0 = time.perf_counter()
     m = maskc.compile(src)
-    n = n or int(np.prod(m.grid))
-    xs = {"doc": _docs(n)} if inputs == "docs" else {}
-    config = tb.aligned(tb.default_config("cuda", torch.bfloat16, head_dim),
-                        tb.block_alignment(m.ir))
-    plan = tb.Plan(m.ir, n, n, heads, torch.device("cpu"), xs)
+    if name not in HEADS:
+        n = n or int(np.prod(m.grid))
+        xs = {"doc": _docs(n)} if inputs == "docs" else {}
     t1 = time.perf_counter()
-    plan.choose_layout(config.layout, config.fwd)
+    plan = _plan_all(m, n, heads, head_dim, xs)
     t2 = time.perf_counter()
-    plan.rows(config.fwd.block_q, config.fwd.block_k)
-    plan.rows(config.dq.block_q, config.dq.block_k)
-    plan.columns(config.dkdv.block_q, config.dkdv.block_k)
-    t3 = time.perf_counter()
-    return {"compile": t1 - t0, "layout": t2 - t1, "tables": t3 - t2, "total": t3 - t0,
-            "tiled": plan.layout is not None}
+    return {"compile": t1 - t0, "plan": t2 - t1, "total": t2 - t0,
+            "tiled": plan.layout is not None, "bytes": _table_bytes(plan),
+            "rows": int(plan.block_map("fwd").kv_num_blocks.shape[1])}
+
+
+def _median(name: str, mode: str, repeats: int) -> dict:
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, __file__, "--child", name, mode], text=True,
+                             capture_output=True)
+        if out.returncode != 0:
+            sys.exit(f"{name}: {out.stderr.strip()[-500:]}")
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    med = {k: statistics.median(r[k] for r in runs) for k in ("compile", "plan", "total")}
+    return {**med, "tiled": runs[0]["tiled"], "bytes": runs[0]["bytes"], "rows": runs[0]["rows"]}
 
 
 def main() -> None:
@@ -65,36 +111,41 @@ def main() -> None:
     ap.add_argument("patterns", nargs="*")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child[0], args.child[1] == "boxes")))
+        print(json.dumps(_child(args.child[0], args.child[1])))
         return
-    unknown = set(args.patterns) - set(PATTERNS)
+    unknown = set(args.patterns) - set(PATTERNS) - set(HEADS)
     if unknown:
         ap.error(f"unknown patterns: {', '.join(sorted(unknown))}")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}, "
           f"python {platform.python_version()}")
     print(f"# command: python bench/plans.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"# seconds, median of {args.repeats} fresh processes (first call at the size); "
-          "Hopper bfloat16 tiles")
-    print("| pattern | layout | compile spec | choose layout | tables (fwd, dq, dk/dv) | total "
-          "| total without boxes | without / with |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in args.patterns or PATTERNS:
-        med = {}
-        for how in ("boxes", "no-boxes"):
-            runs = []
-            for _ in range(args.repeats):
-                out = subprocess.run([sys.executable, __file__, "--child", name, how],
-                                     text=True, capture_output=True)
-                if out.returncode != 0:
-                    sys.exit(f"{name}: {out.stderr.strip()[-500:]}")
-                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            med[how] = {k: statistics.median(r[k] for r in runs) for k in
-                        ("compile", "layout", "tables", "total")}
-            med[how]["tiled"] = runs[0]["tiled"]
-        b, o = med["boxes"], med["no-boxes"]
+          "Hopper bfloat16 tiles, head dim 128")
+    todo = args.patterns or [*PATTERNS, *HEADS]
+    grids = [n for n in todo if n in PATTERNS]
+    if grids:
+        print("| pattern | layout | compile spec | plan (layout, fwd, dq, dk/dv tables) | total "
+              "| total without boxes | without / with |")
+        print("|---|---|---|---|---|---|---|")
+    for name in grids:
+        b, o = _median(name, "boxes", args.repeats), _median(name, "no-boxes", args.repeats)
         print(f"| {name} | {'tiled' if b['tiled'] else 'row-major'} | {b['compile']:.3f} | "
-              f"{b['layout']:.3f} | {b['tables']:.3f} | {b['total']:.3f} | {o['total']:.3f} | "
+              f"{b['plan']:.3f} | {b['total']:.3f} | {o['total']:.3f} | "
               f"{o['total'] / b['total']:.1f}x |")
+        sys.stdout.flush()
+    heads = [n for n in todo if n in HEADS]
+    if heads:
+        print()
+        print("| per-head pattern | heads | table rows ungrouped / grouped | table memory "
+              "ungrouped | grouped | ratio | plan s ungrouped | grouped | ratio |")
+        print("|---|---|---|---|---|---|---|---|---|")
+    for name in heads:
+        u, g = _median(name, "ungrouped", args.repeats), _median(name, "boxes", args.repeats)
+        mib = 1 << 20
+        print(f"| {name} | {HEADS[name][2]} | {u['rows']} / {g['rows']} | "
+              f"{u['bytes'] / mib:.1f} MiB | {g['bytes'] / mib:.1f} MiB | "
+              f"{u['bytes'] / g['bytes']:.1f}x | {u['plan']:.3f} | {g['plan']:.3f} | "
+              f"{u['plan'] / g['plan']:.1f}x |")
         sys.stdout.flush()
 
 

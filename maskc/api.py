@@ -6,7 +6,6 @@ simplify -> verify. Later stages (block analysis, lowering) hang off the :class:
 
 from __future__ import annotations
 
-import builtins
 import math
 import numbers
 import os
@@ -216,7 +215,7 @@ class Mask:
         if backend not in backends:
             raise MaskError(f"unknown backend {backend!r}; available: "
                             + ", ".join(repr(b) for b in backends))
-        self._check_shapes(q, k, v)
+        sizes.check_qkv(self.ir, q, k, v)
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
                                   or not math.isfinite(scale)):
             raise MaskError(f"scale must be a finite number or None, got {scale!r}")
@@ -260,29 +259,3 @@ class Mask:
 
     def _span(self) -> Span | None:
         return self.ir.span
-
-    def _check_shapes(self, q, k, v) -> None:
-        for t, n in ((q, "q"), (k, "k"), (v, "v")):
-            if not all(hasattr(t, a) for a in ("shape", "device", "dtype", "is_floating_point")):
-                raise MaskError(f"{n} must be a torch tensor, got {type(t).__name__}")
-            if builtins.len(t.shape) != 4:
-                raise MaskSizeError(f"{n} must have shape (B, H, L, D), got {tuple(t.shape)}",
-                                    self._span())
-            if not t.is_floating_point():
-                raise MaskError(f"{n} must hold floating-point numbers, got {t.dtype}")
-            if min(t.shape) < 1:
-                raise MaskSizeError(f"{n} has an empty dimension: shape {tuple(t.shape)}",
-                                    self._span())
-        if not q.dtype == k.dtype == v.dtype:
-            raise MaskError(f"q, k and v must have one dtype, got {q.dtype}, {k.dtype}, "
-                            f"{v.dtype}")
-        if not q.device == k.device == v.device:
-            raise MaskError(f"q, k and v must be on one device, got {q.device}, {k.device}, "
-                            f"{v.device}")
-        (B, Hq, _, D), (Bk, Hkv, Lk, Dk), (Bv, Hv, Lv, _) = q.shape, k.shape, v.shape
-        if not (B == Bk == Bv and Hkv == Hv and Lk == Lv and D == Dk):
-            raise MaskSizeError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                                f"v {tuple(v.shape)}", self._span())
-        if Hkv == 0 or Hq % Hkv:
-            raise MaskSizeError(f"query heads ({Hq}) must be a multiple of key/value heads "
-                                f"({Hkv})", self._span())

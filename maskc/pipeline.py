@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from maskc import ir
-from maskc.analysis.blocktable import BlockMap, build
+from maskc.analysis.blocktable import BlockMap, build, head_patterns
 from maskc.errors import MaskError
 from maskc.ir.pretty import pretty_mask
 from maskc.passes.bind import Bound, bind
@@ -335,22 +335,7 @@ def plan(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
         maps[(t.block_q, t.block_k)] = merged
         rows = merged.head_group
     else:
-        rows = _ir_groups(mdef, bound.heads)
+        rows = head_patterns(mdef, bound.heads)
     groups = tuple(tuple(int(h) for h in np.flatnonzero(rows == g)) for g in
                    sorted(set(rows.tolist()), key=lambda g: int(np.flatnonzero(rows == g)[0])))
     return KernelPlan(bound, target, opts, tiles, layout, groups, head_groups, evaluate, maps)
-
-
-def _ir_groups(mdef: ir.MaskDef, heads: int) -> np.ndarray:
-    """Per head, a group id: heads whose mask (the arms of ``heads { ... }`` resolved) is
-    the same IR share one (a mask that reads ``h`` in ``where`` has one group per head)."""
-    from maskc.analysis.blocktable import live_predicate
-    reads_h = any(isinstance(n, ir.PVar) and n.name == "h" for n in ir.walk(mdef.body))
-    if reads_h:
-        return np.arange(heads, dtype=np.int32)
-    seen: dict = {}
-    out = np.zeros(heads, dtype=np.int32)
-    for h in range(heads):
-        node = live_predicate(mdef.body, (), {}, h)  # bind has checked every head is covered
-        out[h] = seen.setdefault(node, len(seen))
-    return out

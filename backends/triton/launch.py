@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from maskc.errors import MaskError
-from maskc.analysis.sizes import check_batch
+from maskc.analysis.sizes import check_batch, check_qkv
 from maskc.passes.tiles import (KernelConfig, Tiles, aligned, block_alignment,  # noqa: F401
                                 default_config)
 
@@ -262,7 +262,7 @@ def attention(mask, q, k, v, scale=None, return_lse=False, block_q=None, block_k
     kernels run (by default the cached one for ``mask``; a module written by ``maskc compile
     -o`` passes itself).
     """
-    mask._check_shapes(q, k, v)
+    check_qkv(mask.ir, q, k, v)
     config = _config(config, block_q, block_k)
     out, lse = _function().apply(q, k, v, (mask, scale, config, module, inputs))
     return (out, lse) if return_lse else out

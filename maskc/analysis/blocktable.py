@@ -184,6 +184,24 @@ def live_predicate(node: ir.Node, path: tuple, state: dict, head: int) -> ir.Nod
     return node
 
 
+def head_patterns(mdef: ir.MaskDef, heads: int) -> np.ndarray:
+    """Per head, the id of its pattern: heads whose mask (the arms of ``heads { ... }``
+    resolved for them) is the same IR get one id, numbered by their first head. A mask that
+    reads ``h`` in ``where``, or whose ``heads`` cannot be resolved outside ``within``, has
+    one id per head. Heads of one pattern have equal masks, so equal tables at any size."""
+    reads_h = any(isinstance(n, ir.PVar) and n.name == "h" for n in ir.walk(mdef.body))
+    if reads_h:
+        return np.arange(heads, dtype=np.int32)
+    seen: dict = {}
+    out = np.zeros(heads, dtype=np.int32)
+    for h in range(heads):
+        node = live_predicate(mdef.body, (), {}, h)
+        if any(isinstance(n, ir.Heads) for n in ir.walk(node)):  # e.g. inside within(...)
+            node = ("head", h)
+        out[h] = seen.setdefault(node, len(seen))
+    return out
+
+
 def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: int = 128,
           block_k: int | None = None, evaluate=None, q_tiles=None, **inputs) -> BlockMap:
     """Classify every tile of ``mdef`` at this size; see :class:`BlockMap`.
@@ -200,7 +218,9 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
     xs = prepare_inputs(mdef, kv_len, inputs)
     batch = max([x.shape[0] for x in xs.values()] or [1])
     per_head = uses_head(mdef.body)
-    analysed = range(heads) if per_head else range(1)
+    # NOTE: heads of one pattern have one mask: analyse the first head of each pattern once
+    pattern = head_patterns(mdef, heads) if per_head else np.zeros(heads, dtype=np.int32)
+    analysed = [int(np.flatnonzero(pattern == g)[0]) for g in range(int(pattern.max()) + 1)]
     nq = -(-q_len // block_q)
     rows: list[list] = []
     variants: dict[ir.Node, int] = {}
@@ -233,11 +253,11 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
                                mdef.body, h, variants))
         rows.append(row)
     *tables, live = _stack(rows)
-    stats["tiles"] = batch * len(analysed) * nq * (-(-kv_len // block_k))
-    stats["full"] = int(tables[2].sum())
-    stats["partial"] = int(tables[0].sum())
-    head_group = np.arange(heads) if per_head else np.zeros(heads, dtype=np.int64)
-    return BlockMap(q_len, kv_len, heads, block_q, block_k, head_group.astype(np.int32),
+    rows_of = pattern if per_head else np.zeros(1, dtype=np.int32)  # a row per head (or one)
+    stats["tiles"] = batch * len(rows_of) * nq * (-(-kv_len // block_k))
+    stats["full"] = int(tables[2][:, rows_of].sum())
+    stats["partial"] = int(tables[0][:, rows_of].sum())
+    return BlockMap(q_len, kv_len, heads, block_q, block_k, pattern,
                     *tables, tuple(variants), stats, live)
 
 

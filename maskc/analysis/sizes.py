@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from maskc import ir
-from maskc.errors import MaskInputError, MaskSizeError
+from maskc.errors import MaskError, MaskInputError, MaskSizeError
 
 __all__ = ["dense_limit", "set_dense_limit", "prepare_inputs", "resolve_lengths", "check_size",
            "check_heads", "check_tiles", "check_elements", "check_batch", "document_ids",
@@ -158,3 +158,33 @@ def document_ids(lengths=None, *, cu_seqlens=None):
         import torch
         return torch.from_numpy(ids).to(given.device)
     return ids
+
+
+def check_qkv(mdef: ir.MaskDef, q, k, v) -> None:
+    """q, k and v are 4-D floating-point tensors of one dtype and device with compatible
+    shapes (GQA: query heads a multiple of kv heads), or a :class:`MaskError`."""
+    span = mdef.span
+    for t, n in ((q, "q"), (k, "k"), (v, "v")):
+        if not all(hasattr(t, a) for a in ("shape", "device", "dtype", "is_floating_point")):
+            raise MaskError(f"{n} must be a torch tensor, got {type(t).__name__}")
+        if len(t.shape) != 4:
+            raise MaskSizeError(f"{n} must have shape (B, H, L, D), got {tuple(t.shape)}",
+                                span)
+        if not t.is_floating_point():
+            raise MaskError(f"{n} must hold floating-point numbers, got {t.dtype}")
+        if min(t.shape) < 1:
+            raise MaskSizeError(f"{n} has an empty dimension: shape {tuple(t.shape)}",
+                                span)
+    if not q.dtype == k.dtype == v.dtype:
+        raise MaskError(f"q, k and v must have one dtype, got {q.dtype}, {k.dtype}, "
+                        f"{v.dtype}")
+    if not q.device == k.device == v.device:
+        raise MaskError(f"q, k and v must be on one device, got {q.device}, {k.device}, "
+                        f"{v.device}")
+    (B, Hq, _, D), (Bk, Hkv, Lk, Dk), (Bv, Hv, Lv, _) = q.shape, k.shape, v.shape
+    if not (B == Bk == Bv and Hkv == Hv and Lk == Lv and D == Dk):
+        raise MaskSizeError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                            f"v {tuple(v.shape)}", span)
+    if Hkv == 0 or Hq % Hkv:
+        raise MaskSizeError(f"query heads ({Hq}) must be a multiple of key/value heads "
+                            f"({Hkv})", span)
