@@ -2,9 +2,10 @@
 
 Builds the wheel from a copy of the project's sources (so the checkout gets no build/
 folder and concurrent runs do not race), checks its contents, installs it with
-``--no-deps`` into a fresh venv that sees the system's numpy/lark/networkx
-(``--system-site-packages``, no network needed), and runs ``import maskc`` and the
-``maskc`` console script from a directory outside the checkout with a clean environment.
+``--no-deps`` into a fresh venv that sees the running interpreter's numpy/lark/networkx
+(its site-packages, through a ``.pth`` file; no network needed), and runs ``import maskc``
+and the ``maskc`` console script from a directory outside the checkout with a clean
+environment.
 Marked ``slow`` but runs by default (pytest's addopts do not deselect it).
 """
 
@@ -14,6 +15,7 @@ import importlib.util
 import os
 import pathlib
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -83,14 +85,29 @@ def wheel(tmp_path_factory) -> pathlib.Path:
     return build_wheel(src, base / "dist")
 
 
+def running_site_dirs() -> list[str]:
+    """The site-packages folders this interpreter imports from (a venv's, the base's, the user's)."""
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        dirs.append(site.getusersitepackages())
+    return dirs
+
+
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory) -> pathlib.Path:
-    """A fresh venv (system site-packages visible) with only the wheel installed into it."""
+    """A fresh venv, seeing the running interpreter's packages, with only the wheel installed."""
     path = tmp_path_factory.mktemp("venv") / "env"
-    sh([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", path],
-       cwd=path.parent)
+    sh([sys.executable, "-m", "venv", "--without-pip", path], cwd=path.parent)
     python = path / "bin" / "python"
-    # The system pip (visible through --system-site-packages) installs into the venv; with
+    # NOTE: not --system-site-packages: from inside a venv that shows the *base* interpreter's
+    # packages (where lark etc. may be missing), not the ones this suite runs with. A .pth in
+    # the venv's own site-packages adds this interpreter's site folders after it (their .pth
+    # files processed too, as --system-site-packages would), so the wheel comes first.
+    purelib = sh([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                 cwd=path.parent).stdout.strip()
+    pathlib.Path(purelib, "_maskc_test_outer_site.pth").write_text(
+        f"import site; list(map(site.addsitedir, {running_site_dirs()!r}))\n")
+    # This interpreter's pip (visible through that .pth) installs into the venv; with
     # --ignore-installed it neither skips the wheel because of a maskc already installed
     # system-wide (e.g. an editable checkout) nor tries to uninstall that one.
     sh([python, "-m", "pip", "install", "--no-deps", "--ignore-installed", "--no-index",
@@ -152,7 +169,7 @@ def test_console_script_show(venv, tmp_path):
     out = res.stdout
     assert out.startswith("mask longformer: ")
     assert "q_len 256, kv_len 256, heads 1" in out
-    assert "density" in out and "tiles:" in out and "compiled:" in out
+    assert "density" in out and "tiles:" in out and "plan for mask longformer" in out
     assert any(ch in out for ch in ("█", "▒"))
     assert res.stderr == ""
 
@@ -172,8 +189,8 @@ for name, mod in sorted(sys.modules.items()):
 def test_every_module_comes_from_the_wheel(venv, tmp_path):
     """`show` and `check` import only modules the wheel installed.
 
-    A system-wide editable install of maskc (as in a dev checkout or CI) is visible through
-    --system-site-packages, and its import hook would quietly supply any subpackage the
+    The editable install of maskc this suite runs from (a dev checkout or CI) is visible
+    through the venv's .pth, and its import hook would quietly supply any subpackage the
     wheel forgot; this catches that.
     """
     files = [str(f) for f in sorted(EXAMPLES.glob("*.mask"))]
