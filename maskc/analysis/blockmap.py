@@ -19,11 +19,10 @@ from maskc import ir
 from maskc.errors import MaskValueError
 from maskc.analysis.intervals import cond_range
 from maskc.analysis.rng import random_choice
+from maskc.analysis.states import E, F, P, R, U, from_bounds
 
 __all__ = ["E", "P", "F", "U", "R", "Rects", "Analysis", "classify", "support", "uses_head"]
 
-# Tile states. U: partial as far as sound analysis can tell (where); R: needs resolution.
-E, P, F, U, R = 0, 1, 2, 3, 4
 
 
 @dataclass
@@ -70,8 +69,7 @@ def uses_head(node: ir.Node) -> bool:
                for n in ir.walk(node))
 
 
-def _states(full, empty):
-    return np.where(empty, E, np.where(full, F, P)).astype(np.int8)
+_states = from_bounds
 
 
 # ------------------------------------------------------------------ composition

@@ -22,6 +22,7 @@ import functools
 import numpy as np
 
 from maskc import ir
+from maskc.analysis.states import from_bounds as _states
 from maskc.ir.grid import coords as _coords, na_axis
 
 __all__ = ["progressions", "classify_grid", "grid_support", "range_boxes", "AxisTables",
@@ -83,7 +84,6 @@ def _rows(p_lo, p_hi):
 
 
 def classify_grid(node, r, an, path):
-    from maskc.analysis.blockmap import _states
     shape = an.grid.shape
     if max(shape) > AXIS_TABLE_LIMIT:
         return _states(*_count_queries(node, r, shape, an.grid.numel))
