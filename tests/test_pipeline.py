@@ -14,7 +14,7 @@ from maskc import pipeline
 from maskc.backends import reference
 from maskc.cli import main
 from maskc.passes.tiles import KernelConfig, Tiles
-from tests.strategies import dense_kwargs, grid_mask_defs, mask_defs
+from strategies import dense_kwargs, grid_mask_defs, mask_defs
 
 PROPS = settings(max_examples=120, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

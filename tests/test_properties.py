@@ -22,7 +22,7 @@ from maskc.frontend.parser import parse
 from maskc.ir.pretty import pretty
 from maskc.ir.simplify import simplify
 from maskc.ir.verify import verify
-from tests.strategies import (Ctx, dense_kwargs, grid_mask_defs, lark_texts,
+from strategies import (Ctx, dense_kwargs, grid_mask_defs, lark_texts,
                               mask_defs, mask_exprs, sizes)
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.mask"))
