@@ -269,7 +269,7 @@ def doc_ids(kv_len: int):
 
 @st.composite
 def dense_kwargs(draw, mdef: ir.MaskDef, max_len: int = 40, max_heads: int = 3) -> dict:
-    """Keyword arguments for ``backends.reference.dense(mdef, **kw)``: sizes and inputs."""
+    """Keyword arguments for ``maskc.backends.reference.dense(mdef, **kw)``: sizes and inputs."""
     if mdef.grid is not None:
         n = mdef.grid.numel
         q_len, kv_len, heads = n, n, draw(st.integers(1, max_heads))
