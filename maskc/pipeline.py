@@ -20,6 +20,7 @@ first use, since inference never needs them. ``KernelPlan.lint()`` checks the in
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -37,6 +38,7 @@ from maskc.passes.tiles import KERNELS, KernelConfig, Tiles, dtype_name, kernel_
 __all__ = ["plan", "normalize_options", "target_options", "KernelPlan", "TARGETS", "STAGES", "STAGES_OF"]
 
 TARGETS = tuple(KERNELS)
+_LINT = os.environ.get("MASKC_LINT") == "1"  # lint every plan as it is built (tests)
 STAGES = ("bind", "tiles", "layout", "block analysis", "head grouping")
 # the stages that do something for each target (FlexAttention runs in the tokens' order; the
 # reference groups heads by their resolved mask, evaluating every pair)
@@ -109,8 +111,11 @@ class KernelPlan:
         t = self.tiles[kernel]
         key = (t.block_q, t.block_k)
         if key not in self._maps:
-            bm = _analyse(self.bound, t, self.layout, self.evaluate)
-            self._maps[key] = group_heads(bm, self.kv_heads)[0]
+            bm = group_heads(_analyse(self.bound, t, self.layout, self.evaluate),
+                             self.kv_heads)[0]
+            if _LINT:
+                self._lint_map(kernel, bm)
+            self._maps[key] = bm
         return self._maps[key]
 
     def transposed(self, kernel: str = "dkdv"):
@@ -140,46 +145,19 @@ class KernelPlan:
         row, and heads of one group to one row; table entries lie in ``[0, n_k_tiles)``,
         sorted, without repeats, and a tile is never both full and partial; counts are within
         the table widths; each kernel's tables are at its tiles (so the tiles divide the
-        table blocks); the layout is a permutation of the grid's tokens.
+        table blocks); the layout is a permutation of the grid's tokens. With
+        ``MASKC_LINT=1`` in the environment (the test suite sets it) every plan is linted as
+        it is built, and every kernel's tables when they are.
         """
+        self._lint_plan()
+        for kernel in self.tiles:
+            self._lint_map(kernel, self.block_map(kernel))
+        return self
+
+    def _lint_plan(self) -> None:
         H = self.heads
         flat = sorted(h for g in self.groups for h in g)
         _check(flat == list(range(H)), f"groups {self.groups} do not partition {H} heads")
-        for kernel, t in self.tiles.items():
-            bm = self.block_map(kernel)
-            where = f"kernel {kernel}"
-            _check((bm.block_q, bm.block_k) == (t.block_q, t.block_k),
-                   f"{where}: tables at {bm.block_q} x {bm.block_k}, tiles {t}")
-            _check(bm.head_group.shape == (H,), f"{where}: head_group has shape "
-                   f"{bm.head_group.shape}, not ({H},)")
-            G = bm.kv_num_blocks.shape[1]
-            _check(bool(((bm.head_group >= 0) & (bm.head_group < G)).all()),
-                   f"{where}: head_group outside the {G} table rows")
-            for g in self.groups:
-                _check(len({int(bm.head_group[h]) for h in g}) == 1 or kernel != "fwd",
-                       f"{where}: heads {g} of one group read different rows")
-            _check(bm.kv_num_blocks.shape[0] in (1, self.batch),
-                   f"{where}: tables for batch {bm.kv_num_blocks.shape[0]}")
-            nk = bm.n_k_tiles
-            rows = []
-            for num, idx in ((bm.kv_num_blocks, bm.kv_indices),
-                             (bm.full_kv_num_blocks, bm.full_kv_indices)):
-                _check(bm.kv_num_blocks.shape == num.shape == idx.shape[:3],
-                       f"{where}: table shapes {num.shape}, {idx.shape}")
-                _check(bool(((num >= 0) & (num <= idx.shape[-1])).all()),
-                       f"{where}: counts outside the table width {idx.shape[-1]}")
-                used = np.arange(idx.shape[-1]) < num[..., None]
-                _check(bool(((idx[used] >= 0) & (idx[used] < nk)).all()),
-                       f"{where}: key tiles outside [0, {nk})")
-                _check(bool((idx[~used] == -1).all()), f"{where}: padding is not -1")
-                rows.append(np.where(used, idx, -1))
-            both = np.concatenate(rows, axis=-1)
-            srt = np.sort(both, axis=-1)
-            dup = (srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)
-            _check(not dup.any(), f"{where}: a key tile listed twice (or full and partial)")
-            for r in rows:
-                d = np.diff(np.where(r < 0, nk, r), axis=-1)
-                _check(bool((d >= 0).all()), f"{where}: key tiles not sorted")
         if self.layout is not None:
             _check(self.mdef.grid is not None and self.layout.numel == self.q_len,
                    "a token layout without a grid of q_len tokens")
@@ -187,7 +165,41 @@ class KernelPlan:
                    "the layout is not a permutation")
             _check(bool(np.array_equal(self.layout.perm[self.layout.inv],
                                        np.arange(self.q_len))), "the layout's inverse is wrong")
-        return self
+
+    def _lint_map(self, kernel: str, bm: BlockMap) -> None:
+        H, t, where = self.heads, self.tiles[kernel], f"kernel {kernel}"
+        _check((bm.block_q, bm.block_k) == (t.block_q, t.block_k),
+               f"{where}: tables at {bm.block_q} x {bm.block_k}, tiles {t}")
+        _check(bm.head_group.shape == (H,), f"{where}: head_group has shape "
+               f"{bm.head_group.shape}, not ({H},)")
+        G = bm.kv_num_blocks.shape[1]
+        _check(bool(((bm.head_group >= 0) & (bm.head_group < G)).all()),
+               f"{where}: head_group outside the {G} table rows")
+        if kernel == "fwd":
+            for g in self.groups:
+                _check(len({int(bm.head_group[h]) for h in g}) == 1,
+                       f"{where}: heads {g} of one group read different rows")
+        _check(bm.kv_num_blocks.shape[0] in (1, self.batch),
+               f"{where}: tables for batch {bm.kv_num_blocks.shape[0]}")
+        nk = bm.n_k_tiles
+        rows = []
+        for num, idx in ((bm.kv_num_blocks, bm.kv_indices),
+                         (bm.full_kv_num_blocks, bm.full_kv_indices)):
+            _check(bm.kv_num_blocks.shape == num.shape == idx.shape[:3],
+                   f"{where}: table shapes {num.shape}, {idx.shape}")
+            _check(bool(((num >= 0) & (num <= idx.shape[-1])).all()),
+                   f"{where}: counts outside the table width {idx.shape[-1]}")
+            used = np.arange(idx.shape[-1]) < num[..., None]
+            _check(bool(((idx[used] >= 0) & (idx[used] < nk)).all()),
+                   f"{where}: key tiles outside [0, {nk})")
+            _check(bool((idx[~used] == -1).all()), f"{where}: padding is not -1")
+            rows.append(np.where(used, idx, -1))
+        srt = np.sort(np.concatenate(rows, axis=-1), axis=-1)
+        dup = (srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)
+        _check(not dup.any(), f"{where}: a key tile listed twice (or full and partial)")
+        for r in rows:
+            d = np.diff(np.where(r < 0, nk, r), axis=-1)
+            _check(bool((d >= 0).all()), f"{where}: key tiles not sorted")
 
     def __str__(self) -> str:
         return "\n".join(self._lines())
@@ -338,4 +350,10 @@ def plan(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
         rows = head_patterns(mdef, bound.heads)
     groups = tuple(tuple(int(h) for h in np.flatnonzero(rows == g)) for g in
                    sorted(set(rows.tolist()), key=lambda g: int(np.flatnonzero(rows == g)[0])))
-    return KernelPlan(bound, target, opts, tiles, layout, groups, head_groups, evaluate, maps)
+    out = KernelPlan(bound, target, opts, tiles, layout, groups, head_groups, evaluate, maps)
+    if _LINT:
+        out._lint_plan()
+        for kernel, t in tiles.items():
+            if (t.block_q, t.block_k) in maps:
+                out._lint_map(kernel, maps[(t.block_q, t.block_k)])
+    return out

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 GPU_RUN = os.environ.get("MASKC_GPU_TESTS") == "1"
+os.environ.setdefault("MASKC_LINT", "1")  # every plan the tests build is linted (pipeline.py)
 if not GPU_RUN:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
 

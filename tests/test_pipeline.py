@@ -208,3 +208,29 @@ def test_random_that_no_head_reaches_fails_nowhere():
         assert target == "reference" or np.array_equal(reference.dense_from_plan(plan)[0], want)
     with pytest.raises(maskc.MaskValueError, match="random.3. needs at least 3 key blocks"):
         m.plan(4, heads=2)
+
+
+def test_lint_finds_broken_plans():
+    import dataclasses
+    m = maskc.compile(MOA32)
+    plan = m.plan(256, heads=8, target="flex", block_size=32)
+    bm = plan.block_map()
+    for broken, what in (
+            (dataclasses.replace(plan, groups=((0, 1), (2,))), "do not partition"),
+            (dataclasses.replace(plan, _maps={(32, 32): dataclasses.replace(
+                bm, head_group=np.array([0, 1, 0, 0, 1, 1, 1, 1], np.int32))}),
+             "read different rows"),
+            (dataclasses.replace(plan, _maps={(32, 32): dataclasses.replace(
+                bm, full_kv_indices=bm.full_kv_indices + 1)}), "padding is not -1"),
+            (dataclasses.replace(plan, _maps={(32, 32): dataclasses.replace(
+                bm, kv_indices=np.where(bm.kv_indices >= 0, bm.n_k_tiles, -1))}),
+             "outside")):
+        with pytest.raises(AssertionError, match=what):
+            broken.lint()
+    grid = maskc.compile("mask m over grid(16, 16) = neighborhood(5)")
+    plan = grid.plan(config=KernelConfig(*[Tiles(16, 16)] * 3, layout="tiled"), device="cpu")
+    assert plan.layout is not None and plan.lint() is plan
+    swapped = plan.layout.perm.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    with pytest.raises(AssertionError, match="inverse"):
+        dataclasses.replace(plan, layout=dataclasses.replace(plan.layout, perm=swapped)).lint()
