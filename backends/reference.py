@@ -15,6 +15,7 @@ import numpy as np
 
 from maskc import ir
 from maskc.ir.grid import coords, na_axis
+from maskc.passes.bind import segment_runs
 from maskc.errors import MaskError, MaskInputError, MaskValueError
 from maskc.analysis.rng import random_table
 from maskc.analysis.sizes import (check_heads, check_size, dense_limit, prepare_inputs, resolve_lengths,
@@ -79,17 +80,7 @@ def _same(n: ir.Same, env):
     return (xp == xk) & vp & vk
 
 
-def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per position: the first index of its run of equal values, and the run's length."""
-    B, L = x.shape
-    idx = np.broadcast_to(np.arange(L), (B, L))
-    starts = np.ones((B, L), dtype=bool)
-    starts[:, 1:] = x[:, 1:] != x[:, :-1]
-    ends = np.ones((B, L), dtype=bool)
-    ends[:, :-1] = starts[:, 1:]
-    start = np.maximum.accumulate(np.where(starts, idx, 0), axis=1)
-    end = np.minimum.accumulate(np.where(ends, idx, L)[:, ::-1], axis=1)[:, ::-1]
-    return start, end - start + 1
+_runs = segment_runs  # per position: the start of its run of equal ids, the run's length
 
 
 def _within(n: ir.Within, env):
