@@ -184,8 +184,9 @@ class Mask:
         Row by row it holds the same full and partial tiles as
         ``create_block_mask(self.mask_mod(...), ...)``, except that a tile of a ``where``
         predicate may be partial where that finds it full or empty (sound interval
-        arithmetic, as in :meth:`block_map`); its ``mask_mod`` is the generated predicate. ``block_size`` is an int or ``(block_q, block_k)``. A head-independent mask
-        has one head row, like ``create_block_mask(..., H=None)``.
+        arithmetic, as in :meth:`block_map`); its ``mask_mod`` is the generated predicate.
+        ``block_size`` is an int or ``(block_q, block_k)``. A head-independent mask has one
+        head row, like ``create_block_mask(..., H=None)``.
         """
         from maskc.backends import flex
         if device is None:  # the inputs' device, else the CPU
