@@ -27,7 +27,7 @@ import numpy as np
 
 from maskc import ir
 from maskc.analysis.blocktable import BlockMap, build, head_patterns
-from maskc.errors import MaskError
+from maskc.errors import MaskError, MaskSizeError
 from maskc.ir.pretty import pretty_mask
 from maskc.passes.bind import Bound, bind
 from maskc.passes.heads import HeadGroups, group_heads
@@ -311,7 +311,8 @@ def normalize_options(target: str, given: dict) -> dict:
         pair = tuple(b) if isinstance(b, (tuple, list)) else (b, b)
         if len(pair) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, np.integer))
                                  or x < 1 for x in pair):
-            raise MaskError(f"block_size must be a positive int or (block_q, block_k), got {b!r}")
+            raise MaskSizeError(f"block_size must be a positive int or (block_q, block_k), got "
+                                f"{b!r}")
         opts["block_size"] = tuple(int(x) for x in pair)
     return opts
 
