@@ -121,8 +121,20 @@ def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None):
         rows = np.repeat(qt[ok], counts)
         starts = np.repeat(t0 - np.cumsum(counts) + counts, counts)
         codes.append(rows * nk + np.arange(counts.sum()) + starts)
-    code = np.unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
+    code = _sorted_unique(codes)
     return code // nk, code % nk
+
+
+def _sorted_unique(codes: list) -> np.ndarray:
+    """The sorted distinct values of the arrays in ``codes`` (each already sorted)."""
+    if not codes:
+        return np.zeros(0, dtype=np.int64)
+    if len(codes) == 1:  # one support range per query tile: sorted, no repeats
+        return codes[0]
+    # NOTE: a plain sort and a neighbour test: np.unique's hash path is several times
+    # slower on millions of codes
+    code = np.sort(np.concatenate(codes), kind="stable")
+    return code[np.concatenate(([True], code[1:] != code[:-1]))] if len(code) else code
 
 
 def _resolve(node, rects: Rects, an: Analysis, evaluate,
@@ -214,7 +226,7 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
     block_k = block_q if block_k is None else block_k
     heads = check_heads(mdef, heads)
-    check_tiles(mdef, q_len, kv_len, block_q, block_k)
+    block_q, block_k = check_tiles(mdef, q_len, kv_len, block_q, block_k)  # ints from here
     xs = prepare_inputs(mdef, kv_len, inputs)
     batch = max([x.shape[0] for x in xs.values()] or [1])
     per_head = uses_head(mdef.body)

@@ -10,6 +10,7 @@ kernel can load K/V once for each list. Groups are numbered by their smallest he
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 
 import networkx as nx
@@ -51,22 +52,33 @@ def group_heads(bm: BlockMap, kv_heads: int | None = None) -> tuple[BlockMap, He
     if H % kv_heads:
         raise MaskSizeError(f"{H} query heads cannot share {kv_heads} kv heads")
 
-    def table(h, with_variants):
-        g = bm.head_group[h]
+    # NOTE: tables are compared per table row (a digest of each), not per head: a
+    # head-independent mask has one row however many heads, and rows can be large.
+    def digest(g, with_variants) -> bytes:
         parts = [bm.kv_num_blocks[:, g], bm.kv_indices[:, g], bm.full_kv_num_blocks[:, g],
                  bm.full_kv_indices[:, g]]
         if with_variants:  # what a partial tile evaluates: its live predicate and terms
             parts += [bm.variant[:, g]] + ([] if bm.live is None else [bm.live[:, g]])
-        return b"|".join(np.ascontiguousarray(p).tobytes() for p in parts)
+        h = hashlib.blake2b(digest_size=32)
+        for p in parts:
+            h.update(str(p.shape).encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        return h.digest()
 
-    structure = _components([table(h, False) for h in range(H)])
-    predicate = _components([table(h, True) for h in range(H)])
+    G = bm.kv_num_blocks.shape[1]
+    keys = {with_v: [digest(g, with_v) for g in range(G)] for with_v in (False, True)}
+    structure = _components([keys[False][g] for g in bm.head_group])
+    predicate = _components([keys[True][g] for g in bm.head_group])
     rows = [int(bm.head_group[np.flatnonzero(predicate == g)[0]]) for g in range(predicate.max() + 1)]
-    merged = replace(bm, head_group=predicate,
-                     kv_num_blocks=bm.kv_num_blocks[:, rows], kv_indices=bm.kv_indices[:, rows],
-                     full_kv_num_blocks=bm.full_kv_num_blocks[:, rows],
-                     full_kv_indices=bm.full_kv_indices[:, rows], variant=bm.variant[:, rows],
-                     live=None if bm.live is None else bm.live[:, rows])
+    if rows == list(range(G)):  # already one row per group: no copy of the tables
+        merged = replace(bm, head_group=predicate)
+    else:
+        merged = replace(bm, head_group=predicate, kv_num_blocks=bm.kv_num_blocks[:, rows],
+                         kv_indices=bm.kv_indices[:, rows],
+                         full_kv_num_blocks=bm.full_kv_num_blocks[:, rows],
+                         full_kv_indices=bm.full_kv_indices[:, rows],
+                         variant=bm.variant[:, rows],
+                         live=None if bm.live is None else bm.live[:, rows])
     per_kv = H // kv_heads
     kv_groups = []
     for kv in range(kv_heads):
