@@ -479,3 +479,41 @@ def test_golden_kernels_compute_each_expression_once(golden):
     body = "\n".join(fn)
     assert not re.search(r"(%|//|\*) 1\b(?!\d)|[+-] 0\b(?![\d.])", body), body
     assert "Lk_in" not in body
+
+
+# bfloat16 in Triton's interpreter is computed in float32 (its tl.dot multiplies bf16 bit
+# patterns as integers: issue 11 item 15); on a GPU it runs in bfloat16
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("spec, heads, kv_heads, q_len, kv_len", [
+    ("mask m = causal & window(before = 20, after = 0)", 4, 2, 70, 70),
+    ("mask m = heads { 0: causal, _: window(5) } | sink(2)", 2, 1, 40, 57),
+    ("mask m over grid(6, 7) = neighborhood((3, 5))", 2, 2, None, None),
+])
+def test_half_precision_matches_the_reference(dtype, spec, heads, kv_heads, q_len, kv_len,
+                                              device):
+    m = maskc.compile(spec)
+    assert_attention_matches(triton_attention(m), m, heads=heads, kv_heads=kv_heads,
+                             q_len=q_len, kv_len=kv_len, head_dim=32, dtype=dtype,
+                             device=device)
+
+
+def test_bfloat16_keeps_its_dtype_and_auto_with_gradients_is_right(device):
+    m = maskc.compile("mask m = causal & window(before = 12, after = 0)")
+    gen = torch.Generator().manual_seed(3)
+    q64, k64, v64 = (torch.randn(1, 2, 50, 16, generator=gen, dtype=torch.float64)
+                     for _ in range(3))
+    leaves = [x.to(device=device, dtype=torch.bfloat16).requires_grad_() for x in (q64, k64, v64)]
+    out = m.attention(*leaves)  # auto: triton with gradients (interpreter, or a GPU)
+    refs = [x.detach().double().cpu().requires_grad_() for x in leaves]
+    ref = m.attention(*refs, backend="reference")
+    w = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    (out.double().cpu() * w).sum().backward()
+    (ref * w).sum().backward()
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.double().cpu(), ref, atol=2e-2, rtol=2e-2)
+    for leaf, r in zip(leaves, refs):
+        assert leaf.grad.dtype == torch.bfloat16
+        assert torch.allclose(leaf.grad.double().cpu(), r.grad, atol=3e-2, rtol=3e-2)
+    out1, lse1 = tb.forward(m, *(x.detach() for x in leaves))
+    assert out1.dtype == torch.bfloat16 and lse1.dtype == torch.float32
+    assert torch.allclose(out1.double().cpu(), ref, atol=2e-2, rtol=2e-2)

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from maskc import ir
@@ -16,6 +17,9 @@ from maskc.errors import MaskError
 __all__ = ["cache_dir", "write_source", "load_module", "load"]
 
 _MODULES: dict[str, object] = {}
+# NOTE: imports run under this lock so that two threads never execute one module twice (nor
+# see a half-executed one in sys.modules); files are written outside it (atomic rename).
+_IMPORT_LOCK = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -47,14 +51,19 @@ def load_module(mdef: ir.MaskDef):
 
 
 def load(src: str, name: str):
+    """The module of ``src``: written to its file, imported once per process (thread-safe)."""
     path = write_source(src, name)
     key = str(path)
-    if key not in _MODULES:
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
-        _MODULES[key] = module
+    module = _MODULES.get(key)
+    if module is not None:
+        return module
+    with _IMPORT_LOCK:
+        if key not in _MODULES:
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+            _MODULES[key] = module
     return _MODULES[key]
 
 

@@ -10,8 +10,10 @@ or a layout: a GPU that lacks the resources for the planned tiles gets the plan 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 
 import numpy as np
 
@@ -29,6 +31,37 @@ __all__ = ["forward", "attention", "available", "Launch", "KernelConfig", "Tiles
 # (module file, kernel, dtype, head dims, device, planned tiles) -> tiles that ran, after a
 # fallback for resources
 _FITTED: dict = {}
+
+# NOTE: Triton's interpreter is not thread-safe. Each launch patches the builtins of the
+# module-global ``triton.language`` in place and restores them when it returns
+# (``_patch_lang``/``_LangPatchScope.restore`` in triton/runtime/interpreter.py), and it keeps
+# the program id in one module-global builder (``interpreter_builder.set_grid_idx``). Two
+# launches at once see unpatched builtins ("Did you forget to add @triton.jit") or each
+# other's program ids (wrong tiles, silently). So interpreted launches run one at a time,
+# process-wide; compiled launches on a GPU are not serialized.
+_INTERPRETER_LOCK = threading.RLock()
+
+
+def _interpreted(kernel) -> bool:
+    """Whether ``kernel`` runs in Triton's interpreter (``TRITON_INTERPRET=1`` at import)."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+def _serialized(kernel):
+    """The context a launch of ``kernel`` runs in: the interpreter's lock, or nothing."""
+    return _INTERPRETER_LOCK if _interpreted(kernel) else contextlib.nullcontext()
+
+
+def _compute_dtype(kernel, dtype):
+    """The dtype the kernels compute in for inputs of ``dtype``.
+
+    NOTE: the interpreter stores bfloat16 as uint16 bit patterns, and its ``tl.dot`` multiplies
+    those integers (``create_dot`` converts only 8-bit floats): bfloat16 gives garbage with no
+    error. Under the interpreter bfloat16 inputs therefore run in float32 (outputs and
+    gradients are cast back); float16 and float32 run as given, and so does everything on a GPU.
+    """
+    import torch
+    return torch.float32 if dtype == torch.bfloat16 and _interpreted(kernel) else dtype
 
 
 def available(device) -> bool:
@@ -145,8 +178,10 @@ class Launch:
         self.module = self.tensors.module if module is None else module
         self.extra = self.tensors.extra
         self.device = q.device
+        self.dtype = q.dtype
+        self.compute = _compute_dtype(getattr(self.module, f"fwd_{self.name}", None), q.dtype)
         self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-        self.dims = dict(BD=_pow2(D), BDV=_pow2(DV), PREC=_precision(q.dtype),
+        self.dims = dict(BD=_pow2(D), BDV=_pow2(DV), PREC=_precision(self.compute),
                          EVEN_D=_pow2(D) == D and _pow2(DV) == DV,
                          PERMUTED=self.plan.layout is not None)
         self.bm = self.plan.block_map("fwd")
@@ -162,9 +197,11 @@ class Launch:
         key = (id(self.module), kind, str(dtype), self.shape[5], self.shape[6], str(self.device),
                planned)
         tiles = _FITTED.get(key, planned)
+        kernel = getattr(self.module, f"{'bwd_' if kind != 'fwd' else ''}{kind}_{self.name}", None)
         while True:
             try:
-                return launch(self.plan.retiled(kind, tiles), tiles)
+                with _serialized(kernel):
+                    return launch(self.plan.retiled(kind, tiles), tiles)
             except Exception as err:  # triton.runtime.errors.OutOfResources, by name
                 smaller = tiles.smaller() if type(err).__name__ == "OutOfResources" else None
                 if smaller is None:
@@ -200,10 +237,12 @@ class Launch:
         dout = dout.contiguous()
         delta = torch.empty_like(lse)
         bq = 64 if self.gpu else 16
-        getattr(m, f"bwd_delta_{self.name}")[(-(-Lq // bq), B * Hq)](
-            out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0),
-            dout.stride(1), dout.stride(2), delta.stride(0), delta.stride(1), Lq, Hq, DV,
-            BM=bq, BDV=self.dims["BDV"], EVEN_D=self.dims["EVEN_D"])
+        kernel = getattr(m, f"bwd_delta_{self.name}")
+        with _serialized(kernel):
+            kernel[(-(-Lq // bq), B * Hq)](
+                out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0),
+                dout.stride(1), dout.stride(2), delta.stride(0), delta.stride(1), Lq, Hq, DV,
+                BM=bq, BDV=self.dims["BDV"], EVEN_D=self.dims["EVEN_D"])
         if dlse is not None:
             delta -= dlse.float()  # d lse / d s = p: folds into the softmax gradient
         strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -276,6 +315,13 @@ def _function():
     is imported lazily)."""
     if _FUNCTION:
         return _FUNCTION[0]
+    with _INTERPRETER_LOCK:  # NOTE: made once, even when the first calls come from threads
+        if not _FUNCTION:
+            _FUNCTION.append(_make_function())
+    return _FUNCTION[0]
+
+
+def _make_function():
     import torch
 
     class TritonAttention(torch.autograd.Function):
@@ -284,22 +330,22 @@ def _function():
             mask, scale, config, module, inputs = call
             launch = Launch(mask, q, k, v, scale, config, module=module, **inputs)
             t = launch.tensors  # a tiled token layout reorders the tokens around the kernels
-            q, k, v = (t.to_layout(x).contiguous() for x in (q, k, v))
+            ctx.dtypes = tuple(x.dtype for x in (q, k, v))
+            q, k, v = (t.to_layout(x).to(launch.compute).contiguous() for x in (q, k, v))
             out, lse = launch.forward(q, k, v)
             ctx.launch = launch
             ctx.save_for_backward(q, k, v, out, lse)
-            return t.from_layout(out), t.from_layout(lse)
+            return t.from_layout(out).to(launch.dtype), t.from_layout(lse)
 
         @staticmethod
         def backward(ctx, dout, dlse):
             q, k, v, out, lse = ctx.saved_tensors
             t = ctx.launch.tensors
-            dout = torch.zeros_like(out) if dout is None else t.to_layout(dout)
+            dout = torch.zeros_like(out) if dout is None else t.to_layout(dout).to(out.dtype)
             dlse = None if dlse is None else t.to_layout(dlse)
             grads = ctx.launch.backward(q, k, v, out, lse, dout, dlse)
-            return (*(t.from_layout(g) for g in grads), None)
+            return (*(t.from_layout(g).to(d) for g, d in zip(grads, ctx.dtypes)), None)
 
-    _FUNCTION.append(TritonAttention)
     return TritonAttention
 
 
@@ -308,5 +354,6 @@ def forward(mask, q, k, v, scale=None, block_q: int | None = None, block_k: int 
     """Run the generated forward kernel once: ``(out, lse)``."""
     launch = Launch(mask, q, k, v, scale, _config(config, block_q, block_k), **inputs)
     t = launch.tensors
-    out, lse = launch.forward(*(t.to_layout(x).contiguous() for x in (q, k, v)))
-    return t.from_layout(out), t.from_layout(lse)
+    out, lse = launch.forward(*(t.to_layout(x).to(launch.compute).contiguous()
+                                for x in (q, k, v)))
+    return t.from_layout(out).to(launch.dtype), t.from_layout(lse)
