@@ -234,3 +234,21 @@ def test_lint_finds_broken_plans():
     swapped[[0, 1]] = swapped[[1, 0]]
     with pytest.raises(AssertionError, match="inverse"):
         dataclasses.replace(plan, layout=dataclasses.replace(plan.layout, perm=swapped)).lint()
+
+
+@pytest.mark.parametrize("spec", [
+    "heads { 0: causal, _: blocks(4, random(1)) }",
+    "heads { 0: blocks(4, random(2, seed = 3)), 1: causal, _: blocks(4, layout([[1, 0], [1, 1]])) }",
+])
+def test_bind_builds_the_tables_of_every_arm_a_head_takes(spec, monkeypatch):
+    """Found by the fuzzer: the last arm's random() got no table, so Triton read zeros."""
+    m = maskc.compile(f"mask m = {spec}")
+    plan = m.plan(12, heads=3, device="cpu")
+    reached = [n for n in maskc.ir.walk(m.ir.body) if isinstance(n, (maskc.ir.Random,
+                                                                       maskc.ir.Layout))]
+    assert {id(n) for n in reached} == set(plan.bound.blocks)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    import torch
+    q, k, v = (torch.randn(1, 3, 12, 16) for _ in range(3))
+    torch.testing.assert_close(m.attention(q, k, v, backend="triton"),
+                               m.attention(q, k, v, backend="reference"), atol=2e-5, rtol=1e-4)

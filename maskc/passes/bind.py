@@ -22,7 +22,7 @@ from maskc.analysis.rng import random_table
 from maskc.analysis.sizes import check_heads, prepare_inputs, resolve_lengths
 from maskc.errors import MaskSizeError, MaskValueError
 
-__all__ = ["Bound", "BlockTable", "bind", "segment_runs", "digest"]
+__all__ = ["Bound", "BlockTable", "bind", "check_coverage", "segment_runs", "digest"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,7 +95,7 @@ def _reached(body: ir.Node, heads: int):
         if isinstance(n, ir.Heads):
             left = set(reach)
             for arm in n.arms:
-                sel = left if arm.heads is None else {h for h in left if h in arm.heads}
+                sel = set(left) if arm.heads is None else {h for h in left if h in arm.heads}
                 left -= sel
                 if sel:
                     go(arm.body, frozenset(sel), size, in_within)
@@ -108,6 +108,12 @@ def _reached(body: ir.Node, heads: int):
                in_within or isinstance(n, ir.Within))
     go(body, frozenset(range(heads)), 1, False)
     return out
+
+
+def check_coverage(body: ir.Node, heads: int) -> None:
+    """Bind's error for a head that reaches a ``heads { ... }`` none of whose arms covers it
+    (a :class:`~maskc.MaskValueError`), for callers that do not bind (the reference's dense)."""
+    _reached(body, heads)
 
 
 def _block_table(node, size: int, in_within: bool, q_len: int, kv_len: int) -> BlockTable:
@@ -133,8 +139,8 @@ def bind(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
     heads = check_heads(mdef, heads)
     kv_heads = heads if kv_heads is None else kv_heads
-    if isinstance(kv_heads, bool) or not isinstance(kv_heads, (int, np.integer)) or \
-            kv_heads < 1 or heads % kv_heads:
+    if isinstance(kv_heads, (bool, np.bool_)) or not isinstance(kv_heads, (int, np.integer)) \
+            or not 1 <= kv_heads <= heads or heads % kv_heads:
         raise MaskSizeError(f"query heads ({heads}) must be a multiple of key/value heads "
                             f"({kv_heads!r})", mdef.span)
     inputs = dict(inputs or {})
