@@ -15,13 +15,14 @@ import numpy as np
 
 from maskc import ir
 from maskc.ir.grid import coords, na_axis
-from maskc.passes.bind import segment_runs
+from maskc.analysis.blockmap import uses_head
+from maskc.passes.bind import check_coverage, segment_runs
 from maskc.errors import MaskError, MaskInputError, MaskValueError
 from maskc.analysis.rng import random_table
 from maskc.analysis.sizes import (check_heads, check_size, dense_limit, prepare_inputs, resolve_lengths,
                          set_dense_limit)
 
-__all__ = ["dense", "attention", "run", "dense_from_plan", "evaluate", "prepare_inputs",
+__all__ = ["dense", "attention", "CHUNK", "run", "dense_from_plan", "evaluate", "prepare_inputs",
            "dense_limit", "set_dense_limit", "LOWERINGS"]
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class _Env:
     inputs: dict
     grid: ir.Grid | None
     reach: np.ndarray | None = None  # heads that reach this node (None: every head)
+    cache: dict | None = None  # tables shared by the chunks of one dense() call (per node)
 
 
 def _eval(node: ir.Node, env: _Env) -> np.ndarray:
@@ -83,9 +85,19 @@ def _same(n: ir.Same, env):
 _runs = segment_runs  # per position: the start of its run of equal ids, the run's length
 
 
+def _cached(env: _Env, key, valid, make):
+    """``make()``, or the value kept under ``key`` by an earlier chunk when ``valid(kept)``."""
+    if env.cache is None:
+        return make()
+    hit = env.cache.get(key)
+    if hit is None or not valid(hit):
+        hit = env.cache[key] = make()
+    return hit
+
+
 def _within(n: ir.Within, env):
     x = env.inputs[n.input]
-    start, length = _runs(x)
+    start, length = _cached(env, ("runs", n.input), lambda _: True, lambda: _runs(x))
     sp, _ = _gather(start, env.P)
     sk, _ = _gather(start, env.K)
     lp, _ = _gather(length, env.P)
@@ -110,7 +122,7 @@ def _heads(n: ir.Heads, env):
             out = np.where(sel.reshape(1, H, 1, 1), body, out)
         assigned |= hit
     if (reach & ~assigned).any():
-        h = int(np.flatnonzero(reach & ~assigned)[0])
+        h = int(heads[np.flatnonzero(reach & ~assigned)[0]])  # Hh may be a slice of the heads
         raise MaskValueError(f"head {h} is not covered by any arm of heads {{...}} (with "
                              f"{H} heads); add a '_: ...' arm", n.span)
     return out
@@ -129,7 +141,9 @@ def _random(n: ir.Random, env):
         raise MaskValueError(f"random({n.r}) needs at least {n.r} key blocks, but there are "
                              f"{nkb}", n.span)
     qbs, inv = np.unique(env.P, return_inverse=True)
-    table = random_table(n.seed, qbs, nkb, n.r, n.span)
+    # NOTE: chunks of keys of one row of chunks share the query blocks: one table for them
+    qbs, table = _cached(env, ("random", id(n), nkb), lambda kept: np.array_equal(kept[0], qbs),
+                         lambda: (qbs, random_table(n.seed, qbs, nkb, n.r, n.span)))
     rows = inv.reshape(env.P.shape)
     return table[rows, np.clip(env.K, 0, nkb - 1)] & (env.K >= 0) & (env.K < nkb)
 
@@ -139,7 +153,7 @@ def _layout(n: ir.Layout, env):
     cols = len(n.rows[0]) if rows else 0
     if not rows or not cols:
         return np.zeros((1, 1, 1, 1), dtype=bool)
-    M = np.array(n.rows, dtype=bool)
+    M = _cached(env, ("layout", id(n)), lambda _: True, lambda: np.array(n.rows, dtype=bool))
     ok = (env.P >= 0) & (env.P < rows) & (env.K >= 0) & (env.K < cols)
     return M[np.clip(env.P, 0, rows - 1), np.clip(env.K, 0, cols - 1)] & ok
 
@@ -219,8 +233,18 @@ LOWERINGS = {
 }
 
 
+# NOTE: dense() and attention() evaluate this many elements at a time, so their working
+# memory is the result plus a few MiB of temporaries (int64 indices, float64 scores), not
+# many times the result.
+CHUNK = 1 << 18
+
+
 def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -> np.ndarray:
-    """The exact mask: bool ``(heads, q_len, kv_len)``, or ``(B, heads, ...)`` for batched inputs."""
+    """The exact mask: bool ``(heads, q_len, kv_len)``, or ``(B, heads, ...)`` for batched inputs.
+
+    Evaluated a block of query rows (and, for long rows, of keys and heads) at a time: the
+    peak memory is the result's size plus :data:`CHUNK` elements of temporaries.
+    """
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
     heads = check_heads(mdef, heads)
     xs = prepare_inputs(mdef, kv_len, inputs)
@@ -228,12 +252,28 @@ def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -
     if any(x.shape[0] not in (1, batch) for x in xs.values()):
         raise MaskInputError("runtime inputs disagree on the batch size", mdef.span)
     check_size(mdef, (batch, heads, q_len, kv_len))
-    q = np.arange(q_len, dtype=np.int64).reshape(1, 1, -1, 1)
-    env = _Env(P=q + (kv_len - q_len), Q=q, K=np.arange(kv_len, dtype=np.int64).reshape(1, 1, 1, -1),
-               Hh=np.arange(heads, dtype=np.int64).reshape(1, -1, 1, 1), Lq=q_len, Lk=kv_len,
-               Lk_outer=kv_len, inputs=xs, grid=mdef.grid)
-    out = np.broadcast_to(_eval(mdef.body, env), (batch, heads, q_len, kv_len))
-    out = np.array(out, dtype=bool, order="C")  # writable, unlike a broadcast view
+    check_coverage(mdef.body, heads)  # bind's error, before any work (chunks see some heads)
+    per_head = uses_head(mdef.body)
+    hs = heads if per_head else 1  # a mask that ignores the head is evaluated once
+    cols = min(kv_len, CHUNK)
+    hn = min(hs, max(1, CHUNK // cols))
+    rows = min(q_len, max(1, CHUNK // (cols * hn)))
+    out = np.empty((batch, heads, q_len, kv_len), dtype=bool)
+    for b in range(batch):
+        xb = {name: x[min(b, x.shape[0] - 1)][None, :] for name, x in xs.items()}
+        cache: dict = {}
+        for h0 in range(0, hs, hn):
+            hh = np.arange(h0, min(h0 + hn, hs), dtype=np.int64).reshape(1, -1, 1, 1)
+            hsl = slice(h0, h0 + hn) if per_head else slice(None)
+            for r0 in range(0, q_len, rows):
+                q = np.arange(r0, min(r0 + rows, q_len), dtype=np.int64).reshape(1, 1, -1, 1)
+                for c0 in range(0, kv_len, cols):
+                    k = np.arange(c0, min(c0 + cols, kv_len), dtype=np.int64).reshape(1, 1, 1, -1)
+                    env = _Env(P=q + (kv_len - q_len), Q=q, K=k, Hh=hh, Lq=q_len, Lk=kv_len,
+                               Lk_outer=kv_len, inputs=xb, grid=mdef.grid, cache=cache)
+                    got = np.asarray(_eval(mdef.body, env))
+                    got = got.reshape((1,) * (4 - got.ndim) + got.shape)  # where(true): 0-D
+                    out[b, hsl, r0:r0 + rows, c0:c0 + cols] = got[0]
     batched = any(getattr(x, "ndim", np.ndim(x)) == 2 for x in inputs.values())
     return out if batched else out[0]
 
@@ -254,9 +294,33 @@ def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False):
         kd = kd.repeat_interleave(rep, dim=1)
         vd = vd.repeat_interleave(rep, dim=1)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    keep = torch.from_numpy(np.array(mask, dtype=bool, order="C")).to(q.device)
+    keep = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)).to(q.device)
     if keep.dim() == 3:
         keep = keep.unsqueeze(0)
+    # NOTE: a block of query rows at a time, so the float64 scores and their exponentials
+    # take CHUNK elements, not (B, H, Lq, Lk) each; under autograd each block is
+    # checkpointed (recomputed in the backward), so the saved state stays that size too.
+    rows = max(1, CHUNK // max(B * Hq * kd.shape[2], 1))
+    if rows >= Lq:
+        out, lse = _attend(qd, kd, vd, keep, scale)
+    else:
+        from torch.utils.checkpoint import checkpoint
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (qd, kd, vd))
+        parts = []
+        for r0 in range(0, Lq, rows):
+            args = (qd[:, :, r0:r0 + rows], kd, vd, keep[:, :, r0:r0 + rows], scale)
+            parts.append(checkpoint(_attend, *args, use_reentrant=False) if grad
+                         else _attend(*args))
+        out = torch.cat([o for o, _ in parts], dim=2)
+        lse = torch.cat([x for _, x in parts], dim=2)
+    out = out.to(q.dtype)
+    return (out, lse) if return_lse else out
+
+
+def _attend(qd, kd, vd, keep, scale):
+    """Float64 attention of some query rows: ``(out, lse)``, lse ``-inf`` on empty rows."""
+    import torch
+
     s = torch.matmul(qd, kd.transpose(-1, -2)) * scale
     s = s.masked_fill(~keep, float("-inf"))
     m = s.amax(dim=-1, keepdim=True)
@@ -264,9 +328,6 @@ def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False):
     e = torch.exp(s - m)
     denom = e.sum(dim=-1, keepdim=True)
     out = torch.matmul(e, vd) / torch.where(denom > 0, denom, torch.ones_like(denom))
-    out = out.to(q.dtype)
-    if not return_lse:
-        return out
     lse = torch.where(denom > 0, torch.log(denom) + m,
                       torch.full_like(denom, float("-inf"))).squeeze(-1)
     return out, lse

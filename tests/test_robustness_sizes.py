@@ -10,14 +10,17 @@ subprocess (``tracemalloc`` sees numpy's allocations) so one test's peak is its 
 import json
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import maskc
+from maskc.backends import reference
+from strategies import dense_kwargs, grid_mask_defs, mask_defs
 
 # ---------------------------------------------------------------- item 1: empty grid heads
 
@@ -52,3 +55,123 @@ def test_grid_attention_with_an_empty_head(prim, backend):
     assert (out[:, 0] == 0).all() and torch.isinf(lse[:, 0]).all()
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse[:, 1].double(), ref_lse[:, 1].double(), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- measuring a call
+
+def _measure(setup: str, call: str) -> dict:
+    """Seconds and peak memory (MiB) of ``call`` after ``setup``, in a fresh interpreter:
+    ``peak_mib`` as traced (numpy's arrays), ``rss_mib`` the growth of the peak resident
+    size (torch's too); ``error`` is the MaskError class it raised (or None), ``message``
+    its text."""
+    code = "\n".join([
+        "import json, resource, time, tracemalloc",
+        "import numpy as np",
+        "import maskc",
+        setup,
+        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
+        "tracemalloc.start()",
+        "t = time.perf_counter()",
+        "err = msg = None",
+        "try:",
+        f"    {call}",
+        "except maskc.MaskError as e:",
+        "    err, msg = type(e).__name__, str(e)",
+        "secs = time.perf_counter() - t",
+        "peak = tracemalloc.get_traced_memory()[1] / 2**20",
+        "grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024",
+        "print(json.dumps({'seconds': secs, 'peak_mib': peak, 'rss_mib': grew, 'error': err,",
+        "                  'message': msg}))",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- item 6: dense working memory
+
+DENSE_SPECS = [
+    "window(3, dilation = 2)",
+    "where(q % 3 == k % 5 or q - k > 7)",
+    "causal & ~strided(3) | global([0, 5]) | sink(4) | prefix(9) | chunk(7) | fixed(8, 2)",
+    "blocks(16, random(2) | layout([[1, 0], [0, 1]]))",
+    "heads { 0: causal, 1..3: window(5), _: where(h > k % 4) }",
+]
+
+
+@pytest.mark.parametrize("spec", DENSE_SPECS)
+def test_dense_working_memory_is_near_the_result(spec):
+    """A 4096 x 4096 mask (16 MiB) was built from int64 temporaries (16-18 times as much)."""
+    heads = 2 if "heads" in spec else 1
+    got = _measure(f"m = maskc.compile({('mask m = ' + spec)!r})",
+                   f"m.dense(4096, heads={heads})")
+    result = 16 * heads
+    assert got["error"] is None, got
+    assert got["peak_mib"] < result + 24, got  # the result plus chunks of 2**18 elements
+
+
+def test_dense_working_memory_within_and_grid():
+    ids = "np.arange(4096) // 100"
+    got = _measure("m = maskc.compile('mask m(input doc) = within(doc, causal & window(50))')",
+                   f"m.dense(4096, doc={ids})")
+    assert got["error"] is None and got["peak_mib"] < 16 + 24, got
+    got = _measure("m = maskc.compile('mask m over grid(64, 64) = neighborhood(7) | tile(8)')",
+                   "m.dense()")
+    assert got["error"] is None and got["peak_mib"] < 16 + 24, got
+
+
+def test_reference_attention_working_memory():
+    """Scores are float64 per chunk of query rows, not one (B, H, Lq, Lk) matrix of each
+    intermediate (the mask itself, 1 byte per pair, is what stays)."""
+    setup = ("import torch\nm = maskc.compile('mask m = causal')\n"
+             "q = torch.randn(1, 1, 4096, 16, dtype=torch.float64)")
+    got = _measure(setup, "m.attention(q, q, q, backend='reference')")
+    assert got["error"] is None and got["rss_mib"] < 16 + 64, got  # 16 MiB of mask (was 480)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.data_too_large])
+@given(data=st.data())
+def test_dense_in_chunks_is_dense(chunk, data):
+    """Any chunking (of rows, keys and heads) gives the one-piece result or the same error."""
+    mdef = data.draw(st.one_of(mask_defs(), grid_mask_defs()))
+    kw = data.draw(dense_kwargs(mdef))
+
+    def run():
+        try:
+            return reference.dense(mdef, **kw)
+        except maskc.MaskError as err:
+            return type(err), str(err)
+    whole = run()
+    saved, reference.CHUNK = reference.CHUNK, chunk
+    try:
+        parts = run()
+    finally:
+        reference.CHUNK = saved
+    if isinstance(whole, tuple):
+        assert parts == whole
+    else:
+        assert np.array_equal(parts, whole)
+
+
+def test_reference_attention_in_chunks(monkeypatch):
+    m = maskc.compile("mask m = heads { 0: causal, _: window(3) } & ~sink(1)")
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, 37, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 2, 41, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, 41, 8, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        out, lse = m.attention(q, k, v, backend="reference", return_lse=True)
+        grads = torch.autograd.grad((out * out).sum() + lse[torch.isfinite(lse)].sum(),
+                                    (q, k, v))
+        return out, lse, grads
+    whole = run()
+    monkeypatch.setattr(reference, "CHUNK", 100)
+    parts = run()
+    torch.testing.assert_close(parts[0], whole[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(parts[1], whole[1], rtol=0, atol=1e-12)
+    for a, b in zip(parts[2], whole[2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
