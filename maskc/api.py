@@ -6,17 +6,15 @@ simplify -> verify. Later stages (block analysis, lowering) hang off the :class:
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from maskc import ir
+from maskc import ir, validate
 from maskc.analysis import sizes
 from maskc.frontend.check import check
-from maskc.errors import MaskError, MaskSizeError, Source, Span
+from maskc.errors import MaskError, MaskSizeError, MaskTypeError, MaskValueError, Source, Span
 from maskc.frontend.parser import parse
 from maskc.ir.pretty import pretty
 from maskc.ir.simplify import simplify
@@ -27,20 +25,59 @@ __all__ = ["compile", "Mask", "read_source", "set_dense_limit", "dense_limit", "
 PLANS_PER_MASK = 8
 
 
+MAX_SOURCE_BYTES = 1 << 24  # 16 MiB: far above any spec (a 2000 x 2000 layout is 12 MB)
+
+
 def read_source(source) -> tuple[str, str]:
-    """``(text, filename)``: a ``Path`` or a ``str`` naming an existing ``.mask`` file is read."""
+    """``(text, filename)``: a ``Path`` or a ``str`` naming an existing ``.mask`` file is read.
+
+    Anything else than ``str`` or ``os.PathLike`` is a :class:`~maskc.MaskTypeError`; a file
+    that cannot be read (missing, a directory, a path with a NUL byte) is a
+    :class:`~maskc.MaskValueError`; one over ``MAX_SOURCE_BYTES`` (``/dev/zero``) a
+    :class:`~maskc.MaskSizeError` after reading at most that much; bytes that are not
+    UTF-8 a :class:`~maskc.MaskValueError` at their line and column.
+    """
     if isinstance(source, os.PathLike) or (isinstance(source, str) and source.endswith(".mask")
                                            and "\n" not in source and Path(source).is_file()):
-        path = Path(source)
-        try:
-            return path.read_text(encoding="utf-8-sig"), str(source)  # a BOM is not code
-        except (OSError, UnicodeDecodeError) as err:
-            raise MaskError(f"cannot read {source}: {err}") from None
+        return _read_file(source), str(source)
     if not isinstance(source, str):
-        raise TypeError(f"maskc.compile takes source text or a path, got {type(source).__name__}")
+        raise MaskTypeError(f"maskc.compile takes source text (str) or a path (str ending in "
+                            f".mask, or pathlib.Path), got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_BYTES:
+        raise MaskSizeError(f"the source text has {len(source):,} characters, more than the "
+                            f"limit of {MAX_SOURCE_BYTES:,}")
     if source.strip().endswith(".mask") and not any(c in source.strip() for c in " \n=("):
         raise MaskError(f"no such file: {source.strip()}")  # a path, not source text
     return source, "<string>"
+
+
+def _read_file(source) -> str:
+    try:
+        with open(source, "rb") as f:
+            # NOTE: bounded: /dev/zero or a huge file must not be read into memory whole
+            data = f.read(MAX_SOURCE_BYTES + 1)
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        raise MaskValueError(f"cannot read {_shown(source)}: "
+                             f"{getattr(err, 'strerror', None) or err}") from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise MaskSizeError(f"cannot read {_shown(source)}: it is larger than "
+                            f"{MAX_SOURCE_BYTES:,} bytes, the limit for a .mask file")
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a BOM is not code
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        # NOTE: point at the byte: line and column count characters of the text before it
+        before = data[:err.start].decode("utf-8")
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
+        text = data.decode("utf-8", errors="replace")
+        span = Span(Source(text, str(source)), line, column, line, column + 1)
+        raise MaskValueError(f"the file is not UTF-8: byte 0x{data[err.start]:02x} "
+                             f"cannot be decoded ({err.reason})", span) from None
+
+
+def _shown(source) -> str:
+    return repr(str(source)) if "\x00" in str(source) else str(source)
 
 
 def compile(source, name: str | None = None, **params) -> "Mask":  # noqa: A001 - fixed API name
@@ -50,6 +87,9 @@ def compile(source, name: str | None = None, **params) -> "Mask":  # noqa: A001 
     Raises :class:`~maskc.MaskError` (with ``.line``/``.column``) on any problem in the spec.
     """
     text, filename = read_source(source)
+    if name is not None and not isinstance(name, str):
+        raise MaskTypeError(f"name must be a mask's name (a str) or None, got "
+                            f"{type(name).__name__}")
     module = parse(text, filename)
     mdef = verify(check(module, name, **params))
     mdef = verify(simplify(mdef))
@@ -143,6 +183,9 @@ class Mask:
         inputs = {k: options.pop(k) for k in list(options) if k in self.ir.inputs or
                   k not in known}
         opts = pipeline.normalize_options(target, options)
+        # NOTE: checked before they key the cache (an array is no key; 64 and 64.0 are one)
+        q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
+        heads = sizes.check_heads(self.ir, heads)
         key = (q_len, kv_len, heads, heads if kv_heads is None else kv_heads, target,
                tuple(sorted(opts.items())), digest(inputs))
         with self._lock:
@@ -173,6 +216,8 @@ class Mask:
         from maskc.backends import flex
         q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
         heads = sizes.check_heads(self.ir, heads)
+        if device is not None:  # where the captured tables go: usable here, or an error now
+            flex.check_device(device)
         return flex.make_mask_mod(self.ir, q_len, kv_len, heads,
                                   flex.torch_inputs(self.ir, kv_len, inputs, device),
                                   device=device)
@@ -217,9 +262,8 @@ class Mask:
             raise MaskError(f"unknown backend {backend!r}; available: "
                             + ", ".join(repr(b) for b in backends))
         sizes.check_qkv(self.ir, q, k, v)
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
-                                  or not math.isfinite(scale)):
-            raise MaskError(f"scale must be a finite number or None, got {scale!r}")
+        # NOTE: a 0-d tensor or numpy scalar is a number (models keep their scale as one)
+        scale = None if scale is None else validate.real(scale, "scale")
         import torch
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         on_cpu = q.device.type == "cpu"

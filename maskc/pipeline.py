@@ -34,6 +34,7 @@ from maskc.passes.heads import HeadGroups, group_heads
 from maskc.passes.layout import TokenLayout
 from maskc.passes.layoutmap import choose_layout, permuted_block_map
 from maskc.passes.tiles import KERNELS, KernelConfig, Tiles, dtype_name, kernel_tiles
+from maskc.validate import MAX_LENGTH, integer
 
 __all__ = ["plan", "normalize_options", "target_options", "KernelPlan", "TARGETS", "STAGES", "STAGES_OF"]
 
@@ -278,7 +279,7 @@ def _analyse(bound: Bound, tiles: Tiles, layout: TokenLayout | None, evaluate) -
 
 def target_options(target: str) -> tuple[str, ...]:
     """The names of ``target``'s options."""
-    if target not in _OPTIONS:
+    if not isinstance(target, str) or target not in _OPTIONS:
         raise MaskError(f"unknown target {target!r}; targets: " + ", ".join(TARGETS))
     return tuple(_OPTIONS[target])
 
@@ -286,7 +287,7 @@ def target_options(target: str) -> tuple[str, ...]:
 def normalize_options(target: str, given: dict) -> dict:
     """The target's options with defaults filled in and values checked (a :class:`MaskError`
     naming the option otherwise)."""
-    if target not in _OPTIONS:
+    if not isinstance(target, str) or target not in _OPTIONS:
         raise MaskError(f"unknown target {target!r}; targets: " + ", ".join(TARGETS))
     allowed = _OPTIONS[target]
     unknown = sorted(set(given) - set(allowed))
@@ -300,9 +301,7 @@ def normalize_options(target: str, given: dict) -> dict:
         opts["dtype"] = dtype_name(opts["dtype"])
     if "head_dim" in opts:
         d = opts["head_dim"]
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d <= 65536:
-            raise MaskError(f"head_dim must be a positive integer, got {d!r}")
-        opts["head_dim"] = int(d)
+        opts["head_dim"] = integer(d, "head_dim", 1, 65536)
     if opts.get("config") is not None and not isinstance(opts["config"], KernelConfig):
         raise MaskError(f"config must be a maskc.KernelConfig, got "
                         f"{type(opts['config']).__name__}")
@@ -310,7 +309,7 @@ def normalize_options(target: str, given: dict) -> dict:
         b = opts["block_size"]
         pair = tuple(b) if isinstance(b, (tuple, list)) else (b, b)
         if len(pair) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, np.integer))
-                                 or x < 1 for x in pair):
+                                 or not 1 <= x <= MAX_LENGTH for x in pair):
             raise MaskSizeError(f"block_size must be a positive int or (block_q, block_k), got "
                                 f"{b!r}")
         opts["block_size"] = tuple(int(x) for x in pair)

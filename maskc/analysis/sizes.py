@@ -9,6 +9,7 @@ import numpy as np
 
 from maskc import ir
 from maskc.errors import MaskError, MaskInputError, MaskSizeError
+from maskc.validate import integer, length
 
 __all__ = ["dense_limit", "set_dense_limit", "prepare_inputs", "resolve_lengths", "check_size",
            "check_heads", "check_tiles", "check_elements", "check_batch", "document_ids",
@@ -70,6 +71,10 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict) -> dict[str, np.
 
 def resolve_lengths(mdef: ir.MaskDef, q_len, kv_len) -> tuple[int, int]:
     """Default and check ``(q_len, kv_len)``; a grid fixes both to its number of tokens."""
+    span = mdef.span
+    # NOTE: types first: a numpy array compared with the grid's size is an array of bools
+    q_len = None if q_len is None else length(q_len, "q_len", span)
+    kv_len = None if kv_len is None else length(kv_len, "kv_len", span)
     if mdef.grid is not None:
         n = mdef.grid.numel
         for what, v in (("q_len", q_len), ("kv_len", kv_len)):
@@ -79,35 +84,26 @@ def resolve_lengths(mdef: ir.MaskDef, q_len, kv_len) -> tuple[int, int]:
         return n, n
     if q_len is None:
         raise MaskSizeError(f"mask '{mdef.name}' needs q_len (it has no grid)", mdef.span)
-    kv_len = q_len if kv_len is None else kv_len
-    for what, v in (("q_len", q_len), ("kv_len", kv_len)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise MaskSizeError(f"{what} must be a positive integer, got {v!r}", mdef.span)
-    if max(q_len, kv_len) > 2**31 - 1:
-        raise MaskSizeError("lengths must stay below 2**31", mdef.span)
-    return int(q_len), int(kv_len)
+    return q_len, q_len if kv_len is None else kv_len
 
 
 def check_heads(mdef: ir.MaskDef, heads) -> int:
     """``heads`` as an int in ``1..MAX_HEADS``, or a :class:`MaskSizeError`."""
-    if isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or \
-            not 1 <= heads <= MAX_HEADS:
-        raise MaskSizeError(f"heads must be an integer from 1 to {MAX_HEADS}, got {heads!r}",
-                            mdef.span)
-    return int(heads)
+    return integer(heads, "heads", 1, MAX_HEADS, mdef.span)
 
 
-def check_tiles(mdef: ir.MaskDef, q_len: int, kv_len: int, block_q, block_k) -> None:
-    """Tile sizes are positive integers, and the tile grid's rows and columns stay within
-    what per-row tables can hold (``dense_limit() // 16`` each)."""
-    for what, size in (("block_q", block_q), ("block_k", block_k)):
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise MaskSizeError(f"{what} must be a positive integer, got {size!r}", mdef.span)
+def check_tiles(mdef: ir.MaskDef, q_len: int, kv_len: int, block_q, block_k) -> tuple[int, int]:
+    """``(block_q, block_k)`` as ints from 1 to 2**31 - 1, once the tile grid's rows and
+    columns are known to stay within what per-row tables can hold (``dense_limit() // 16``
+    each)."""
+    block_q = length(block_q, "block_q", mdef.span)
+    block_k = length(block_k, "block_k", mdef.span)
     nq, nk = -(-q_len // block_q), -(-kv_len // block_k)
     if max(nq, nk) > dense_limit() // 16:
         raise MaskSizeError(f"{q_len} x {kv_len} tokens in tiles of {block_q} x {block_k} make "
                             f"{nq:,} x {nk:,} tiles, more than the limit of "
                             f"{dense_limit() // 16:,} per side: use larger tiles", mdef.span)
+    return block_q, block_k
 
 
 def check_elements(n: int, what: str, span=None, hint: str = "") -> None:
@@ -142,22 +138,68 @@ def document_ids(lengths=None, *, cu_seqlens=None):
     """
     if (lengths is None) == (cu_seqlens is None):
         raise MaskInputError("give exactly one of lengths and cu_seqlens")
+    what = "lengths" if lengths is not None else "cu_seqlens"
     given = lengths if lengths is not None else cu_seqlens
     is_torch = hasattr(given, "detach")
-    arr = np.asarray(given.detach().cpu().numpy() if is_torch else given, dtype=np.int64)
-    if arr.ndim != 1:
-        raise MaskInputError(f"expected a 1-D sequence, got shape {arr.shape}")
+    arr = _integers(given.detach().cpu().numpy() if is_torch else given, what)
     if cu_seqlens is not None:
         if len(arr) < 1 or arr[0] != 0 or np.any(np.diff(arr) < 0):
             raise MaskInputError("cu_seqlens must start at 0 and never decrease")
+        total = int(arr[-1])
         arr = np.diff(arr)
-    if np.any(arr < 0):
-        raise MaskInputError("sequence lengths must be >= 0")
+    else:
+        if np.any(arr < 0):
+            raise MaskInputError("sequence lengths must be >= 0")
+        total = int(arr.sum(dtype=object)) if len(arr) else 0  # exact: no int64 wrap-around
+    # NOTE: checked before np.repeat allocates 8 bytes per token
+    if total > 2**31 - 1:
+        raise MaskSizeError(f"{what} describe {total:,} tokens; lengths must stay below 2**31")
+    check_elements(total, f"document ids for {total:,} tokens")
     ids = np.repeat(np.arange(len(arr), dtype=np.int64), arr)
     if is_torch:
         import torch
         return torch.from_numpy(ids).to(given.device)
     return ids
+
+
+def _integers(given, what: str) -> np.ndarray:
+    """``given`` as a 1-D int64 array of whole numbers below 2**63, or a
+    :class:`MaskInputError` naming ``what`` (bools, strings, NaN, infinities, fractions and
+    objects that are not numbers are refused)."""
+    if isinstance(given, (str, bytes)):
+        raise MaskInputError(f"{what} must be a 1-D sequence of integers, got a "
+                             f"{type(given).__name__}")
+    try:
+        arr = np.asarray(given)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise MaskInputError(f"{what} must be a 1-D sequence of integers: "
+                             f"{str(err).splitlines()[0]}") from None
+    if arr.ndim != 1:
+        raise MaskInputError(f"{what} must be a 1-D sequence of integers, got shape "
+                             f"{arr.shape}")
+    # NOTE: numpy reads [True, 2] as integers; a list's entries are looked at one by one
+    values = arr.tolist() if arr.dtype.kind in "fO" or isinstance(given, (list, tuple)) \
+        else None
+    if values is None and arr.dtype.kind not in "iu":
+        raise MaskInputError(f"{what} must be a 1-D sequence of integers, got dtype "
+                             f"{arr.dtype}")
+    if values is None:
+        if arr.dtype == np.uint64 and len(arr) and arr.max() > np.iinfo(np.int64).max:
+            raise MaskInputError(f"{what} has an entry of 2**63 or more")
+        return arr.astype(np.int64)
+    originals = list(given) if isinstance(given, (list, tuple)) else values
+    bad = [y for x, y in zip(values, originals) if _not_whole(x) or _not_whole(y)][:1]
+    if bad:
+        bad = bad[0]
+        shown = repr(bad) if len(repr(bad)) <= 40 else f"a {type(bad).__name__}"
+        raise MaskInputError(f"{what} must be whole numbers below 2**63, got {shown}")
+    return np.array([int(x) for x in values], dtype=np.int64)
+
+
+def _not_whole(x) -> bool:
+    return isinstance(x, (bool, np.bool_)) or not isinstance(
+        x, (int, float, np.integer, np.floating)) or not math.isfinite(x) or x != int(x) \
+        or abs(x) >= 2**63
 
 
 def check_qkv(mdef: ir.MaskDef, q, k, v) -> None:
