@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections import OrderedDict
+
 import numpy as np
 
 from maskc.errors import MaskError
 from maskc.analysis.sizes import check_batch, check_elements
 
-__all__ = ["to_block_mask", "block_mask", "check_device", "attention", "flex_attention_fn"]
+__all__ = ["to_block_mask", "block_mask", "check_device", "attention", "flex_attention_fn",
+           "COMPILED_FUNCTIONS"]
 
 def to_block_mask(bm, mask_mod, device=None):
     """A FlexAttention ``BlockMask`` holding ``bm``'s tiles, row by row.
@@ -50,21 +55,51 @@ def to_block_mask(bm, mask_mod, device=None):
                                     seq_lengths=(bm.q_len, bm.kv_len))
 
 
-_COMPILED = {}
+# The most compiled functions kept (least recently used dropped first, with their kernels).
+COMPILED_FUNCTIONS = 64
+
+_COMPILED: OrderedDict = OrderedDict()
+_COMPILED_LOCK = threading.Lock()
+_NAMES = itertools.count()
 
 
-def flex_attention_fn(compiled: bool = True):
-    """``flex_attention``, through ``torch.compile`` when it works here (CPU included)."""
+def _flex_entry(q, k, v, block_mask, scale, enable_gqa, return_lse):
+    from torch.nn.attention.flex_attention import flex_attention
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa,
+                          return_lse=return_lse)
+
+
+def flex_attention_fn(compiled: bool = True, key=None):
+    """``flex_attention``, through ``torch.compile`` when it works here (CPU included).
+
+    ``key`` names a mask structure (see :func:`attention`): each key gets its own compiled
+    function, so distinct masks neither evict each other's kernels nor share one recompile
+    budget. At most :data:`COMPILED_FUNCTIONS` are kept.
+    """
     from torch.nn.attention.flex_attention import flex_attention
     if not compiled:
         return flex_attention
-    if "fn" not in _COMPILED:
+    with _COMPILED_LOCK:
+        if key in _COMPILED:
+            _COMPILED.move_to_end(key)
+            return _COMPILED[key]
+        import types
         import torch
-        # NOTE: dynamic=None: the first shape compiles static, a second one compiles a kernel
-        # for any length. dynamic=False recompiled per length until dynamo's recompile limit
-        # (8), then silently ran the unfused O(N^2) path.
-        _COMPILED["fn"] = torch.compile(flex_attention, dynamic=None)
-    return _COMPILED["fn"]
+        # NOTE: dynamo keeps its compiled code, guards and recompile count (recompile_limit,
+        # 8) on the code object of the frame it compiles: one torch.compile(flex_attention)
+        # for every mask guarded on each mask_mod's code, on head counts, dtypes and block
+        # sizes, hit the limit after a few masks and then silently ran FlexAttention unfused
+        # (O(N^2) memory). A fresh code object per key gives each key its own cache.
+        # dynamic=True: one kernel for any length (lengths of one tile are specialized, so at
+        # most two), as fast here as a static one; with dynamic=None a key compiled a static
+        # kernel, then one per change of the tile counts.
+        code = _flex_entry.__code__.replace(co_name=f"maskc_flex_attention_{next(_NAMES)}")
+        entry = types.FunctionType(code, _flex_entry.__globals__, code.co_name)
+        fn = torch.compile(entry, dynamic=True)
+        _COMPILED[key] = fn
+        while len(_COMPILED) > COMPILED_FUNCTIONS:
+            _COMPILED.popitem(last=False)
+        return fn
 
 
 def check_device(device) -> None:
@@ -98,15 +133,44 @@ def attention(plan, q, k, v, scale=None, return_lse=False, compiled=True):
     """Run ``flex_attention`` with a ``"flex"`` plan's block mask and generated ``mask_mod``."""
     bm_mask = block_mask(plan)
     check_batch(plan.mdef, plan.batch, q.shape[0])  # inputs' batch
-    fn = flex_attention_fn(compiled)
     gqa = q.shape[1] != k.shape[1]
+    # NOTE: what the compiled kernel specializes on besides lengths and batch (which become
+    # dynamic on the second call): the mask_mod's code (one per generated source text), head
+    # counts, dtype, head dims, tile sizes, return_lse, device.
+    key = (getattr(bm_mask.mask_mod, "source", None) or id(bm_mask.mask_mod.__code__),
+           q.shape[1], k.shape[1], str(q.dtype), q.shape[-1], v.shape[-1],
+           tuple(bm_mask.BLOCK_SIZE), bool(return_lse), q.device.type)
+    fn = flex_attention_fn(compiled, key)
     try:
+        if compiled:
+            return fn(q, k, v, bm_mask, scale, gqa, return_lse)
         return fn(q, k, v, block_mask=bm_mask, scale=scale, enable_gqa=gqa,
                   return_lse=return_lse)
     except Exception as err:  # torch wraps it (InternalTorchDynamoError)
-        if not (isinstance(err, RecursionError) or isinstance(err.__cause__, RecursionError)
+        if (isinstance(err, RecursionError) or isinstance(err.__cause__, RecursionError)
                 or "RecursionError" in str(err).split("\n", 1)[0]):
-            raise
-        raise MaskError("the mask nests too deeply for FlexAttention, whose torch.compile "
-                        "tracer recurses once per level (even with flex-eager); use "
-                        "backend='triton' or 'reference'", plan.mdef.span) from None
+            raise MaskError("the mask nests too deeply for FlexAttention, whose torch.compile "
+                            "tracer recurses once per level (even with flex-eager); use "
+                            "backend='triton' or 'reference'", plan.mdef.span) from None
+        if compiled and _compiler_error(err):
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [""]
+            first = next((ln for ln in lines if "error:" in ln), lines[0])  # the compiler's
+            raise MaskError(f"torch.compile could not compile FlexAttention for mask "
+                            f"'{plan.mdef.name}' on {q.device.type} ({type(err).__name__}: "
+                            f"{first[:300]}); use backend='flex-eager' (the same "
+                            f"FlexAttention, not compiled), 'triton' (with TRITON_INTERPRET=1 "
+                            f"on the CPU) or 'reference'", plan.mdef.span) from None
+        raise
+
+
+def _compiler_error(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps) was raised by torch's compiler stack (dynamo,
+    Inductor, the C++ compiler it calls), not by the inputs."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        mod = type(err).__module__ or ""
+        if mod.startswith(("torch._dynamo", "torch._inductor")):
+            return True
+        err = err.__cause__ or getattr(err, "inner_exception", None)
+    return False
