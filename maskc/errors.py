@@ -34,6 +34,8 @@ class Source:
             return ""
         text = lines[line - 1]
         text = text[:-1] if text.endswith("\r") else text
+        if text.isprintable():  # the usual case, at C speed (a line may be megabytes long)
+            return text
         return "".join(ch if ch == "\t" or ch.isprintable() else " " for ch in text)
 
 
@@ -83,7 +85,9 @@ class MaskError(Exception):
         width = (s.end_column - s.column) if s.end_line == s.line else len(text) - s.column + 1
         width = max(1, min(width, max(1, len(text) - s.column + 1)))
         # NOTE: tabs in the prefix are kept so the caret lines up under the same characters.
-        pad = "".join("\t" if ch == "\t" else " " for ch in text[: s.column - 1])
+        prefix = text[: s.column - 1]
+        pad = "".join("\t" if ch == "\t" else " " for ch in prefix) if "\t" in prefix \
+            else " " * len(prefix)
         return (f"{s.source.filename}:{s.line}:{s.column}: error: {self.message}\n"
                 f"    {text}\n    {pad}{'^' * width}")
 

@@ -175,3 +175,78 @@ def test_reference_attention_in_chunks(monkeypatch):
     torch.testing.assert_close(parts[1], whole[1], rtol=0, atol=1e-12)
     for a, b in zip(parts[2], whole[2]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- item 7: random()'s work
+
+def test_random_block_map_too_large_is_refused_at_once():
+    """blocks(1, random(1)) at 10**6 tokens worked 42 s, then ran out of memory: its table
+    is 10**6 x 10**6 scores, refused as bind refuses it, before any candidate tile."""
+    got = _measure("m = maskc.compile('mask m = blocks(1, random(1))')",
+                   "m.block_map(10**6)")
+    assert got["error"] == "MaskSizeError" and got["seconds"] < 1, got
+    assert "random()'s table of 1,000,000 x 1,000,000 blocks" in got["message"], got
+    m = maskc.compile("mask m = blocks(1, random(1))")
+    with pytest.raises(maskc.MaskSizeError) as plan_err:
+        m.plan(10**6, target="flex")
+    assert str(plan_err.value) == got["message"]
+
+
+def test_random_table_costs_its_size():
+    """Each row's r smallest scores by partition, not a sort (2**28 cells: 19.6 s -> ~5 s)."""
+    got = _measure("m = maskc.compile('mask m = blocks(1, random(2))')", "m.dense(4096)")
+    assert got["error"] is None and got["seconds"] < 3 and got["peak_mib"] < 16 + 48, got
+
+
+def test_random_choice_breaks_ties_by_key_block(monkeypatch):
+    """The kept blocks are the r smallest (score, j), ties included (forced here)."""
+    from maskc.analysis import rng
+    plain = rng.block_scores
+    monkeypatch.setattr(rng, "block_scores",
+                        lambda seed, qb, n: plain(seed, qb, n) % np.uint64(3))
+    for r in (1, 2, 5):
+        scores = rng.block_scores(0, np.arange(40), 17)
+        want = np.sort(np.argsort(scores, axis=1, kind="stable")[:, :r], axis=1)
+        assert np.array_equal(rng.random_choice(0, np.arange(40), 17, r), want)
+
+
+# ---------------------------------------------------------------- item 12: huge specs
+
+_HUGE = {
+    "layout 2000 x 2000": "'mask m = blocks(1, layout([' + ','.join(['[' + ','.join(['1'] * "
+                          "2000) + ']'] * 2000) + ']))'",
+    "300,000 parentheses": "'mask m = ' + '(' * 300000 + 'causal' + ')' * 300000",
+    "100,000 terms": "'mask m = ' + ' & '.join(['causal'] * 100000)",
+    "100,000 comparisons": "'mask m = where(' + ' < '.join(['q'] * 100000) + ')'",
+}
+
+
+@pytest.mark.parametrize("text", _HUGE.values(), ids=_HUGE.keys())
+def test_huge_specs_are_refused_at_once(text):
+    got = _measure(f"text = {text}", "maskc.compile(text)")
+    assert got["error"] == "MaskSizeError" and got["seconds"] < 0.5, got
+    assert "more than 32,768 tokens" in got["message"] and ":1:" in got["message"], got
+
+
+def test_specs_below_the_token_limit_parse_fast():
+    from maskc.frontend.syntax import MAX_TOKENS
+    side = 120  # a layout of 120 x 120 cells: about 29,000 tokens
+    text = ("mask m = blocks(1, layout([" + ",".join(["[" + ",".join(["1"] * side) + "]"]
+                                                    * side) + "]))")
+    t = time.perf_counter()
+    m = maskc.compile(text)
+    assert time.perf_counter() - t < 2
+    assert m.dense(side).all()
+    t = time.perf_counter()
+    with pytest.raises(maskc.MaskSyntaxError, match="nested too deeply"):
+        maskc.compile("mask m = " + " & ".join(["causal"] * (MAX_TOKENS // 2 - 8)))
+    assert time.perf_counter() - t < 2
+    err = None
+    try:
+        maskc.compile("mask m = causal\n# " + "x " * MAX_TOKENS + "\n" + "  & sink(1)" * 3)
+    except maskc.MaskError as e:  # comments are not tokens
+        err = e
+    assert err is None
+    with pytest.raises(maskc.MaskSizeError) as info:
+        maskc.compile("mask m = causal\n" + " | causal" * MAX_TOKENS)
+    assert (info.value.line, info.value.column) == (2, 9 * ((MAX_TOKENS - 4) // 2) + 2)  # a "|"

@@ -15,6 +15,7 @@ import numpy as np
 
 from maskc import ir
 from maskc.analysis.blockmap import E, F, P, R, U, Analysis, Rects, classify, support, uses_head
+from maskc.passes.bind import check_tables
 from maskc.analysis.sizes import (check_elements, check_heads, check_tiles, prepare_inputs,
                     resolve_lengths)
 
@@ -228,6 +229,8 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
     heads = check_heads(mdef, heads)
     block_q, block_k = check_tiles(mdef, q_len, kv_len, block_q, block_k)  # ints from here
     xs = prepare_inputs(mdef, kv_len, inputs)
+    # NOTE: a random() table over the limit fails here as in bind, before any candidate
+    check_tables(mdef, q_len, kv_len, heads)
     batch = max([x.shape[0] for x in xs.values()] or [1])
     per_head = uses_head(mdef.body)
     # NOTE: heads of one pattern have one mask: analyse the first head of each pattern once

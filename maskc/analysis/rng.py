@@ -20,10 +20,16 @@ _SCORES_PER_SLICE = 1 << 22  # 32 MB of uint64 scores at a time
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    x = x + _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+    x = x + _GOLDEN  # a new array; the rest works in place (scores are most of random's cost)
+    t = x >> np.uint64(30)
+    x ^= t
+    x *= _M1
+    np.right_shift(x, np.uint64(27), out=t)
+    x ^= t
+    x *= _M2
+    np.right_shift(x, np.uint64(31), out=t)
+    x ^= t
+    return x
 
 
 def block_scores(seed: int, query_blocks: np.ndarray, n_key_blocks: int) -> np.ndarray:
@@ -41,17 +47,33 @@ def random_choice(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int
                   span=None) -> np.ndarray:
     """Int64 ``(len(query_blocks), r)``: the key blocks each query block keeps, ascending.
 
-    Memory stays proportional to the answer: scores are computed a slice of rows at a time.
+    The work is a score per (query block, key block): over :func:`maskc.dense_limit` of them
+    is a :class:`~maskc.MaskSizeError` (what :func:`random_table` says, so block analysis
+    and the bind stage agree). Memory stays proportional to the answer: scores are computed
+    a slice of rows at a time, and each row's ``r`` smallest are found by partition.
     """
     from maskc.analysis.sizes import check_elements
     query_blocks = np.asarray(query_blocks)
-    check_elements(len(query_blocks) * r, f"random({r})'s choice for {len(query_blocks):,} "
-                   "query blocks", span)
+    check_elements(len(query_blocks) * n_key_blocks, f"random()'s table of "
+                   f"{len(query_blocks):,} x {n_key_blocks:,} blocks (use larger blocks)", span)
     out = np.zeros((len(query_blocks), r), dtype=np.int64)
+    if r == 0:
+        return out
+    if r >= n_key_blocks:
+        out[:] = np.arange(n_key_blocks)
+        return out
     step = max(1, _SCORES_PER_SLICE // max(n_key_blocks, 1))
     for s in range(0, len(query_blocks), step):
         scores = block_scores(seed, query_blocks[s:s + step], n_key_blocks)
-        out[s:s + step] = np.sort(np.argsort(scores, axis=1, kind="stable")[:, :r], axis=1)
+        idx = np.argpartition(scores, r - 1, axis=1)[:, :r]
+        picked = np.take_along_axis(scores, idx, axis=1)
+        top = picked.max(axis=1, keepdims=True)
+        # NOTE: the r smallest (score, j): a row whose r-th score is shared by a key block
+        # left out breaks the tie by j (a stable sort of that row)
+        ties = (scores == top).sum(axis=1) != (picked == top).sum(axis=1)
+        if ties.any():
+            idx[ties] = np.argsort(scores[ties], axis=1, kind="stable")[:, :r]
+        out[s:s + step] = np.sort(idx, axis=1)
     return out
 
 

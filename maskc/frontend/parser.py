@@ -8,13 +8,14 @@ Lark exception becomes a located :class:`~maskc.errors.MaskSyntaxError`.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from maskc.frontend import syntax as S
-from maskc.errors import MaskError, MaskSyntaxError, MaskValueError, Source, Span
+from maskc.errors import MaskError, MaskSizeError, MaskSyntaxError, MaskValueError, Source, Span
 
 __all__ = ["grammar_path", "lark_parser", "parse", "parse_expr"]
 
@@ -254,7 +255,27 @@ def _syntax_error(src: Source, err: UnexpectedInput) -> MaskSyntaxError:
                            Span(src, line, col, line, col + width))
 
 
+# what the lexer makes one token of (close enough to count them; comments are skipped)
+_TOKEN = re.compile(r"#[^\n]*|\w+|//|\.\.|[<>=!]=|\S")
+
+
+def _check_length(src: Source) -> None:
+    """A located :class:`~maskc.MaskSizeError` at the first token past ``MAX_TOKENS``."""
+    count = 0
+    for m in _TOKEN.finditer(src.text):
+        if m.group().startswith("#"):
+            continue
+        count += 1
+        if count > S.MAX_TOKENS:
+            line = src.text.count("\n", 0, m.start()) + 1
+            col = m.start() - (src.text.rfind("\n", 0, m.start()) + 1) + 1
+            raise MaskSizeError(f"the spec is too long: more than {S.MAX_TOKENS:,} tokens "
+                                "(names, numbers and symbols; a layout literal takes two per "
+                                "cell)", Span(src, line, col, line, col + len(m.group())))
+
+
 def _run(src: Source, start: str):
+    _check_length(src)
     try:
         tree = lark_parser(start).parse(src.text)
         out = _ToSyntax(src).transform(tree)

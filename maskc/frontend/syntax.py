@@ -13,7 +13,7 @@ from maskc.errors import Span
 __all__ = [
     "Syn", "Int", "Bool", "Name", "Call", "Arg", "BinOp", "Unary", "TupleLit", "ListLit",
     "RangeLit", "Arm", "HeadsLit", "WhereLit", "Axis", "Compare", "Param", "LetItem",
-    "MaskItem", "Module", "MAX_INT", "MAX_NESTING", "too_deep",
+    "MaskItem", "Module", "MAX_INT", "MAX_NESTING", "MAX_TOKENS", "too_deep",
 ]
 
 MAX_INT = 2**31 - 1
@@ -22,6 +22,12 @@ MAX_INT = 2**31 - 1
 # (Python allows 200). 100 levels is far beyond any real mask and keeps each stage well
 # inside Python's default recursion limit of 1000. Parentheses alone add no level.
 MAX_NESTING = 100
+# NOTE: Lark's LALR parser costs about 20 us a token, so the parser refuses sources of more
+# tokens than this before parsing (a count that stops at the limit): a spec it accepts
+# parses, or is refused for its nesting, in well under a second, and a huge one (a
+# 2000 x 2000 layout literal, 100,000 chained terms, 300,000 parentheses) is refused at
+# once, at the first token past the limit.
+MAX_TOKENS = 1 << 15
 
 
 @dataclass(frozen=True, slots=True)

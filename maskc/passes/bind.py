@@ -19,10 +19,11 @@ import numpy as np
 
 from maskc import ir
 from maskc.analysis.rng import random_table
-from maskc.analysis.sizes import check_heads, prepare_inputs, resolve_lengths
+from maskc.analysis.sizes import check_elements, check_heads, prepare_inputs, resolve_lengths
 from maskc.errors import MaskSizeError, MaskValueError
 
-__all__ = ["Bound", "BlockTable", "bind", "check_coverage", "segment_runs", "digest"]
+__all__ = ["Bound", "BlockTable", "bind", "check_coverage", "check_tables", "segment_runs",
+           "digest"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,15 +117,34 @@ def check_coverage(body: ir.Node, heads: int) -> None:
     _reached(body, heads)
 
 
-def _block_table(node, size: int, in_within: bool, q_len: int, kv_len: int) -> BlockTable:
+def check_tables(mdef: ir.MaskDef, q_len: int, kv_len: int, heads: int) -> None:
+    """Bind's errors about the ``random``/``layout`` tables (too few key blocks, a table
+    over the dense limit), without building them: for stages that build their own (block
+    analysis), so they fail as bind does and before any work."""
+    for node, size, in_within in _reached(mdef.body, heads):
+        if isinstance(node, ir.Random):
+            first, last, nkb = _random_rows(node, size, in_within, q_len, kv_len)
+            check_elements((last - first + 1) * nkb, f"random()'s table of "
+                           f"{last - first + 1:,} x {nkb:,} blocks (use larger blocks)",
+                           node.span)
+
+
+def _random_rows(node, size: int, in_within: bool, q_len: int, kv_len: int):
+    """``(first, last, n_key_blocks)`` of a ``random`` node's table; too few key blocks is
+    an error."""
     nkb = -(-kv_len // size)
     first, last = (kv_len - q_len) // size, (kv_len - 1) // size
     if in_within:
         first = 0  # segment-relative blocks; rows before a segment keep nothing anyway
+    if node.r > nkb:
+        raise MaskValueError(f"random({node.r}) needs at least {node.r} key blocks, but "
+                             f"there are {nkb}", node.span)
+    return first, last, nkb
+
+
+def _block_table(node, size: int, in_within: bool, q_len: int, kv_len: int) -> BlockTable:
     if isinstance(node, ir.Random):
-        if node.r > nkb:
-            raise MaskValueError(f"random({node.r}) needs at least {node.r} key blocks, but "
-                                 f"there are {nkb}", node.span)
+        first, last, nkb = _random_rows(node, size, in_within, q_len, kv_len)
         table = random_table(node.seed, np.arange(first, last + 1), nkb, node.r, node.span)
         return BlockTable(first, table)
     rows = node.rows
