@@ -250,3 +250,34 @@ def test_specs_below_the_token_limit_parse_fast():
     with pytest.raises(maskc.MaskSizeError) as info:
         maskc.compile("mask m = causal\n" + " | causal" * MAX_TOKENS)
     assert (info.value.line, info.value.column) == (2, 9 * ((MAX_TOKENS - 4) // 2) + 2)  # a "|"
+
+
+# ---------------------------------------------------------------- item 7: grid candidates
+
+def test_grid_block_analysis_counts_candidates_before_building_them():
+    """grid(46340, 46340) (2**31 tokens): block_map() allocated 16 GiB (every query of every
+    tile at once). Supports are computed a chunk of query tiles at a time and candidates are
+    counted before any is built, so a count past the limit is refused at once (here with
+    a wide kernel, whose count passes the limit in the first chunk; neighborhood(3) takes
+    about 8 s and 0.4 GiB)."""
+    got = _measure("m = maskc.compile('mask m over grid(46340, 46340) = neighborhood(63)')",
+                   "m.block_map()")
+    assert got["error"] == "MaskSizeError", got
+    assert "the block analysis (128 x 128 tiles" in got["message"], got
+    assert got["seconds"] < 3 and got["peak_mib"] < 1024, got
+
+
+def test_chunked_candidates_equal_one_piece(monkeypatch):
+    from maskc.analysis import blocktable
+    specs = ["mask m over grid(12, 10) = neighborhood((3, 5), dilation = (2, 1)) | tile(4)",
+             "mask m = causal & window(9) | global([3]) | blocks(4, random(1))",
+             "mask m(input doc) = within(doc, causal) | sink(2)"]
+    for spec in specs:
+        m = maskc.compile(spec)
+        kw = {"doc": np.arange(120) // 7} if m.inputs else {}
+        n = None if m.grid else 120
+        whole = m.block_map(n, block_q=4, **kw).states()
+        monkeypatch.setattr(blocktable, "_SUPPORT_CHUNK", 3)
+        parts = m.block_map(n, block_q=4, **kw).states()
+        monkeypatch.setattr(blocktable, "_SUPPORT_CHUNK", 1 << 14)
+        assert np.array_equal(whole, parts), spec

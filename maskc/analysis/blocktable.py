@@ -104,25 +104,43 @@ def _tile_rects(qt, kt, q_len, kv_len, bq, bk, head, grid) -> Rects:
                  q_len, kv_len, kv_len, head, grid)
 
 
+_SUPPORT_CHUNK = 1 << 14  # query tiles whose supports are computed at once
+
+
 def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None):
     nq, nk = -(-q_len // bq), -(-kv_len // bk)
-    qt = np.arange(nq, dtype=np.int64) if q_tiles is None else np.asarray(q_tiles, dtype=np.int64)
+    qt_all = np.arange(nq, dtype=np.int64) if q_tiles is None else \
+        np.asarray(q_tiles, dtype=np.int64)
     off = kv_len - q_len
-    p_lo = qt * bq + off
-    p_hi = np.minimum(qt * bq + bq, q_len) - 1 + off
-    codes = []
-    for lo, hi in support(body, p_lo, p_hi, kv_len, an):
-        lo = np.broadcast_to(np.maximum(lo, 0), qt.shape)
-        hi = np.broadcast_to(np.minimum(hi, kv_len - 1), qt.shape)
-        ok = lo <= hi
-        t0, t1 = lo[ok] // bk, hi[ok] // bk
-        counts = t1 - t0 + 1
-        check_elements(int(counts.sum()), f"the block analysis ({bq} x {bk} tiles; use "
-                       "larger tiles)", span)
-        rows = np.repeat(qt[ok], counts)
-        starts = np.repeat(t0 - np.cumsum(counts) + counts, counts)
-        codes.append(rows * nk + np.arange(counts.sum()) + starts)
-    code = _sorted_unique(codes)
+    # NOTE: supports a chunk of query tiles at a time (a grid's support looks at every query
+    # of a tile), counting candidates as they come: memory stays bounded, and too many
+    # candidates are refused once the count passes the limit, not after all of them.
+    step = _SUPPORT_CHUNK if q_tiles is None else max(len(qt_all), 1)  # a sample: as given
+    total, ranges = 0, []
+    for c in range(0, max(len(qt_all), 1), step):
+        qt = qt_all[c:c + step]
+        p_lo = qt * bq + off
+        p_hi = np.minimum(qt * bq + bq, q_len) - 1 + off
+        chunk = []
+        for lo, hi in support(body, p_lo, p_hi, kv_len, an):
+            lo = np.broadcast_to(np.maximum(lo, 0), qt.shape)
+            hi = np.broadcast_to(np.minimum(hi, kv_len - 1), qt.shape)
+            ok = lo <= hi
+            t0 = lo[ok] // bk
+            counts = hi[ok] // bk - t0 + 1
+            total += int(counts.sum())
+            check_elements(total, f"the block analysis ({bq} x {bk} tiles; use "
+                           "larger tiles)", span)
+            chunk.append((qt[ok], t0, counts))
+        ranges.append(chunk)
+    pieces = []
+    for chunk in ranges:  # every count is in: now the candidates themselves
+        codes = []
+        for rows, t0, counts in chunk:
+            starts = np.repeat(t0 - np.cumsum(counts) + counts, counts)
+            codes.append(np.repeat(rows, counts) * nk + np.arange(counts.sum()) + starts)
+        pieces.append(_sorted_unique(codes))  # chunks hold increasing, disjoint rows
+    code = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
     return code // nk, code % nk
 
 
