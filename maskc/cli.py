@@ -11,13 +11,19 @@ import re
 import sys
 from pathlib import Path
 
-from maskc.errors import MaskError
+from maskc.errors import MaskError, MaskSizeError
 from maskc.ir.pretty import pretty_mask
 from maskc.analysis.sizes import check_heads, dense_limit, document_ids, resolve_lengths
 
 __all__ = ["main", "parse_param", "segments"]
 
 FULL, PARTIAL, EMPTY = "█", "▒", "·"
+
+# NOTE: what `show` runs in a second or two and `test` in a minute or so (2 CPU cores,
+# Triton's interpreter); checked before anything is drawn, planned or run.
+SHOW_MAX_WIDTH = 1024            # tile columns (and rows) of a picture
+SHOW_MAX_TOKENS = 1 << 24        # tokens per side: the Triton plan has 131,072 tile rows
+TEST_MAX_TOKENS = {"interpreter": 1024, "cuda": 8192}  # keys per test shape
 
 
 def parse_param(text: str):
@@ -131,6 +137,9 @@ def cmd_show(args) -> int:
                         ("--kv-heads", args.kv_heads)):
         if value is not None and value < 1:
             raise MaskError(f"{what} must be at least 1, got {value}")
+    if args.width > SHOW_MAX_WIDTH:
+        raise MaskSizeError(f"--width must be at most {SHOW_MAX_WIDTH} tile columns, got "
+                            f"{args.width}")
     if args.kv_heads and args.heads % args.kv_heads:
         raise MaskError(f"--heads {args.heads} is not a multiple of --kv-heads {args.kv_heads}")
     name, notes = args.name, []
@@ -152,6 +161,7 @@ def cmd_show(args) -> int:
         q_len = 4096
     Lq, Lk = resolve_lengths(m.ir, q_len, kv_len)
     check_heads(m.ir, args.heads)
+    _check_show_size(m, Lq, Lk, args.block)
     given = {}
     for item in args.input:
         key, sep, value = item.partition("=")
@@ -204,6 +214,27 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _check_show_size(m, Lq: int, Lk: int, block) -> None:
+    """Refuse, before drawing or planning, what ``show`` cannot draw in a second or two."""
+    side = max(Lq, Lk)
+    if side > SHOW_MAX_TOKENS:
+        what = (f"mask '{m.name}' is over a grid of {side:,} tokens" if m.grid is not None
+                else f"q_len {Lq:,}, kv_len {Lk:,}")
+        fix = "shrink the grid with -p" if m.grid is not None else "use a smaller --q-len/--kv-len"
+        raise MaskSizeError(f"{what}: maskc show draws and plans at most "
+                            f"{SHOW_MAX_TOKENS:,} tokens per side ({fix})",
+                            m.ir.grid.span if m.grid is not None and m.ir.grid.span
+                            else m.ir.span)
+    if block is not None:
+        if block > side:
+            raise MaskSizeError(f"--block {block:,} is larger than the mask ({Lq:,} x {Lk:,} "
+                                f"tokens): use at most {side:,}")
+        if -(-side // block) > SHOW_MAX_WIDTH:
+            raise MaskSizeError(f"--block {block:,} makes {-(-side // block):,} tiles per side, "
+                                f"more than the {SHOW_MAX_WIDTH} that maskc show draws: use "
+                                f"--block {-(-side // SHOW_MAX_WIDTH):,} or more")
+
+
 def _target_options(args) -> dict:
     """``--dtype``/``--head-dim``/``--device`` as the target's plan options."""
     target = args.target or "triton"
@@ -240,8 +271,10 @@ def _compiled_view(m, q_len, kv_len, heads, kv_heads, options, inputs) -> None:
     # NOTE: estimate the tiles a kernel would visit on a sample of query tiles first: a
     # dense pattern at a huge size has more tiles than are worth planning here.
     Lq = q_len or m.ir.grid.numel
-    nq = -(-Lq // 128)
-    sample = np.unique(np.linspace(0, nq - 1, min(nq, 64)).astype(np.int64))
+    nq, nk = -(-Lq // 128), -(-(kv_len or Lq) // 128)
+    # NOTE: a sampled row may hold a candidate per key tile: at most ~4M candidates in all
+    rows = max(1, min(nq, 64, (1 << 22) // nk))
+    sample = np.unique(np.linspace(0, nq - 1, rows).astype(np.int64))
     est = build(m.ir, q_len, kv_len, heads, 128, 128, q_tiles=sample, **inputs).stats
     visited = (est["full"] + est["partial"]) * nq / len(sample)
     if visited > 5e7:
@@ -304,6 +337,12 @@ def _compile_for_arch(m, args) -> int:
 def cmd_test(args) -> int:
     """Property-test the generated Triton kernel of each mask against the reference."""
     import os
+    if args.q_len is not None and args.q_len + 5 > max(TEST_MAX_TOKENS.values()):
+        # NOTE: before torch is imported (a second): over every limit, wherever it runs
+        raise MaskSizeError(f"--q-len must be at most {max(TEST_MAX_TOKENS.values()) - 5:,} "
+                            f"(maskc test runs up to {TEST_MAX_TOKENS['cuda']:,} keys on a GPU, "
+                            f"{TEST_MAX_TOKENS['interpreter']:,} through Triton's interpreter), "
+                            f"got {args.q_len:,}")
     if os.environ.get("TRITON_INTERPRET") != "1":
         import torch
         if not torch.cuda.is_available():
@@ -318,20 +357,35 @@ def cmd_test(args) -> int:
                         f"{q_len}")
     if not 1 <= args.heads <= 64:
         raise MaskError(f"--heads must be from 1 to 64, got {args.heads}")
+    device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    limit = TEST_MAX_TOKENS["interpreter" if device == "cpu" else "cuda"]
+    runner = "through Triton's interpreter" if device == "cpu" else "on the GPU"
+    if q_len + 5 > limit:  # the second shape has q_len + 5 keys
+        raise MaskSizeError(f"--q-len must be at most {limit - 5:,} {runner} (maskc test runs "
+                            f"up to {limit:,} keys), got {q_len:,}")
     module = _module(args.file)
     names = [args.name] if args.name else _masks_in(module)
-    device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    masks = [compile(Path(args.file), name=name, **_known(module, name, params))
+             for name in names]
+    for m in masks:  # NOTE: every mask is checked before the first one runs
+        if m.grid and m.ir.grid.numel > limit:
+            raise MaskSizeError(f"mask '{m.name}' is over a grid of {m.ir.grid.numel:,} tokens, "
+                                f"more than the {limit:,} that maskc test runs {runner}: "
+                                f"shrink the grid with -p", m.ir.grid.span or m.ir.span)
     failed = ran = 0
     H = args.heads
     shapes = [dict(q_len=q_len, kv_len=q_len, heads=H, kv_heads=1),  # MQA
               dict(q_len=q_len - 7, kv_len=q_len + 5, heads=H,
                    kv_heads=H // 2 if H % 2 == 0 and H > 2 else H, batch=2)]
-    for name in names:
-        m = compile(Path(args.file), name=name, **_known(module, name, params))
+    for name, m in zip(names, masks):
         if m.grid and args.q_len is not None:
             print(f"note: {name} is over a grid of {m.ir.grid.numel} tokens: --q-len does not "
                   "apply (shrink the grid with -p)")
         for shape in shapes:
+            where = f"grid {m.grid}" if m.grid else \
+                f"q_len {shape['q_len']}, kv_len {shape['kv_len']}"
+            label = f"{args.file}: {name} ({where}, heads {shape['heads']}/{shape['kv_heads']})"
+            print(f"{label}: running...", file=sys.stderr, flush=True)  # progress: runs are slow
             try:
                 assert_attention_matches(
                     lambda q, k, v, **kw: m.attention(q, k, v, backend="triton", return_lse=True,
@@ -342,9 +396,7 @@ def cmd_test(args) -> int:
             except MaskError as err:  # e.g. a head the mask does not cover: report, go on
                 status, failed = f"FAILED: {str(err).splitlines()[0]}", failed + 1
             ran += 1
-            where = f"grid {m.grid}" if m.grid else f"q_len {shape['q_len']}, kv_len {shape['kv_len']}"
-            print(f"{args.file}: {name} ({where}, heads {shape['heads']}/{shape['kv_heads']}): "
-                  f"{status}")
+            print(f"{label}: {status}", flush=True)
             if m.grid:
                 break
     print(f"{ran - failed} passed, {failed} failed")
@@ -390,7 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "reference (on the CPU through Triton's interpreter)")
     t.add_argument("file")
     t.add_argument("--name", help="test only this mask of the file")
-    t.add_argument("--q-len", type=int, help="query length (default 96; grids fix it)")
+    t.add_argument("--q-len", type=int, help="query length (default 96; grids fix it); at "
+                   f"most {TEST_MAX_TOKENS['interpreter'] - 5:,} through Triton's interpreter "
+                   f"(grids: {TEST_MAX_TOKENS['interpreter']:,} tokens), "
+                   f"{TEST_MAX_TOKENS['cuda'] - 5:,} on a GPU")
     t.add_argument("--heads", type=int, default=4, help="query heads (default 4)")
     t.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     return ap

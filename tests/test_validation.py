@@ -154,3 +154,18 @@ def test_a_device_that_is_not_here_is_refused_before_any_analysis(device):
         with pytest.raises(MaskError, match="device .* is not available here"):
             call()
         assert time.time() - t0 < 1
+
+
+def test_a_tiled_layout_too_large_to_analyse_falls_back_to_row_major(monkeypatch):
+    # issue 11 item 10: `maskc show natten.mask` at 4096 x 4096 allocated 64 GiB of tile pairs
+    from maskc.backends import reference
+    from maskc.passes.layoutmap import choose_layout, permuted_block_map, tiled_layout
+    m = maskc.compile("mask m over grid(64, 64) = neighborhood(7)")
+    layout, bm = choose_layout(m.ir, 128, 128, "tiled", evaluate=reference.evaluate)
+    assert layout is not None  # 32 x 32 tile pairs: analysed
+    monkeypatch.setattr(maskc.analysis.sizes, "_limit", 1000)  # under 32 * 32
+    assert choose_layout(m.ir, 128, 128, "auto", evaluate=reference.evaluate) == (None, None)
+    with pytest.raises(MaskSizeError, match="tiled layout's analysis"):
+        choose_layout(m.ir, 128, 128, "tiled", evaluate=reference.evaluate)
+    with pytest.raises(MaskSizeError, match="32 x 32 tile pairs"):
+        permuted_block_map(m.ir, tiled_layout(m.ir, 128), 128)

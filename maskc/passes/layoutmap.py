@@ -20,7 +20,7 @@ from maskc.analysis.blockmap import Analysis, Rects, uses_head
 from maskc.ir.grid import coords as _coords
 from maskc.analysis.gridboxes import (_CHUNK, AXIS_TABLE_LIMIT, axis_tables, classify_boxes,
                          layout_boxes, progressions)
-from maskc.analysis.sizes import prepare_inputs
+from maskc.analysis.sizes import check_elements, dense_limit, prepare_inputs
 from maskc.passes.layout import TokenLayout
 
 __all__ = ["permuted_block_map", "visited_tiles", "tiled_layout", "choose_layout",
@@ -60,17 +60,26 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
         nt = -(-n // size)
         perm = layout.perm.astype(narrow)
         return perm[np.minimum(np.arange(nt * size).reshape(nt, size), n - 1)]
+    nq, nk = -(-n // block), -(-n // block_k)
+    # NOTE: every pair of tiles is looked at: refuse before tokens or boxes are built
+    check_elements(nq * nk, f"the tiled layout's analysis ({nq:,} x {nk:,} tile pairs)",
+                   mdef.span)
     q_tokens, k_tokens = tile_tokens(block), tile_tokens(block_k)
-    nq, nk = len(q_tokens), len(k_tokens)
     box_lo, box_hi = _boxes(k_tokens, shape)
     keys = _key_boxes(mdef.body, q_tokens, shape)
     if keys is None:
         qt, kt = np.divmod(np.arange(nq * nk), nk)
     else:
         k_lo, k_hi = keys
-        overlap = np.all((box_lo[None, :, :] <= k_hi[:, None, :]) &
-                         (k_lo[:, None, :] <= box_hi[None, :, :]), axis=-1)
-        qt, kt = np.nonzero(overlap)
+        qt, kt = [], []
+        step = max(1, (1 << 22) // nk)  # query tiles at a time: a few MiB of booleans
+        for r in range(0, nq, step):
+            overlap = np.all((box_lo[None, :, :] <= k_hi[r:r + step, None, :]) &
+                             (k_lo[r:r + step, None, :] <= box_hi[None, :, :]), axis=-1)
+            q, k = np.nonzero(overlap)
+            qt.append(q + r)
+            kt.append(k)
+        qt, kt = np.concatenate(qt), np.concatenate(kt)
     prepared = prepare_inputs(mdef, n, inputs)
     batch = max([x.shape[0] for x in prepared.values()] or [1])
     per_head = uses_head(mdef.body)
@@ -175,6 +184,9 @@ def choose_layout(mdef: ir.MaskDef, block_q: int, block_k: int | None = None, ho
     block_k = block_q if block_k is None else block_k
     if mdef.grid is None or how == "row-major":
         return None, None
+    n = mdef.grid.numel
+    if how == "auto" and -(-n // block_q) * -(-n // block_k) > dense_limit():
+        return None, None  # NOTE: too many tile pairs to analyse a permutation: row-major
     layout = tiled_layout(mdef, max(block_q, block_k))
     permuted = permuted_block_map(mdef, layout, block_q, heads, evaluate, block_k=block_k,
                                   **inputs)

@@ -1,0 +1,87 @@
+"""Issue 11, items 10 and 11 and unreadable UTF-8: bad sizes and files given to the ``maskc``
+command exit 1 with a one-message error (located where there is a file) before anything is
+read whole, drawn, planned or run; ``maskc test`` states its limits and shows progress."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from maskc.cli import SHOW_MAX_TOKENS, SHOW_MAX_WIDTH, TEST_MAX_TOKENS, main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(capsys, *argv):
+    t0 = time.time()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err, time.time() - t0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["show", EXAMPLES / "sparse_strided.mask", "--block", 65537],
+     "--block 65,537 is larger than the mask (4,096 x 4,096 tokens)"),
+    (["show", EXAMPLES / "sparse_strided.mask", "--block", 1],
+     "--block 1 makes 4,096 tiles per side, more than the 1024"),
+    (["show", EXAMPLES / "streamingllm.mask", "--heads", 7, "--width", 10**9],
+     f"--width must be at most {SHOW_MAX_WIDTH} tile columns"),
+    (["show", EXAMPLES / "prefix_lm.mask", "--q-len", 10**9],
+     f"prefix_lm.mask:12:6: error: q_len 1,000,000,000, kv_len 1,000,000,000: maskc show "
+     f"draws and plans at most {SHOW_MAX_TOKENS:,} tokens per side"),
+    (["show", EXAMPLES / "prefix_lm.mask", "--q-len", 64, "--kv-len", 10**9], "kv_len"),
+    (["show", EXAMPLES / "prefix_lm.mask", "--q-len", 2**31], "q_len must be an integer"),
+    (["show", EXAMPLES / "natten.mask", "-p", "height=40000", "-p", "width=40000"],
+     "natten.mask:19:15: error: mask 'natten2d' is over a grid of 1,600,000,000 tokens"),
+    (["show", EXAMPLES / "mistral.mask", "--heads", 10**6], "heads must be an integer"),
+    (["check", "/dev/zero"], "cannot read /dev/zero: it is larger than 16,777,216 bytes"),
+    (["test", EXAMPLES / "mistral.mask", "--q-len", 100000], "--q-len must be at most"),
+    (["test", EXAMPLES / "natten.mask", "-p", "height=64"],
+     "mask 'natten2d' is over a grid of 2,048 tokens, more than the 1,024 that maskc test runs"),
+], ids=["block-over-mask", "block-too-small", "width", "q-len", "kv-len", "q-len-2**31",
+        "grid", "heads", "dev-zero", "test-q-len", "test-grid"])
+def test_sizes_are_refused_quickly_with_a_message(capsys, argv, message):
+    code, out, err, seconds = run(capsys, *argv)
+    assert code == 1, out
+    assert message in err and "Traceback" not in err
+    assert out == ""  # nothing drawn or planned first
+    assert seconds < 2
+
+
+def test_show_at_the_largest_size_it_takes_stays_quick(capsys):
+    code, out, err, seconds = run(capsys, "show", EXAMPLES / "mistral.mask",
+                                  "--q-len", SHOW_MAX_TOKENS)
+    assert code == 0, err
+    assert "forward tables: 131,072 query" in out
+    assert seconds < 30
+
+
+def test_an_unreadable_utf8_file_points_at_the_byte(capsys, tmp_path):
+    f = tmp_path / "bad.mask"
+    f.write_bytes(b"mask m = causal\n# caf\xc3\xa9 \xb4\n")
+    code, out, err, _ = run(capsys, "check", f)
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0] == (f"{f}:2:8: error: the file is not UTF-8: byte 0xb4 cannot be decoded "
+                        "(invalid start byte)")
+    assert lines[2].index("^") == lines[1].index("\ufffd")
+
+
+def test_test_help_states_the_limits():
+    from maskc.cli import build_parser
+    sub = build_parser()._subparsers._group_actions[0].choices["test"]
+    text = " ".join(sub.format_help().split())
+    assert f"at most {TEST_MAX_TOKENS['interpreter'] - 5:,} through Triton's interpreter" in text
+
+
+def test_test_shows_progress_on_stderr(tmp_path):
+    f = tmp_path / "w.mask"
+    f.write_text("mask w = causal & window(before = 3, after = 0)\n")
+    res = subprocess.run([sys.executable, "-m", "maskc.cli", "test", str(f), "--q-len", "16",
+                          "--heads", "1"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    started = [x for x in res.stderr.splitlines() if x.endswith(": running...")]
+    assert len(started) == 2 and "w (q_len 16, kv_len 16, heads 1/1)" in started[0]
+    assert res.stdout.splitlines()[-1] == "2 passed, 0 failed"
