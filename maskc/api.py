@@ -11,6 +11,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
+
 from maskc import ir, validate
 from maskc.analysis import sizes
 from maskc.frontend.check import check
@@ -186,6 +188,8 @@ class Mask:
         # NOTE: checked before they key the cache (an array is no key; 64 and 64.0 are one)
         q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
         heads = sizes.check_heads(self.ir, heads)
+        if kv_heads is not None:  # bind checks that it divides heads
+            kv_heads = validate.integer(kv_heads, "kv_heads", 1, sizes.MAX_HEADS, self.ir.span)
         key = (q_len, kv_len, heads, heads if kv_heads is None else kv_heads, target,
                tuple(sorted(opts.items())), digest(inputs))
         with self._lock:
@@ -258,9 +262,11 @@ class Mask:
         head dim and the mask's block structure.
         """
         backends = ("auto", "reference", "flex", "flex-eager", "triton")
-        if backend not in backends:
+        if not isinstance(backend, str) or backend not in backends:
             raise MaskError(f"unknown backend {backend!r}; available: "
                             + ", ".join(repr(b) for b in backends))
+        if not isinstance(return_lse, (bool, np.bool_)):
+            raise MaskTypeError(f"return_lse must be True or False, got {return_lse!r:.60}")
         sizes.check_qkv(self.ir, q, k, v)
         # NOTE: a 0-d tensor or numpy scalar is a number (models keep their scale as one)
         scale = None if scale is None else validate.real(scale, "scale")

@@ -169,3 +169,17 @@ def test_a_tiled_layout_too_large_to_analyse_falls_back_to_row_major(monkeypatch
         choose_layout(m.ir, 128, 128, "tiled", evaluate=reference.evaluate)
     with pytest.raises(MaskSizeError, match="32 x 32 tile pairs"):
         permuted_block_map(m.ir, tiled_layout(m.ir, 128), 128)
+
+
+@pytest.mark.parametrize("call", [
+    lambda q: CAUSAL.plan(8, heads=2, kv_heads=[1]),
+    lambda q: CAUSAL.plan(8, heads=2, kv_heads=np.array([1, 2])),
+    lambda q: CAUSAL.attention(q, q, q, backend=np.array([1, 2])),
+    lambda q: CAUSAL.attention(q, q, q, backend=["reference"]),
+    lambda q: CAUSAL.attention(q, q, q, backend="reference", return_lse=np.array([1, 2])),
+    lambda q: CAUSAL.attention(q, q, q, backend="reference", return_lse="yes"),
+], ids=["kv_heads-list", "kv_heads-array", "backend-array", "backend-list", "lse-array",
+        "lse-str"])
+def test_arguments_that_are_no_keys_or_flags_are_mask_errors(call):
+    with pytest.raises(MaskError):
+        call(torch.randn(1, 2, 8, 4))
