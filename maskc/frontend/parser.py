@@ -271,7 +271,9 @@ def _check_length(src: Source) -> None:
             col = m.start() - (src.text.rfind("\n", 0, m.start()) + 1) + 1
             raise MaskSizeError(f"the spec is too long: more than {S.MAX_TOKENS:,} tokens "
                                 "(names, numbers and symbols; a layout literal takes two per "
-                                "cell)", Span(src, line, col, line, col + len(m.group())))
+                                "cell: pass a large layout as a parameter instead, "
+                                "maskc.compile('mask m(M) = blocks(64, layout(M))', M=matrix))",
+                                Span(src, line, col, line, col + len(m.group())))
 
 
 def _run(src: Source, start: str):
