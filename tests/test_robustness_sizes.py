@@ -267,6 +267,35 @@ def test_grid_block_analysis_counts_candidates_before_building_them():
     assert got["seconds"] < 3 and got["peak_mib"] < 1024, got
 
 
+def test_the_issues_grid_is_refused_within_a_second():
+    """The issue's exact reproducer, neighborhood(3): refused from an estimate on a sample of
+    query tiles before the exact count (which took 5-8 s to pass the limit)."""
+    got = _measure("m = maskc.compile('mask m over grid(46340, 46340) = neighborhood(3)')",
+                   "m.block_map()")
+    assert got["error"] == "MaskSizeError", got
+    assert "estimated from 16,384 query tiles" in got["message"], got
+    assert got["seconds"] < 3 and got["peak_mib"] < 1024, got
+
+
+def test_the_early_estimate_refuses_nothing_that_fits(monkeypatch):
+    """Near the limit the exact count decides: a grid whose candidates fit is built."""
+    from maskc.analysis import blocktable
+    monkeypatch.setattr(blocktable, "_SUPPORT_CHUNK", 4)  # so the estimate runs at small sizes
+    m = maskc.compile("mask m over grid(64, 64) = neighborhood((5, 9)) | tile(8, 4)")
+    bm = m.block_map(block_q=16)
+    n = bm.stats["candidates"]
+    # fits (10% over the distinct candidates: the count adds up overlapping support ranges):
+    # the estimate, refusing only past twice the limit, must not refuse it
+    maskc.set_dense_limit(n + n // 10)
+    try:
+        assert m.block_map(block_q=16).stats == bm.stats
+        maskc.set_dense_limit(n // 3)  # far over: refused (by the estimate or the count)
+        with pytest.raises(maskc.MaskSizeError, match="the block analysis"):
+            m.block_map(block_q=16)
+    finally:
+        maskc.set_dense_limit(None)
+
+
 def test_chunked_candidates_equal_one_piece(monkeypatch):
     from maskc.analysis import blocktable
     specs = ["mask m over grid(12, 10) = neighborhood((3, 5), dilation = (2, 1)) | tile(4)",

@@ -16,7 +16,7 @@ import numpy as np
 from maskc import ir
 from maskc.analysis.blockmap import E, F, P, R, U, Analysis, Rects, classify, support, uses_head
 from maskc.passes.bind import check_tables
-from maskc.analysis.sizes import (check_elements, check_heads, check_tiles, prepare_inputs,
+from maskc.analysis.sizes import (check_elements, dense_limit, check_heads, check_tiles, prepare_inputs,
                     resolve_lengths)
 
 __all__ = ["BlockMap", "build", "live_predicate"]
@@ -116,6 +116,8 @@ def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None):
     # of a tile), counting candidates as they come: memory stays bounded, and too many
     # candidates are refused once the count passes the limit, not after all of them.
     step = _SUPPORT_CHUNK if q_tiles is None else max(len(qt_all), 1)  # a sample: as given
+    if an.grid is not None and q_tiles is None and nq > 8 * step:
+        _refuse_early(body, nq, kv_len, bq, bk, off, q_len, an, step, span)
     total, ranges = 0, []
     for c in range(0, max(len(qt_all), 1), step):
         qt = qt_all[c:c + step]
@@ -142,6 +144,27 @@ def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None):
         pieces.append(_sorted_unique(codes))  # chunks hold increasing, disjoint rows
     code = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
     return code // nk, code % nk
+
+
+def _refuse_early(body, nq, kv_len, bq, bk, off, q_len, an, sample, span) -> None:
+    """A grid's support looks at every query, so counting a huge grid's candidates takes
+    seconds before the count passes the limit: estimate it first on ``sample`` query tiles
+    spread evenly, and refuse at once when the estimate is over twice the limit. (Supports
+    of neighborhoods and tiles are nearly the same for every query tile, so the estimate is
+    close; the exact count below still decides every other case.)"""
+    qt = np.unique(np.linspace(0, nq - 1, sample).astype(np.int64))
+    p_lo = qt * bq + off
+    p_hi = np.minimum(qt * bq + bq, q_len) - 1 + off
+    count = 0
+    for lo, hi in support(body, p_lo, p_hi, kv_len, an):
+        lo = np.broadcast_to(np.maximum(lo, 0), qt.shape)
+        hi = np.broadcast_to(np.minimum(hi, kv_len - 1), qt.shape)
+        ok = lo <= hi
+        count += int((hi[ok] // bk - lo[ok] // bk + 1).sum())
+    estimate = count * nq // len(qt)
+    if estimate > 2 * dense_limit():
+        check_elements(estimate, f"the block analysis ({bq} x {bk} tiles; use larger tiles; "
+                       f"estimated from {len(qt):,} query tiles)", span)
 
 
 def _sorted_unique(codes: list) -> np.ndarray:
