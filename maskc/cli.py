@@ -462,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(err, file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `maskc show ... | head`: the reader has all it wants
+        # NOTE: point stdout at devnull so the interpreter's final flush does not fail again
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, ValueError) as err:
         if args.debug:
             raise

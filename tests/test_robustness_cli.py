@@ -85,3 +85,15 @@ def test_test_shows_progress_on_stderr(tmp_path):
     started = [x for x in res.stderr.splitlines() if x.endswith(": running...")]
     assert len(started) == 2 and "w (q_len 16, kv_len 16, heads 1/1)" in started[0]
     assert res.stdout.splitlines()[-1] == "2 passed, 0 failed"
+
+
+def test_show_into_a_closed_pipe_is_quiet():
+    """`maskc show FILE | head` printed 'error: [Errno 32] Broken pipe' and exited 1."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    example = Path(__file__).parent.parent / "examples" / "longformer.mask"
+    proc = subprocess.run(f"{sys.executable} -m maskc.cli show {example} | head -1",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("mask longformer:")
+    assert "Broken pipe" not in proc.stderr, proc.stderr
