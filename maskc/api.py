@@ -16,7 +16,8 @@ import numpy as np
 from maskc import ir, validate
 from maskc.analysis import sizes
 from maskc.frontend.check import check
-from maskc.errors import MaskError, MaskSizeError, MaskTypeError, MaskValueError, Source, Span
+from maskc.errors import (MaskError, MaskInputError, MaskSizeError, MaskTypeError, MaskValueError,
+                          Source, Span)
 from maskc.frontend.parser import parse
 from maskc.ir.pretty import pretty
 from maskc.ir.simplify import simplify
@@ -182,8 +183,14 @@ class Mask:
         # NOTE: a name that is not an option of the target is a runtime input (bind says so
         # when the mask has no such input)
         known = pipeline.target_options(target)
-        inputs = {k: options.pop(k) for k in list(options) if k in self.ir.inputs or
-                  k not in known}
+        for k in options:
+            if k not in self.ir.inputs and k not in known:
+                raise MaskInputError(
+                    f"mask '{self.name}' has no runtime input '{k}' (its inputs: "
+                    f"{', '.join(self.ir.inputs) or 'none'}), and '{k}' is no option of "
+                    f"target {target!r} (its options: {', '.join(known) or 'none'})",
+                    self._span())
+        inputs = {k: options.pop(k) for k in list(options) if k in self.ir.inputs}
         opts = pipeline.normalize_options(target, options)
         # NOTE: checked before they key the cache (an array is no key; 64 and 64.0 are one)
         q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)

@@ -292,7 +292,10 @@ def cmd_compile(args) -> int:
         raise MaskError(f"unknown backend {args.backend!r}; available: triton")
     src = m.kernel_source()
     if args.output not in (None, "-"):
-        Path(args.output).write_text(src, encoding="utf-8")
+        try:
+            Path(args.output).write_text(src, encoding="utf-8")
+        except OSError as err:
+            raise MaskError(f"cannot write {args.output}: {err.strerror or err}") from None
         print(f"wrote {args.output}: Triton kernels for mask '{m.name}'")
     elif args.arch is None:
         sys.stdout.write(src)

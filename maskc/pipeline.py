@@ -207,7 +207,10 @@ class KernelPlan:
 
     def _lines(self) -> list[str]:
         opts = ", ".join(f"{k} {v}" for k, v in self.options.items() if k != "config")
-        out = [f"plan for mask {self.mdef.name}: {pretty_mask(self.mdef.body)}",
+        grid = self.mdef.grid
+        over = "" if grid is None else " over grid(" + ", ".join(
+            f"{a.name} = {a.size}" if a.name else str(a.size) for a in grid.axes) + ")"
+        out = [f"plan for mask {self.mdef.name}{over}: {pretty_mask(self.mdef.body)}",
                f"target {self.target}" + (f" ({opts})" if opts else "")
                + f"; q_len {self.q_len}, kv_len {self.kv_len}, heads {self.heads}, "
                f"kv heads {self.kv_heads}, batch {self.batch}",
@@ -224,7 +227,8 @@ class KernelPlan:
                 out.append(f"layout: tiles {' x '.join(map(str, self.layout.tile_shape))} of "
                            f"the grid {' x '.join(map(str, self.layout.grid_shape))} made "
                            "contiguous")
-        out.append(f"head groups: {len(self.groups)} table{'s' if len(self.groups) != 1 else ''}"
+        what = "pattern" if self.target == "reference" else "table"  # the reference has none
+        out.append(f"head groups: {len(self.groups)} {what}{'s' if len(self.groups) != 1 else ''}"
                    f" for {self.heads} head{'s' if self.heads != 1 else ''}: " + ", ".join(_span(g) for g in self.groups[:8])
                    + (" ..." if len(self.groups) > 8 else ""))
         if self.head_groups is not None and self.kv_heads != self.heads:

@@ -162,6 +162,11 @@ class Launch:
         B, Hq, Lq, D = q.shape
         Hkv, Lk, DV = k.shape[1], k.shape[2], v.shape[3]
         gpu = q.device.type == "cuda" or _device_checked
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise MaskError("the Triton backend needs the triton package: pip install "
+                            "'maskc[torch]' (or triton)") from None
         if not _device_checked and not available(q.device):
             raise MaskError(f"the Triton backend needs a CUDA device (got {q.device}); set "
                             "TRITON_INTERPRET=1 to run it on the CPU through Triton's "

@@ -38,6 +38,10 @@ class Tiles:
     num_stages: int = 3
 
     def __post_init__(self):
+        from maskc.validate import integer
+        # NOTE: ints from here on (numpy scalars converted): tiles key plan caches
+        for what in ("block_q", "block_k"):
+            object.__setattr__(self, what, integer(getattr(self, what), what))
         w, st = self.num_warps, self.num_stages
         if isinstance(w, bool) or not isinstance(w, int) or w < 1 or w & (w - 1) or w > 32:
             raise MaskError(f"num_warps must be a power of two from 1 to 32, got {w!r}")
