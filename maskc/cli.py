@@ -281,6 +281,7 @@ def _compiled_view(m, q_len, kv_len, heads, kv_heads, options, inputs) -> None:
         print(f"compiled: skipped, about {visited:,.0f} tiles of 128 x 128 would be visited")
         return
     print()
+    print("what the Triton kernels run at this size (their own tiles, not the picture's):")
     print(m.plan(q_len, kv_len, heads, kv_heads, "triton", **options, **inputs))
 
 

@@ -249,8 +249,8 @@ class KernelPlan:
                        f"of {tiles:,}; estimated speed-up over dense "
                        f"{tiles / max(full + part, 1):.1f}x")
             if st.get("unproven"):
-                out.append(f"  {st['unproven']:,} partial tiles not proven partial ('where' is "
-                           "analysed soundly)")
+                out.append(f"  {st['unproven']:,} of the partial tiles may really be empty or "
+                           "full ('where' is analysed soundly, not exactly)")
             for i, v in enumerate(bm.variants[:6]):
                 out.append(f"  live predicate {i}: {pretty_mask(v)}")
             if len(bm.variants) > 6:
