@@ -134,8 +134,9 @@ class KernelPlan:
             return self
         key = ("retiled", kernel, tiles)
         if key not in self.cache:
-            self.cache[key] = replace(self, tiles={**self.tiles, kernel: tiles}, _maps={},
-                                      cache={})
+            # NOTE: tables are keyed by their tiles in this one layout, so the retiled plan
+            # shares them: the other kernels' tables are not built again
+            self.cache[key] = replace(self, tiles={**self.tiles, kernel: tiles}, cache={})
         return self.cache[key]
 
     # ---------------------------------------------------------------- checks and display
@@ -312,11 +313,10 @@ def normalize_options(target: str, given: dict) -> dict:
     if "block_size" in opts:
         b = opts["block_size"]
         pair = tuple(b) if isinstance(b, (tuple, list)) else (b, b)
-        if len(pair) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, np.integer))
-                                 or not 1 <= x <= MAX_LENGTH for x in pair):
+        if len(pair) != 2:
             raise MaskSizeError(f"block_size must be a positive int or (block_q, block_k), got "
                                 f"{b!r}")
-        opts["block_size"] = tuple(int(x) for x in pair)
+        opts["block_size"] = tuple(integer(x, "block_size", 1, MAX_LENGTH) for x in pair)
     return opts
 
 
@@ -335,8 +335,9 @@ def plan(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
     opts = normalize_options(target, target_options)
     bound = bind(mdef, q_len, kv_len, heads, kv_heads, inputs)                  # 1. bind
     config = opts.get("config")                                                 # 2. tiles
-    tiles = kernel_tiles(mdef, target, opts.get("device", "cpu").split(":")[0], opts.get("dtype", "float32"),
-                         opts.get("head_dim", 64), config, opts.get("block_size", (128, 128)))
+    tiles = kernel_tiles(mdef, target, opts.get("device", "cpu").split(":")[0],
+                         opts.get("dtype", "float32"), opts.get("head_dim", 64), config,
+                         opts.get("block_size", (128, 128)))
     layout, fwd = None, None                                                    # 3. layout
     if target == "triton":
         t = tiles["fwd"]

@@ -34,7 +34,7 @@ from maskc.analysis.sizes import prepare_inputs, resolve_lengths
 from maskc.ir import Op
 from maskc.ir.pretty import pretty
 
-from maskc.backends.constructs import LOWERINGS as _ARITH, Env, in_set, value
+from maskc.backends.constructs import LOWERINGS as _ARITH, Env, in_set
 from maskc.backends.emit import TORCH, Emitter
 
 __all__ = ["make_mask_mod", "mask_mod_source", "torch_inputs", "LOWERINGS"]
