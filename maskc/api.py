@@ -180,8 +180,7 @@ class Mask:
         from maskc import pipeline
         from maskc.backends import reference
         from maskc.passes.bind import digest
-        # NOTE: a name that is not an option of the target is a runtime input (bind says so
-        # when the mask has no such input)
+        # NOTE: keywords are the mask's runtime inputs and the target's options
         known = pipeline.target_options(target)
         for k in options:
             if k not in self.ir.inputs and k not in known:

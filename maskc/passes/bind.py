@@ -53,7 +53,6 @@ class Bound:
     inputs: dict
     segments: dict
     blocks: dict
-    digest: tuple
 
 
 def segment_runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +163,6 @@ def bind(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
         raise MaskSizeError(f"query heads ({heads}) must be a multiple of key/value heads "
                             f"({kv_heads!r})", mdef.span)
     inputs = dict(inputs or {})
-    key = digest(inputs)
     # NOTE: copies (prepare_inputs makes new arrays): tables built later, for the backward,
     # must see the inputs of the forward even if the caller refills its buffer.
     xs = prepare_inputs(mdef, kv_len, inputs)
@@ -175,4 +173,4 @@ def bind(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
     segments = {name: segment_runs(xs[name]) for name in sorted(within)}
     blocks = {id(n): _block_table(n, size, w, q_len, kv_len)
               for n, size, w in _reached(mdef.body, heads)}
-    return Bound(mdef, q_len, kv_len, heads, int(kv_heads), batch, xs, segments, blocks, key)
+    return Bound(mdef, q_len, kv_len, heads, int(kv_heads), batch, xs, segments, blocks)
