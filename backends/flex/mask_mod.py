@@ -288,7 +288,7 @@ def torch_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, device=None) -> di
     if device is None:
         device = next((x.device for x in inputs.values() if isinstance(x, torch.Tensor)),
                       torch.device("cpu"))
-    return {name: torch.from_numpy(x).to(device)
+    return {name: torch.from_numpy(x.astype(np.int64)).to(device)
             for name, x in prepare_inputs(mdef, kv_len, inputs).items()}
 
 

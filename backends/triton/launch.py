@@ -103,6 +103,10 @@ class _Tensors:
             if a.kind in ("input", "starts", "lens"):
                 x = b.inputs[a.source] if a.kind == "input" else \
                     b.segments[a.source][0 if a.kind == "starts" else 1]
+                if a.kind == "input" and x.size and x.dtype.itemsize > 4 and \
+                        (x.min() < -(1 << 31) or x.max() >= 1 << 31):
+                    # ids are only compared: their ranks fit the kernel's int32
+                    x = np.unique(x, return_inverse=True)[1].reshape(x.shape)
                 t = _int32(x, self.device)
                 args += [t, t.stride(0) if t.shape[0] > 1 else 0]
                 continue

@@ -20,6 +20,7 @@ from maskc.errors import MaskValueError
 from maskc.analysis.intervals import cond_range
 from maskc.analysis.rng import random_choice
 from maskc.analysis.states import E, F, P, R, U, from_bounds
+from maskc.analysis.sizes import check_elements
 
 __all__ = ["E", "P", "F", "U", "R", "Rects", "Analysis", "classify", "support", "uses_head"]
 
@@ -149,27 +150,38 @@ def _fixed(n: ir.Fixed, r, an, path):
 
 
 class _Input:
-    """Range min/max and run structure of one runtime input, for O(1) tile queries."""
+    """Range min/max and run structure of one runtime input, for O(1) tile queries.
 
-    def __init__(self, x: np.ndarray):
+    Runs of equal ids are kept as their first positions only (one entry per run, found by
+    binary search), so sorted ids cost O(N) time and O(runs) memory; other ids also get a
+    sparse table for range min/max, whose ``2 N log2 N`` entries are checked against the
+    dense limit before it is built."""
+
+    def __init__(self, x: np.ndarray, name: str = "x", span=None):
         self.x = x
-        self.monotone = bool(np.all(x[1:] >= x[:-1])) if len(x) > 1 else True
+        n = len(x)
+        self.monotone = bool(np.all(x[1:] >= x[:-1])) if n > 1 else True
         self.mins, self.maxs = [x], [x]
+        if not self.monotone and n > 1:
+            levels = int(np.log2(n))
+            check_elements(2 * n * levels, f"the range table of input '{name}' (ids that are "
+                           "not sorted)", span)
         step = 1
-        # NOTE: sorted ids (packed documents) need only the ends of a range: O(N) in all.
-        # Other ids get a sparse table for range min/max: O(N log N) once per call.
-        while not self.monotone and 2 * step <= len(x):
+        while not self.monotone and 2 * step <= n:
             a, b = self.mins[-1], self.maxs[-1]
             self.mins.append(np.minimum(a[:-step], a[step:]))
             self.maxs.append(np.maximum(b[:-step], b[step:]))
             step *= 2
-        starts = np.ones(len(x), dtype=bool)
-        starts[1:] = x[1:] != x[:-1]
-        idx = np.arange(len(x))
-        self.start = np.maximum.accumulate(np.where(starts, idx, 0))
-        ends = np.ones(len(x), dtype=bool)
-        ends[:-1] = starts[1:]
-        self.end = np.minimum.accumulate(np.where(ends, idx, len(x))[::-1])[::-1]
+        # first position of every run, then n (the end of the last run)
+        self.firsts = np.concatenate(([0], np.flatnonzero(x[1:] != x[:-1]) + 1, [n]))
+
+    def start(self, p):
+        """The first position of the run of equal ids holding each position ``p``."""
+        return self.firsts[np.searchsorted(self.firsts, p, side="right") - 1]
+
+    def end(self, p):
+        """The last position of the run holding each position ``p``."""
+        return self.firsts[np.searchsorted(self.firsts, p, side="right")] - 1
 
     def minmax(self, lo, hi):
         if self.monotone:
@@ -186,7 +198,7 @@ class _Input:
 
 
 def _input(an: Analysis, name: str) -> _Input:
-    return an.cached(("input", name), lambda: _Input(an.inputs[name]))
+    return an.cached(("input", name), lambda: _Input(an.inputs[name], name))
 
 
 def _same_core(name, r, an):
@@ -217,11 +229,11 @@ def _within(n: ir.Within, r, an, path):
     same = _same_core(n.input, r, an)
     pv = np.clip(np.maximum(r.p_lo, 0), 0, L - 1)
     ph = np.clip(r.p_hi, 0, L - 1)
-    sp, sk = xi.start[pv], xi.start[r.k_lo]
-    one_run = (sp == xi.start[ph]) & (sk == xi.start[r.k_hi]) & (r.p_lo >= 0)
+    sp, sk = xi.start(pv), xi.start(r.k_lo)
+    one_run = (sp == xi.start(ph)) & (sk == xi.start(r.k_hi)) & (r.p_lo >= 0)
     inner = replace(r, p_lo=pv - sp, p_hi=ph - sp, q_lo=pv - sp, q_hi=ph - sp,
                     k_lo=r.k_lo - sk, k_hi=r.k_hi - sk,
-                    Lq=xi.end[pv] - sp + 1, Lk=xi.end[r.k_lo] - sk + 1)
+                    Lq=xi.end(pv) - sp + 1, Lk=xi.end(r.k_lo) - sk + 1)
     # NOTE: inner states of tiles that straddle segments are meaningless: keep them out of
     # the trace that live-predicate reduction reads.
     saved, an.trace = an.trace, None

@@ -15,6 +15,7 @@ import numpy as np
 
 from maskc import ir
 from maskc.analysis.blockmap import E, F, P, R, U, Analysis, Rects, classify, support, uses_head
+from maskc.analysis.gridboxes import AXIS_TABLE_LIMIT
 from maskc.passes.bind import check_tables
 from maskc.analysis.sizes import (check_elements, dense_limit, check_heads, check_tiles, prepare_inputs,
                     resolve_lengths)
@@ -97,9 +98,9 @@ class BlockMap:
 
 def _tile_rects(qt, kt, q_len, kv_len, bq, bk, head, grid) -> Rects:
     off = kv_len - q_len
-    q_lo = qt * bq
+    q_lo = qt.astype(np.int64) * bq
     q_hi = np.minimum(q_lo + bq, q_len) - 1
-    k_lo = kt * bk
+    k_lo = kt.astype(np.int64) * bk
     return Rects(q_lo + off, q_hi + off, k_lo, np.minimum(k_lo + bk, kv_len) - 1, q_lo, q_hi,
                  q_len, kv_len, kv_len, head, grid)
 
@@ -118,6 +119,7 @@ def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None):
     step = _SUPPORT_CHUNK if q_tiles is None else max(len(qt_all), 1)  # a sample: as given
     if an.grid is not None and q_tiles is None and nq > 8 * step:
         _refuse_early(body, nq, kv_len, bq, bk, off, q_len, an, step, span)
+    work = _work_per_tile(an, bq)
     total, ranges = 0, []
     for c in range(0, max(len(qt_all), 1), step):
         qt = qt_all[c:c + step]
@@ -131,8 +133,8 @@ def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None):
             t0 = lo[ok] // bk
             counts = hi[ok] // bk - t0 + 1
             total += int(counts.sum())
-            check_elements(total, f"the block analysis ({bq} x {bk} tiles; use "
-                           "larger tiles)", span)
+            check_elements(total * work, f"the block analysis ({bq} x {bk} tiles; "
+                           f"{_advice(work)})", span)
             chunk.append((qt[ok], t0, counts))
         ranges.append(chunk)
     pieces = []
@@ -143,7 +145,7 @@ def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None):
             codes.append(np.repeat(rows, counts) * nk + np.arange(counts.sum()) + starts)
         pieces.append(_sorted_unique(codes))  # chunks hold increasing, disjoint rows
     code = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-    return code // nk, code % nk
+    return (code // nk).astype(np.int32), (code % nk).astype(np.int32)  # nq, nk < 2**24
 
 
 def _refuse_early(body, nq, kv_len, bq, bk, off, q_len, an, sample, span) -> None:
@@ -161,10 +163,26 @@ def _refuse_early(body, nq, kv_len, bq, bk, off, q_len, an, sample, span) -> Non
         hi = np.broadcast_to(np.minimum(hi, kv_len - 1), qt.shape)
         ok = lo <= hi
         count += int((hi[ok] // bk - lo[ok] // bk + 1).sum())
-    estimate = count * nq // len(qt)
+    work = _work_per_tile(an, bq)
+    estimate = count * nq // len(qt) * work
     if estimate > 2 * dense_limit():
-        check_elements(estimate, f"the block analysis ({bq} x {bk} tiles; use larger tiles; "
+        check_elements(estimate, f"the block analysis ({bq} x {bk} tiles; {_advice(work)}; "
                        f"estimated from {len(qt):,} query tiles)", span)
+
+
+def _work_per_tile(an, bq: int) -> int:
+    """Elements the analysis of one candidate tile works on: 1, or its queries when a grid
+    axis is too long for prefix tables (then each query's keys are counted)."""
+    if an.grid is not None and max(an.grid.shape) > AXIS_TABLE_LIMIT:
+        return bq
+    return 1
+
+
+def _advice(work: int) -> str:
+    if work == 1:
+        return "use larger tiles"
+    return (f"each query of a candidate tile is counted, as a grid axis is longer than "
+            f"{AXIS_TABLE_LIMIT:,}: use larger key tiles (block_k) or a smaller grid")
 
 
 def _sorted_unique(codes: list) -> np.ndarray:
@@ -289,24 +307,16 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
                           trace={})
             qt, kt = _candidates(mdef.body, q_len, kv_len, block_q, block_k, an, q_tiles,
                                  mdef.span)
-            rects = _tile_rects(qt, kt, q_len, kv_len, block_q, block_k, h, mdef.grid)
-            st = classify(mdef.body, rects, an).copy()
             stats["candidates"] += len(qt)
-            # NOTE: a tile too large to evaluate stays partial (sound): only `show` at huge
-            # sizes draws such tiles; kernels use tiles of at most 128 x 128.
-            todo = np.flatnonzero(st == R) if block_q * block_k <= RESOLVE_MAX_AREA else []
-            if len(todo) and evaluate is not None:
-                sub = _tile_rects(qt[todo], kt[todo], q_len, kv_len, block_q, block_k, h,
-                                  mdef.grid)
-                any_, all_ = _resolve(mdef.body, sub, an, evaluate)
-                st[todo] = np.where(~any_, E, np.where(all_, F, P))
-                stats["resolved"] += len(todo)
-            stats["unproven"] += int(np.isin(st, (U, R)).sum())
-            st = np.where(np.isin(st, (U, R)), P, st)
-            if q_tiles is not None:  # rows of the sample, renumbered
-                qt = np.searchsorted(np.asarray(q_tiles), qt)
-            row.append(_tables(st, qt, kt, nq if q_tiles is None else len(q_tiles), an.trace,
-                               mdef.body, h, variants))
+            pieces = []
+            # NOTE: candidates come sorted by (query tile, key tile); a slice at a time keeps
+            # the working memory (tile ranges, states, traces) bounded whatever their number
+            for s in range(0, max(len(qt), 1), _BUILD_CHUNK):
+                pieces.append(_classify_slice(mdef, qt[s:s + _BUILD_CHUNK],
+                                              kt[s:s + _BUILD_CHUNK], q_len, kv_len, block_q,
+                                              block_k, h, an, evaluate, q_tiles, variants,
+                                              stats))
+            row.append(_tables(pieces, nq if q_tiles is None else len(q_tiles)))
         rows.append(row)
     *tables, live = _stack(rows)
     rows_of = pattern if per_head else np.zeros(1, dtype=np.int32)  # a row per head (or one)
@@ -317,22 +327,69 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
                     *tables, tuple(variants), stats, live)
 
 
-def _tables(st, qt, kt, nq, trace, body, head, variants):
-    """Per query tile: partial and full key tiles (sorted) and the live predicate of each partial."""
+_BUILD_CHUNK = 1 << 22  # candidate tiles classified at once
+
+
+def _classify_slice(mdef, qt, kt, q_len, kv_len, block_q, block_k, h, an, evaluate, q_tiles,
+                    variants, stats):
+    """States of some candidate tiles, as ``(partial (qt, kt, variant, live bits), full
+    (qt, kt))``, each sorted as the candidates are."""
+    an.trace = {}
+    rects = _tile_rects(qt, kt, q_len, kv_len, block_q, block_k, h, mdef.grid)
+    st = classify(mdef.body, rects, an).copy()
+    del rects
+    # NOTE: a tile too large to evaluate stays partial (sound): only `show` at huge
+    # sizes draws such tiles; kernels use tiles of at most 128 x 128.
+    todo = np.flatnonzero(st == R) if block_q * block_k <= RESOLVE_MAX_AREA else []
+    if len(todo) and evaluate is not None:
+        sub = _tile_rects(qt[todo], kt[todo], q_len, kv_len, block_q, block_k, h, mdef.grid)
+        any_, all_ = _resolve(mdef.body, sub, an, evaluate)
+        st[todo] = np.where(~any_, E, np.where(all_, F, P))
+        stats["resolved"] += len(todo)
+    unproven = np.isin(st, (U, R))
+    stats["unproven"] += int(unproven.sum())
+    st[unproven] = P
+    if q_tiles is not None:  # rows of the sample, renumbered
+        qt = np.searchsorted(np.asarray(q_tiles), qt)
     part, full = st == P, st == F
+    trace, body = an.trace, mdef.body
     paths = sorted(trace)
-    sig = np.stack([trace[p] for p in paths], axis=1)[part] if paths else np.zeros((0, 0))
-    var = np.zeros(int(part.sum()), dtype=np.int64)
-    if part.any():
-        uniq, inv = np.unique(sig, axis=0, return_inverse=True)
-        ids = []
-        for u in uniq:
-            node = live_predicate(body, (), dict(zip(paths, u.tolist())), head)
-            ids.append(variants.setdefault(node, len(variants)))
-        var = np.asarray(ids, dtype=np.int64)[inv.reshape(-1)]
-    live = _live_bits(body, paths, sig, int(part.sum()))
-    return (_csr(qt[part], kt[part], nq, var), _csr(qt[full], kt[full], nq, None),
-            _csr(qt[part], kt[part], nq, live)[2])
+    sig = np.stack([trace[p][part] for p in paths], axis=1) if paths else np.zeros((0, 0))
+    n = int(part.sum())
+    var = np.zeros(n, dtype=np.int64)
+    if n:
+        uniq, inv = _distinct_rows(sig)
+        ids = [variants.setdefault(live_predicate(body, (), dict(zip(paths, u.tolist())), h),
+                                   len(variants)) for u in uniq]
+        var = np.asarray(ids, dtype=np.int64)[inv]
+    live = _live_bits(body, paths, sig, n)
+    return (qt[part], kt[part], var, live), (qt[full], kt[full])
+
+
+def _distinct_rows(sig: np.ndarray):
+    """The distinct rows of small non-negative ints ``sig`` and each row's index among them."""
+    bits = 3  # tile states are below 8
+    if sig.shape[1] * bits <= 21:  # a code per row, counted: no sort
+        code = np.zeros(len(sig), dtype=np.int64)
+        for c in range(sig.shape[1]):
+            code |= sig[:, c].astype(np.int64) << (bits * c)
+        present = np.flatnonzero(np.bincount(code))
+        rank = np.zeros(int(present[-1]) + 1, dtype=np.int64)
+        rank[present] = np.arange(len(present))
+        uniq = (present[:, None] >> (bits * np.arange(sig.shape[1]))) & ((1 << bits) - 1)
+        return uniq.astype(sig.dtype), rank[code]
+    uniq, inv = np.unique(sig, axis=0, return_inverse=True)
+    return uniq, inv.reshape(-1)
+
+
+def _tables(pieces, nq):
+    """Per query tile: partial and full key tiles (sorted) and the variant and live bits of
+    each partial tile, from the slices :func:`_classify_slice` returned."""
+    def cat(arrs):
+        return arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
+    pq, pk, var, live = (cat([p[0][i] for p in pieces]) for i in range(4))
+    fq, fk = (cat([p[1][i] for p in pieces]) for i in range(2))
+    return (_csr(pq, pk, nq, var), _csr(fq, fk, nq, None), _csr(pq, pk, nq, live)[2])
 
 
 def _live_bits(body, paths, sig, n) -> np.ndarray:
@@ -358,12 +415,16 @@ def _csr(qt, kt, nq, values):
     check_elements(nq * width, "the block tables (query tiles x most key tiles in a row)")
     idx = np.full((nq, max(width, 1)), -1, dtype=np.int32)
     val = np.full((nq, max(width, 1)), -1, dtype=np.int32)
-    order = np.lexsort((kt, qt))
-    qt, kt = qt[order], kt[order]
+    order = None
+    if len(qt) > 1:  # the build's tiles come sorted by (query tile, key tile): check it
+        dq = np.diff(qt)
+        if not ((dq > 0) | ((dq == 0) & (np.diff(kt) > 0))).all():
+            order = np.lexsort((kt, qt))
+            qt, kt = qt[order], kt[order]
     pos = np.arange(len(qt)) - np.repeat(np.cumsum(counts) - counts, counts)
     idx[qt, pos] = kt
     if values is not None:
-        val[qt, pos] = values[order]
+        val[qt, pos] = values if order is None else values[order]
     return counts.astype(np.int32), idx, val
 
 

@@ -26,7 +26,8 @@ from maskc.analysis.states import from_bounds as _states
 from maskc.ir.grid import coords as _coords, na_axis
 
 __all__ = ["progressions", "classify_grid", "grid_support", "range_boxes", "AxisTables",
-           "classify_boxes", "layout_boxes", "axis_tables", "AXIS_TABLE_LIMIT"]
+           "classify_boxes", "layout_boxes", "axis_tables", "AXIS_TABLE_LIMIT", "GRID_RUNS",
+           "axis_progression"]
 
 _CHUNK = 1 << 20  # (tile, query) pairs evaluated at once
 AXIS_TABLE_LIMIT = 2048  # longest axis given a prefix-count table ((n + 1)² int32)
@@ -34,27 +35,28 @@ AXIS_TABLE_LIMIT = 2048  # longest axis given a prefix-count table ((n + 1)² in
 
 def progressions(node: ir.Node, q, shape: tuple[int, ...]):
     """Per axis ``(g, d, a, b)``: the keys of query ``q`` have coordinate ``g + d*j``, ``a <= j <= b``."""
-    out = []
-    for i, qi in enumerate(_coords(q, shape)):
-        n = shape[i]
-        if isinstance(node, ir.Tile):
-            t = node.sizes[i]
-            a = (qi // t) * t
-            out.append((0, 1, a, np.minimum(a + t, n) - 1))
-            continue
-        K, d, s = node.kernel[i], node.dilation[i], node.stride[i]
-        g = qi % d
-        ng = (n - g + d - 1) // d
-        qq = qi // d
-        if node.causal[i]:
-            leader = np.minimum((qq // s) * s + s - 1, ng - 1)
-            out.append((g, d, np.maximum(leader - K + 1, 0), qq))
-        else:
-            left, right = K // 2, K // 2 + K % 2 - 1
-            leader = np.minimum((qq // s) * s + s // 2, ng - 1)
-            center = np.maximum(left, np.minimum(leader, ng - 1 - right))
-            out.append((g, d, center - left, center + right))
-    return out
+    return [axis_progression(node, i, qi, shape[i]) for i, qi in enumerate(_coords(q, shape))]
+
+
+def axis_progression(node: ir.Node, i: int, qi, n: int):
+    """``(g, d, a, b)`` of query coordinates ``qi`` on axis ``i`` (of size ``n``). For one
+    residue ``qi % d`` (one dilation group), ``g + d*a`` and ``g + d*b`` never decrease as
+    ``qi`` grows."""
+    if isinstance(node, ir.Tile):
+        t = node.sizes[i]
+        a = (qi // t) * t
+        return (0, 1, a, np.minimum(a + t, n) - 1)
+    K, d, s = node.kernel[i], node.dilation[i], node.stride[i]
+    g = qi % d
+    ng = (n - g + d - 1) // d
+    qq = qi // d
+    if node.causal[i]:
+        leader = np.minimum((qq // s) * s + s - 1, ng - 1)
+        return (g, d, np.maximum(leader - K + 1, 0), qq)
+    left, right = K // 2, K // 2 + K % 2 - 1
+    leader = np.minimum((qq // s) * s + s // 2, ng - 1)
+    center = np.maximum(left, np.minimum(leader, ng - 1 - right))
+    return (g, d, center - left, center + right)
 
 
 def _count_below(x, progs, shape, numel):
@@ -264,11 +266,61 @@ def classify_boxes(tables: AxisTables, qboxes, kboxes):
     return full.all(axis=(1, 2)), empty.all(axis=(1, 2))
 
 
+GRID_RUNS = 64  # most key runs one query tile's support is split into
+
+
+_HULL_POINTS = 256  # most query coordinates per axis evaluated for a tile's key hull
+
+
 def grid_support(node, p_lo, p_hi, an):
+    """Key ranges that may hold a kept key of a query in ``p_lo..p_hi``, per query tile.
+
+    Per axis, the tile's queries have coordinates in an interval (the whole axis when the
+    tile wraps around it), and their keys lie in an interval too: the keys' lowest end is
+    reached at the first coordinate of some dilation group and the highest at the last
+    (:func:`axis_progression`), so a tile costs O(axes x dilation) whatever its size. The
+    keys' box is, in flat order, one run per combination of its outer-axis coordinates (a
+    row of keys per kernel row in 2-D), and the support is those runs when there are at
+    most :data:`GRID_RUNS`; else runs over axis 0 only, else the box's flat hull. (The flat
+    hull alone spans whole rows: on a 32 x 4096 grid, 16 rows are 65,536 keys, most of them
+    in no neighborhood.)"""
     shape = an.grid.shape
-    strides = [int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape))]
-    q = _rows(p_lo, p_hi)
-    progs = progressions(node, q, shape)
-    lo = sum((g + d * a) * st for (g, d, a, _), st in zip(progs, strides))
-    hi = sum((g + d * b) * st for (g, d, _, b), st in zip(progs, strides))
-    return [(np.asarray(lo).min(axis=1), np.asarray(hi).max(axis=1))]
+    d = len(shape)
+    if len(p_lo) == 0:
+        return [(np.zeros(0, np.int64), np.full(0, -1, np.int64))]
+    strides = [int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(d)]
+    p_lo, p_hi = np.asarray(p_lo, np.int64), np.asarray(p_hi, np.int64)
+    box = []
+    for i, n in enumerate(shape):
+        a, b = (p_lo // strides[i]) % n, (p_hi // strides[i]) % n
+        wraps = (p_hi // strides[i] - p_lo // strides[i] >= n) | (a > b)
+        a, b = np.where(wraps, 0, a), np.where(wraps, n - 1, b)
+        dil = 1 if isinstance(node, ir.Tile) else node.dilation[i]
+        m = np.minimum(b - a + 1, dil)  # coordinates that meet every dilation group
+        points = min(int(m.max()), _HULL_POINTS)
+        j = np.minimum(np.arange(points)[None, :], m[:, None] - 1)
+        g, dd, lo, _ = axis_progression(node, i, a[:, None] + j, n)
+        k_lo = (g + dd * lo).min(axis=1)
+        g, dd, _, hi = axis_progression(node, i, b[:, None] - j, n)
+        k_hi = (g + dd * hi).max(axis=1)
+        over = m > points  # too many groups to visit: the whole axis
+        box.append((np.where(over, 0, k_lo), np.where(over, n - 1, k_hi)))
+    ext = [np.maximum(hi - lo + 1, 0) for lo, hi in box]
+    for split in range(d - 1, -1, -1):  # axes 0..split-1 become runs; split = 0: the hull
+        runs = np.ones_like(ext[0])
+        for e in ext[:split]:
+            runs = runs * e
+        width = int(runs.max(initial=0))
+        if width <= GRID_RUNS or split == 0:
+            break
+    inner_lo = sum(box[i][0] * strides[i] for i in range(split, d))
+    inner_hi = sum(box[i][1] * strides[i] for i in range(split, d))
+    out = []
+    for r in range(width):
+        rest, base = np.full_like(runs, r), np.zeros_like(runs)
+        for i in range(split - 1, -1, -1):  # unravel r over the outer extents
+            base = base + (box[i][0] + rest % np.maximum(ext[i], 1)) * strides[i]
+            rest = rest // np.maximum(ext[i], 1)
+        used = r < runs
+        out.append((np.where(used, base + inner_lo, 0), np.where(used, base + inner_hi, -1)))
+    return out

@@ -37,8 +37,10 @@ def set_dense_limit(n: int | None) -> None:
     _limit = None if n is None else int(n)
 
 
-def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict) -> dict[str, np.ndarray]:
-    """Check runtime inputs and return them as int64 arrays of shape ``(B, kv_len)``."""
+def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict,
+                   copy: bool = False) -> dict[str, np.ndarray]:
+    """Check runtime inputs and return them as signed integer arrays ``(B, kv_len)``
+    (the caller's own arrays where they already are, unless ``copy``)."""
     span = mdef.span
     unknown = sorted(set(inputs) - set(mdef.inputs))
     if unknown:
@@ -65,7 +67,18 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict) -> dict[str, np.
         if x.ndim != 2 or x.shape[1] != kv_len or x.shape[0] == 0:
             raise MaskInputError(f"input '{name}' must have shape ({kv_len},) or (B, {kv_len}) "
                                  f"with B >= 1, got {tuple(np.shape(inputs[name]))}", span)
-        out[name] = x.astype(np.int64)
+        # NOTE: ids are only compared, so a signed dtype serves as given (an int64 copy of
+        # int8 ids at 2**28 tokens is 2 GiB); unsigned ones widen to a signed dtype
+        if x.dtype == np.uint64:
+            if x.size and int(x.max()) >= 1 << 63:
+                raise MaskInputError(f"input '{name}' holds ids of 2**63 or more", span)
+            x = x.astype(np.int64)
+        elif x.dtype.kind in "ub":
+            x = x.astype({1: np.int16, 2: np.int32, 4: np.int64}[x.dtype.itemsize]
+                         if x.dtype.kind == "u" else np.int8)
+        elif copy:
+            x = x.copy()
+        out[name] = np.ascontiguousarray(x)
     return out
 
 

@@ -163,9 +163,9 @@ def bind(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
         raise MaskSizeError(f"query heads ({heads}) must be a multiple of key/value heads "
                             f"({kv_heads!r})", mdef.span)
     inputs = dict(inputs or {})
-    # NOTE: copies (prepare_inputs makes new arrays): tables built later, for the backward,
-    # must see the inputs of the forward even if the caller refills its buffer.
-    xs = prepare_inputs(mdef, kv_len, inputs)
+    # NOTE: copies: tables built later, for the backward, must see the inputs of the
+    # forward even if the caller refills its buffer.
+    xs = prepare_inputs(mdef, kv_len, inputs, copy=True)
     for x in xs.values():
         x.setflags(write=False)
     batch = max([x.shape[0] for x in xs.values()] or [1])
