@@ -2,6 +2,7 @@
 command exit 1 with a one-message error (located where there is a file) before anything is
 read whole, drawn, planned or run; ``maskc test`` states its limits and shows progress."""
 
+import os
 import subprocess
 import sys
 import time
@@ -97,3 +98,21 @@ def test_show_into_a_closed_pipe_is_quiet():
                           shell=True, capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith("mask longformer:")
     assert "Broken pipe" not in proc.stderr, proc.stderr
+
+
+def test_test_of_a_long_grid_walks_large_tiles_in_the_interpreter(tmp_path):
+    """Fuzz: `maskc test examples/natten.mask` took over 60 s through the interpreter (a
+    1024-token grid walked in 32 x 16 tiles). Runs of 1024 keys or more use 128 x 128
+    tiles there (still 8 x 8 tiles per head), and the progress line says so."""
+    from maskc.cli import _test_config
+    assert _test_config("cpu", 101) is None and _test_config("cuda", 4096) is None
+    assert _test_config("cpu", 300).fwd.block_q == 64
+    assert _test_config("cpu", 1024).dkdv.block_k == 128
+    f = tmp_path / "g.mask"
+    f.write_text("mask g over grid(32, 32) = neighborhood(5)\n")
+    res = subprocess.run([sys.executable, "-m", "maskc.cli", "test", str(f), "--heads", "1"],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "g (grid (32, 32), heads 1/1, tiles 128): running..." in res.stderr
+    assert res.stdout.splitlines()[-1] == "1 passed, 0 failed"

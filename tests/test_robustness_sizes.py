@@ -310,3 +310,99 @@ def test_chunked_candidates_equal_one_piece(monkeypatch):
         parts = m.block_map(n, block_q=4, **kw).states()
         monkeypatch.setattr(blocktable, "_SUPPORT_CHUNK", 1 << 14)
         assert np.array_equal(whole, parts), spec
+
+
+# ------------------------------------------------------- the 100,000-case fuzz run's findings
+
+def test_a_long_grid_axis_keeps_the_candidates_to_the_neighborhoods():
+    """Fuzz (mutated examples/gna.mask): a 32 x 4096 grid, block_map(heads=2, block_q=16),
+    took 44-86 s: a query tile's support was the flat hull of its keys, 16 whole rows
+    (65,536 keys, 4,096 key tiles), so 67M candidate tiles were counted query by query. The
+    support is now a run of keys per kernel row: a few dozen candidates per query tile."""
+    got = _measure(
+        "m = maskc.compile('mask m over grid(y = 32, x = 4096) = neighborhood(16, stride = 8)')",
+        "s = m.block_map(heads=2, block_q=16).stats; assert s['candidates'] < 2_000_000, s")
+    assert got["error"] is None and got["seconds"] < 8, got
+    assert got["peak_mib"] < 1024, got
+
+
+def test_grid_supports_are_sound_and_tight():
+    """Every kept pair lies in a candidate tile, and on a long axis the candidates stay near
+    the kernel's rows (a flat hull would take every key tile of 8 rows)."""
+    specs = ["mask m over grid(7, 300) = neighborhood((3, 7), dilation = (2, 3), stride = (1, 2))",
+             "mask m over grid(4, 3, 200) = neighborhood((3, 1, 5), causal = (true, false, true))",
+             "mask m over grid(6, 250) = tile(2, 7) | neighborhood(3)"]
+    for spec in specs:
+        m = maskc.compile(spec)
+        n = m.ir.grid.numel
+        dense = m.dense()[0]  # (heads, q, k)
+        for bq, bk in ((16, 16), (32, 8), (7, 64)):
+            bm = m.block_map(block_q=bq, block_k=bk)
+            st = bm.states()[0, 0]
+            nq, nk = st.shape
+            pad = np.zeros((nq * bq, nk * bk), dtype=bool)
+            pad[:n, :n] = dense
+            kept = pad.reshape(nq, bq, nk, bk).any(axis=(1, 3))
+            assert not (kept & (st == 0)).any(), (spec, bq, bk)  # nothing kept is dropped
+            assert bm.stats["candidates"] < nq * nk // 4, (spec, bq, bk, bm.stats)
+
+
+def test_a_huge_within_input_is_analysed_in_its_own_dtype():
+    """Fuzz (sizes): block_map(1, 268435457) of a within() mask peaked at 10.5 GiB (int64
+    copies of int8 ids, per-position run starts and ends) and took 36 s. Ids stay in their
+    own signed dtype and runs are found by binary search over their first positions."""
+    got = _measure(
+        "m = maskc.compile('mask m(input doc) = within(doc, causal & window(before = 3, after = 0))')\n"
+        "doc = (np.arange(268435457, dtype=np.int32) >= 134217728).astype(np.int8)",
+        "m.block_map(1, 268435457, 1, block_q=128, doc=doc)")
+    assert got["error"] is None and got["seconds"] < 5, got
+    assert got["peak_mib"] < 1024, got
+
+
+def test_unsorted_ids_refuse_a_range_table_past_the_limit():
+    m = maskc.compile("mask m(input doc) = same(doc)")
+    doc = np.tile(np.arange(2), 1 << 16)  # not sorted: a range table of 2 x N x log2 N
+    maskc.set_dense_limit(1 << 20)
+    try:
+        with pytest.raises(maskc.MaskSizeError, match="range table of input 'doc'"):
+            m.block_map(1, len(doc), doc=doc)
+    finally:
+        maskc.set_dense_limit(None)
+    assert m.block_map(1, len(doc), doc=doc).stats["candidates"] > 0
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "bool", "uint32", "int64", "uint64"])
+def test_ids_of_every_integer_dtype_agree_and_stay_writable(dtype):
+    import torch
+    m = maskc.compile("mask m(input doc) = within(doc, causal)")
+    ids = np.array([0] * 5 + [1] * 6 + [0] * 5)
+    doc = ids.astype(dtype)
+    want = m.dense(16, doc=ids.astype(np.int64))
+    assert np.array_equal(m.dense(16, doc=doc), want)
+    st = m.block_map(16, block_q=4, doc=doc).states()
+    assert np.array_equal(st, m.block_map(16, block_q=4, doc=ids).states())
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 16, 8, generator=g) for _ in range(3))
+    ref = m.attention(q, k, v, backend="reference", doc=ids)
+    out = m.attention(q, k, v, backend="flex-eager", doc=doc)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert doc.flags.writeable  # the plan keeps its own copy; the caller's array is theirs
+
+
+def test_triton_ranks_ids_beyond_int32_instead_of_wrapping_them():
+    """The kernels compare ids as int32: 2**32 used to wrap to 0 and join two documents."""
+    import torch
+    m = maskc.compile("mask m(input doc) = within(doc, causal) | same(doc)")
+    doc = np.array([0] * 5 + [1 << 32] * 6 + [1] * 5, dtype=np.int64)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 16, 8, generator=g) for _ in range(3))
+    ref = m.attention(q, k, v, backend="reference", doc=doc)
+    torch.testing.assert_close(m.attention(q, k, v, backend="triton", doc=doc), ref,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_million_token_causal_block_map_stays_within_2_gib():
+    """33.5M full tiles: classified a slice at a time (it peaked at 4.1 GiB in one piece)."""
+    got = _measure("m = maskc.compile('mask m = causal')",
+                   "s = m.block_map(1 << 20).stats; assert s['full'] == 8192 * 8191 // 2, s")
+    assert got["error"] is None and got["peak_mib"] < 2048, got
