@@ -306,7 +306,12 @@ def normalize_options(target: str, given: dict) -> dict:
         opts["dtype"] = dtype_name(opts["dtype"])
     if "head_dim" in opts:
         d = opts["head_dim"]
+        # NOTE: the Triton kernels keep a query tile's head dim in registers, as
+        # FlashAttention does (its limit is 256 too); larger ones run on flex or reference
         opts["head_dim"] = integer(d, "head_dim", 1, 65536)
+        if target == "triton" and opts["head_dim"] > MAX_HEAD_DIM:
+            raise MaskSizeError(f"head_dim {opts['head_dim']} is more than the Triton kernels "
+                                f"take ({MAX_HEAD_DIM}); use backend='flex' or 'reference'")
     if opts.get("config") is not None and not isinstance(opts["config"], KernelConfig):
         raise MaskError(f"config must be a maskc.KernelConfig, got "
                         f"{type(opts['config']).__name__}")
@@ -318,6 +323,9 @@ def normalize_options(target: str, given: dict) -> dict:
                                 f"{b!r}")
         opts["block_size"] = tuple(integer(x, "block_size", 1, MAX_LENGTH) for x in pair)
     return opts
+
+
+MAX_HEAD_DIM = 256  # the Triton kernels' largest head dim (FlashAttention's too)
 
 
 def plan(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=None,

@@ -183,3 +183,16 @@ def test_a_tiled_layout_too_large_to_analyse_falls_back_to_row_major(monkeypatch
 def test_arguments_that_are_no_keys_or_flags_are_mask_errors(call):
     with pytest.raises(MaskError):
         call(torch.randn(1, 2, 8, 4))
+
+
+def test_the_triton_kernels_refuse_head_dims_past_256():
+    """The README promises head dims 16-256; 300 was planned and run without a word."""
+    import torch
+    m = maskc.compile("mask m = causal")
+    with pytest.raises(maskc.MaskSizeError, match="more than the Triton kernels take"):
+        m.plan(16, head_dim=300)
+    assert m.plan(16, head_dim=256).tiles["fwd"].block_q > 0
+    q = torch.randn(1, 1, 16, 300)
+    with pytest.raises(maskc.MaskSizeError, match="backend='flex' or 'reference'"):
+        m.attention(q, q, q, backend="triton")
+    assert m.attention(q, q, q, backend="reference").shape == q.shape
