@@ -19,8 +19,8 @@ from maskc.analysis.blockmap import uses_head
 from maskc.passes.bind import check_coverage, segment_runs
 from maskc.errors import MaskError, MaskInputError, MaskValueError
 from maskc.analysis.rng import random_table
-from maskc.analysis.sizes import (check_heads, check_size, dense_limit, prepare_inputs, resolve_lengths,
-                         set_dense_limit)
+from maskc.analysis.sizes import (check_heads, check_size, dense_limit, is_batched, prepare_inputs,
+                                  resolve_lengths, set_dense_limit)
 
 __all__ = ["dense", "attention", "CHUNK", "run", "dense_from_plan", "evaluate", "prepare_inputs",
            "dense_limit", "set_dense_limit", "LOWERINGS"]
@@ -148,6 +148,47 @@ def _random(n: ir.Random, env):
     return table[rows, np.clip(env.K, 0, nkb - 1)] & (env.K >= 0) & (env.K < nkb)
 
 
+def _listed(x: np.ndarray, width: int) -> np.ndarray:
+    """Bool ``(..., width)``: whether each value ``0..width-1`` is listed in the last axis of
+    ``x`` (entries ``-1`` are padding; duplicates are allowed)."""
+    lead = x.shape[:-1]
+    table = np.zeros((int(np.prod(lead, dtype=np.int64)), width + 1), dtype=bool)
+    flat = x.reshape(len(table), -1)
+    table[np.arange(len(table))[:, None], np.where(flat < 0, width, flat)] = True
+    return table[:, :width].reshape(*lead, width)
+
+
+def _chosen_lookup(env, table: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``table[b, h, ..., at]`` with the batch and head of every element (``Hx`` may be 1)."""
+    b = np.arange(table.shape[0]).reshape(-1, 1, 1, 1)
+    h = env.Hh if table.shape[1] > 1 else np.zeros((1, 1, 1, 1), dtype=np.int64)
+    width = table.shape[-1]
+    ok = (at >= 0) & (at < width)
+    return table[(b, h) + ((np.clip(env.P, 0, table.shape[2] - 1),) if table.ndim == 4
+                           else ()) + (np.clip(at, 0, width - 1),)] & ok
+
+
+def _select(n: ir.Select, env):
+    x = env.inputs[n.input]  # (Bx, Hx, NB, r); P and K are block indices here
+    nkb = x.shape[2]
+    table = _cached(env, ("select", n.input), lambda _: True, lambda: _listed(x, nkb))
+    return _chosen_lookup(env, table, env.K) & (env.P >= 0)
+
+
+def _keys(n: ir.Keys, env):
+    x = env.inputs[n.input]  # (Bx, Hx, r)
+    table = _cached(env, ("keys", n.input, env.Lk_outer), lambda _: True,
+                    lambda: _listed(x, env.Lk_outer))
+    return _chosen_lookup(env, table, env.K)
+
+
+def _diagonals(n: ir.Diagonals, env):
+    x = env.inputs[n.input]  # (Bx, Hx, r): offsets p - k >= 0
+    table = _cached(env, ("keys", n.input, env.Lk_outer), lambda _: True,
+                    lambda: _listed(x, env.Lk_outer))
+    return _chosen_lookup(env, table, env.P - env.K)
+
+
 def _layout(n: ir.Layout, env):
     rows = len(n.rows)
     cols = len(n.rows[0]) if rows else 0
@@ -227,6 +268,9 @@ LOWERINGS = {
     ir.Heads: _heads,
     ir.Blocks: _blocks,
     ir.Random: _random,
+    ir.Select: _select,
+    ir.Keys: _keys,
+    ir.Diagonals: _diagonals,
     ir.Layout: _layout,
     ir.Neighborhood: _neighborhood,
     ir.Tile: _tile,
@@ -247,10 +291,8 @@ def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -
     """
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
     heads = check_heads(mdef, heads)
-    xs = prepare_inputs(mdef, kv_len, inputs)
+    xs = prepare_inputs(mdef, kv_len, inputs, heads=heads)
     batch = max([x.shape[0] for x in xs.values()] or [1])
-    if any(x.shape[0] not in (1, batch) for x in xs.values()):
-        raise MaskInputError("runtime inputs disagree on the batch size", mdef.span)
     check_size(mdef, (batch, heads, q_len, kv_len))
     check_coverage(mdef.body, heads)  # bind's error, before any work (chunks see some heads)
     per_head = uses_head(mdef.body)
@@ -274,7 +316,7 @@ def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -
                     got = np.asarray(_eval(mdef.body, env))
                     got = got.reshape((1,) * (4 - got.ndim) + got.shape)  # where(true): 0-D
                     out[b, hsl, r0:r0 + rows, c0:c0 + cols] = got[0]
-    batched = any(getattr(x, "ndim", np.ndim(x)) == 2 for x in inputs.values())
+    batched = is_batched(mdef, inputs)
     return out if batched else out[0]
 
 

@@ -65,9 +65,10 @@ class Analysis:
 
 
 def uses_head(node: ir.Node) -> bool:
-    """Whether the node's meaning depends on the head index."""
-    return any(isinstance(n, ir.Heads) or (isinstance(n, ir.PVar) and n.name == "h")
-               for n in ir.walk(node))
+    """Whether the node's meaning may depend on the head index (a selection, keys or
+    diagonals may list different entries per head)."""
+    return any(isinstance(n, (ir.Heads, ir.Select, ir.Keys, ir.Diagonals)) or
+               (isinstance(n, ir.PVar) and n.name == "h") for n in ir.walk(node))
 
 
 _states = from_bounds
@@ -305,6 +306,53 @@ def _random(n: ir.Random, r, an, path):
     return _states(count == area, count == 0)
 
 
+def _chosen(an: Analysis, name: str) -> np.ndarray:
+    """The head's rows of a selection ``(NB, r)`` or list ``(r,)``, each sorted with
+    repeats made padding (``-1``, at the front), so counts of listed entries are exact."""
+    def make():
+        x = an.inputs[name]  # this batch entry's (Hx, NB, r) or (Hx, r)
+        x = np.sort(x[an.head if x.shape[0] > 1 else 0], axis=-1)
+        if x.shape[-1] > 1:
+            x[..., 1:][x[..., 1:] == x[..., :-1]] = -1
+            x = np.sort(x, axis=-1)
+        return x
+    return an.cached(("chosen", name), make)
+
+
+def _select(n: ir.Select, r, an, path):
+    chosen = _chosen(an, n.input)  # (NB, r); rects are in block indices here
+    nb, k = chosen.shape
+    width = int((r.p_hi - r.p_lo).max(initial=0)) + 1
+    count = np.zeros(r.p_lo.shape, dtype=np.int64)
+    step = max(1, (1 << 20) // max(width * k, 1))
+    for s in range(0, len(r.p_lo), step):
+        sl = slice(s, s + step)
+        rows = r.p_lo[sl, None] + np.arange(width)
+        valid = (rows <= r.p_hi[sl, None]) & (rows >= 0)  # query blocks p < 0 keep nothing
+        c = chosen[np.clip(rows, 0, nb - 1)]  # (tiles, width, r)
+        hit = (c >= r.k_lo[sl, None, None]) & (c <= r.k_hi[sl, None, None]) & (c >= 0)
+        count[sl] = (hit & valid[..., None]).sum(axis=(1, 2))
+    area = (r.p_hi - r.p_lo + 1) * (r.k_hi - r.k_lo + 1)
+    return _states(count == area, count == 0)
+
+
+def _listed_in(sorted_list: np.ndarray, lo, hi):
+    """How many entries of a sorted list (``-1`` padding first) lie in ``lo..hi``."""
+    return (np.searchsorted(sorted_list, hi, side="right") -
+            np.searchsorted(sorted_list, np.maximum(lo, 0), side="left"))
+
+
+def _keys(n: ir.Keys, r, an, path):
+    c = _listed_in(_chosen(an, n.input), r.k_lo, r.k_hi)
+    return _states(c == r.k_hi - r.k_lo + 1, c == 0)
+
+
+def _diagonals(n: ir.Diagonals, r, an, path):
+    d_lo, d_hi = r.p_lo - r.k_hi, r.p_hi - r.k_lo  # every offset in between occurs
+    c = np.where(d_hi < 0, 0, _listed_in(_chosen(an, n.input), d_lo, d_hi))
+    return _states((d_lo >= 0) & (c == d_hi - d_lo + 1), c == 0)
+
+
 def _layout(n: ir.Layout, r, an, path):
     if not n.rows or not n.rows[0]:
         return np.int8(E)  # layout([]) keeps nothing
@@ -353,6 +401,9 @@ CLASSIFIERS = {
     ir.Heads: _heads,
     ir.Blocks: _blocks,
     ir.Random: _random,
+    ir.Select: _select,
+    ir.Keys: _keys,
+    ir.Diagonals: _diagonals,
     ir.Layout: _layout,
     ir.Neighborhood: classify_grid,
     ir.Tile: classify_grid,
@@ -426,5 +477,23 @@ def support(node: ir.Node, p_lo, p_hi, Lk: int, an: Analysis) -> list[tuple]:
                 c = chosen[np.clip(np.minimum(p_lo + o, p_hi) - base, 0, len(chosen) - 1)]
                 out += [(c[:, j], c[:, j]) for j in range(node.r)]
             return out
+    if isinstance(node, (ir.Select, ir.Keys, ir.Diagonals)) and len(p_lo):
+        chosen = _chosen(an, node.input)
+        listed = chosen.shape[-1]
+        if isinstance(node, ir.Select):
+            width = int((p_hi - p_lo).max(initial=0)) + 1
+            if width * listed <= 64:  # each query block lists its key blocks
+                out = []
+                for o in range(width):
+                    row = np.minimum(p_lo + o, p_hi)
+                    c = np.where((row >= 0)[:, None], chosen[np.clip(row, 0, len(chosen) - 1)],
+                                 -1)
+                    out += [(np.where(c[:, j] >= 0, c[:, j], 0), c[:, j])
+                            for j in range(listed)]
+                return out
+        elif listed <= 64:  # a key, or a diagonal's keys p - d, per listed entry
+            keys = isinstance(node, ir.Keys)
+            return [((np.full_like(p_lo, x), np.full_like(p_lo, x)) if keys else
+                     (p_lo - x, p_hi - x)) for x in chosen.tolist() if x >= 0] or nothing
     return everything  # strided, fixed, where, not, layout: no cheaper bound
 

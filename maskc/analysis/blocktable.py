@@ -261,7 +261,8 @@ def head_patterns(mdef: ir.MaskDef, heads: int) -> np.ndarray:
     resolved for them) is the same IR get one id, numbered by their first head. A mask that
     reads ``h`` in ``where``, or whose ``heads`` cannot be resolved outside ``within``, has
     one id per head. Heads of one pattern have equal masks, so equal tables at any size."""
-    reads_h = any(isinstance(n, ir.PVar) and n.name == "h" for n in ir.walk(mdef.body))
+    reads_h = any((isinstance(n, ir.PVar) and n.name == "h") or
+                  isinstance(n, (ir.Select, ir.Keys, ir.Diagonals)) for n in ir.walk(mdef.body))
     if reads_h:
         return np.arange(heads, dtype=np.int32)
     seen: dict = {}
@@ -287,7 +288,7 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
     block_k = block_q if block_k is None else block_k
     heads = check_heads(mdef, heads)
     block_q, block_k = check_tiles(mdef, q_len, kv_len, block_q, block_k)  # ints from here
-    xs = prepare_inputs(mdef, kv_len, inputs)
+    xs = prepare_inputs(mdef, kv_len, inputs, heads=heads)
     # NOTE: a random() table over the limit fails here as in bind, before any candidate
     check_tables(mdef, q_len, kv_len, heads)
     batch = max([x.shape[0] for x in xs.values()] or [1])

@@ -9,10 +9,11 @@ import numpy as np
 
 from maskc import ir
 from maskc.errors import MaskError, MaskInputError, MaskSizeError
+from maskc.ir.inputs import input_kinds
 from maskc.validate import integer, length
 
 __all__ = ["dense_limit", "set_dense_limit", "prepare_inputs", "resolve_lengths", "check_size",
-           "check_heads", "check_tiles", "check_elements", "check_batch", "document_ids",
+           "check_heads", "check_tiles", "check_elements", "check_batch", "document_ids", "is_batched",
            "MAX_HEADS"]
 
 MAX_HEADS = 1 << 16  # more heads than any model has; per-head masks are analysed per head
@@ -37,21 +38,29 @@ def set_dense_limit(n: int | None) -> None:
     _limit = None if n is None else int(n)
 
 
-def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict,
-                   copy: bool = False) -> dict[str, np.ndarray]:
-    """Check runtime inputs and return them as signed integer arrays ``(B, kv_len)``
-    (the caller's own arrays where they already are, unless ``copy``)."""
+def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, copy: bool = False,
+                   heads: int | None = None) -> dict[str, np.ndarray]:
+    """Check runtime inputs and return them as signed integer arrays of one shape per kind
+    (:mod:`maskc.ir.inputs`): ids ``(B, kv_len)``; a selection ``(Bx, Hx, NB, r)``; keys
+    and diagonals ``(Bx, Hx, r)``, padding entries (``< 0``) made ``-1``. Ids are the
+    caller's own arrays where they already are, unless ``copy``; ``Hx`` is checked to be 1
+    or ``heads`` when ``heads`` is given, every batch size to be 1 or the largest."""
     span = mdef.span
     unknown = sorted(set(inputs) - set(mdef.inputs))
     if unknown:
         known = ", ".join(mdef.inputs) or "none"
         raise MaskInputError(f"mask '{mdef.name}' has no runtime input '{unknown[0]}'; its "
                              f"inputs are: {known}", span)
+    kinds = input_kinds(mdef)
     out = {}
     for name in mdef.inputs:
+        kind = kinds[name]
         if name not in inputs:
+            example = (f"document ids of shape ({kv_len},)" if kind.kind == "ids" else
+                       f"chosen key blocks of shape ({-(-kv_len // kind.block)}, r)"
+                       if kind.kind == "select" else "a list of shape (r,)")
             raise MaskInputError(f"mask '{mdef.name}' needs the runtime input '{name}' "
-                                 f"(e.g. {name}=document ids of shape ({kv_len},))", span)
+                                 f"(e.g. {name}={example})", span)
         x = inputs[name]
         try:
             if hasattr(x, "detach"):  # a torch tensor; the core does not import torch
@@ -60,26 +69,84 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict,
         except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
             raise MaskInputError(f"input '{name}' is not an array of integers: "
                                  f"{str(e).splitlines()[0]}", span) from None
-        if x.dtype.kind not in "iub":
+        if x.dtype.kind not in "iub" or (kind.kind != "ids" and x.dtype.kind == "b"):
             raise MaskInputError(f"input '{name}' must hold integers, got dtype {x.dtype}", span)
-        if x.ndim == 1:
-            x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != kv_len or x.shape[0] == 0:
-            raise MaskInputError(f"input '{name}' must have shape ({kv_len},) or (B, {kv_len}) "
-                                 f"with B >= 1, got {tuple(np.shape(inputs[name]))}", span)
-        # NOTE: ids are only compared, so a signed dtype serves as given (an int64 copy of
-        # int8 ids at 2**28 tokens is 2 GiB); unsigned ones widen to a signed dtype
-        if x.dtype == np.uint64:
-            if x.size and int(x.max()) >= 1 << 63:
-                raise MaskInputError(f"input '{name}' holds ids of 2**63 or more", span)
-            x = x.astype(np.int64)
-        elif x.dtype.kind in "ub":
-            x = x.astype({1: np.int16, 2: np.int32, 4: np.int64}[x.dtype.itemsize]
-                         if x.dtype.kind == "u" else np.int8)
-        elif copy:
-            x = x.copy()
-        out[name] = np.ascontiguousarray(x)
+        if kind.kind == "ids":
+            out[name] = _ids(x, name, kv_len, copy, span, inputs[name])
+        else:
+            out[name] = _chosen(x, name, kind, kv_len, heads, span)
+    batch = max([x.shape[0] for x in out.values()] or [1])
+    for name, x in out.items():
+        if x.shape[0] not in (1, batch):
+            raise MaskInputError(f"runtime inputs disagree on the batch size: input '{name}' "
+                                 f"has {x.shape[0]}, another {batch}", span)
     return out
+
+
+def is_batched(mdef: ir.MaskDef, inputs: dict) -> bool:
+    """Whether some input was given with a batch axis (``dense`` then returns one)."""
+    full = {"ids": 2, "select": 4, "keys": 3}
+    kinds = input_kinds(mdef)
+    return any(_ndim(x) == full[kinds[name].kind] for name, x in inputs.items()
+               if name in kinds)
+
+
+def _ndim(x) -> int:
+    ndim = getattr(x, "ndim", None)  # arrays and tensors; np.ndim for lists
+    return ndim if isinstance(ndim, int) else np.ndim(x)
+
+
+def _ids(x, name, kv_len, copy, span, given):
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != kv_len or x.shape[0] == 0:
+        raise MaskInputError(f"input '{name}' must have shape ({kv_len},) or (B, {kv_len}) "
+                             f"with B >= 1, got {tuple(np.shape(given))}", span)
+    # NOTE: ids are only compared, so a signed dtype serves as given (an int64 copy of
+    # int8 ids at 2**28 tokens is 2 GiB); unsigned ones widen to a signed dtype
+    if x.dtype == np.uint64:
+        if x.size and int(x.max()) >= 1 << 63:
+            raise MaskInputError(f"input '{name}' holds ids of 2**63 or more", span)
+        x = x.astype(np.int64)
+    elif x.dtype.kind in "ub":
+        x = x.astype({1: np.int16, 2: np.int32, 4: np.int64}[x.dtype.itemsize]
+                     if x.dtype.kind == "u" else np.int8)
+    elif copy:
+        x = x.copy()
+    return np.ascontiguousarray(x)
+
+
+def _chosen(x, name, kind, kv_len, heads, span):
+    """A selection ``(Bx, Hx, NB, r)`` or a key/diagonal list ``(Bx, Hx, r)``, as int32."""
+    shape = tuple(x.shape)
+    if kind.kind == "select":
+        nb = -(-kv_len // kind.block)
+        lead, want = 2, f"({nb}, r), (Hx, {nb}, r) or (Bx, Hx, {nb}, r)"
+        ok = 2 <= x.ndim <= 4 and shape[-2] == nb
+        limit, what = nb, f"the number of key blocks ({nb} of {kind.block} tokens)"
+    else:
+        lead, want = 1, "(r,), (Hx, r) or (Bx, Hx, r)"
+        ok = 1 <= x.ndim <= 3
+        limit, what = kv_len, f"kv_len ({kv_len})"
+    if not ok or 0 in shape[:-1]:
+        raise MaskInputError(f"input '{name}' must have shape {want}, got {shape}", span)
+    x = x.reshape((1,) * (lead + 2 - x.ndim) + shape)
+    if heads is not None and x.shape[1] not in (1, heads):
+        raise MaskInputError(f"input '{name}' lists {x.shape[1]} heads, but there are {heads} "
+                             "(give 1 row for every head, or one per head)", span)
+    if x.size and x.dtype != np.int64:
+        x = x.astype(np.int64)
+    bad = np.flatnonzero(x.reshape(-1) >= limit) if x.size else []
+    if len(bad):
+        where = tuple(int(i) for i in np.unravel_index(bad[0], x.shape))
+        raise MaskInputError(f"input '{name}' has entry {int(x.reshape(-1)[bad[0]]):,} at "
+                             f"{_index(where, shape)}, not below {what}", span)
+    return np.ascontiguousarray(np.where(x < 0, -1, x).astype(np.int32))
+
+
+def _index(where: tuple, given: tuple) -> str:
+    """The index of an entry in the caller's own shape (before the leading 1s were added)."""
+    return str(list(where[len(where) - len(given):]))
 
 
 def resolve_lengths(mdef: ir.MaskDef, q_len, kv_len) -> tuple[int, int]:

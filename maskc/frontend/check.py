@@ -17,6 +17,7 @@ from maskc.frontend.values import (InputV, ListV, RangeV, TupleV, Value, a_kind,
                      from_python, kind)
 from maskc.frontend.values import what as what_
 from maskc.frontend.primitives import BUILTINS
+from maskc.ir.inputs import input_kinds
 
 __all__ = ["check", "mask_names", "Ctx", "Checker", "MAX_INT", "RESERVED", "ir_too_deep"]
 
@@ -108,7 +109,9 @@ class Checker:
             env[p.name] = value
         grid = self._grid(item, env) if item.grid is not None else None
         body = self.mask_value(item.body, env, Ctx(grid=grid))
-        return ir.MaskDef(name, tuple(inputs), grid, body, span=item.span)
+        mdef = ir.MaskDef(name, tuple(inputs), grid, body, span=item.span)
+        input_kinds(mdef)  # an input used two incompatible ways: an error at the second use
+        return mdef
 
     def _check_override(self, value: Value, p: S.Param, mask: str) -> None:
         """Every integer in a Python override (range ends included) fits in ``MAX_INT``."""

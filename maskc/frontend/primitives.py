@@ -160,6 +160,26 @@ def _random(ck, syn, args, env, ctx):
                      ck.int_value(*a["seed"], "the random seed", 0), span=syn.span)
 
 
+def _chosen(cls, func: str):
+    """``select(x)`` (inside ``blocks`` only), ``keys(x)``, ``diagonals(x)`` (outside): a
+    runtime input listing what the content chose (LANGUAGE.md section 8)."""
+    def build(ck, syn, args, env, ctx):
+        if cls is ir.Select:
+            _needs_blocks(ctx, syn, func)
+        elif ctx.in_blocks:
+            raise MaskTypeError(f"{func}() cannot be used inside blocks() (it lists token "
+                                "positions)", syn.span)
+        if ctx.in_within:
+            raise MaskTypeError(f"{func}() cannot be used inside within() (it lists "
+                                "positions of the whole sequence)", syn.span)
+        value, span = bind(ck, syn, args, env, ctx, ("x",), {"x": _MISSING})["x"]
+        if not isinstance(value, InputV):
+            raise MaskTypeError(f"{func}() takes a runtime input (declare it with 'input NAME' "
+                                f"in the mask's parameters), got {kind(value)}", span)
+        return cls(value.name, span=syn.span)
+    return build
+
+
 def _layout(ck, syn, args, env, ctx):
     _needs_blocks(ctx, syn, "layout")
     value, span = bind(ck, syn, args, env, ctx, ("M",), {"M": _MISSING})["M"]
@@ -244,6 +264,9 @@ BUILTINS = {
     "blocks": _blocks,
     "random": _random,
     "layout": _layout,
+    "select": _chosen(ir.Select, "select"),
+    "keys": _chosen(ir.Keys, "keys"),
+    "diagonals": _chosen(ir.Diagonals, "diagonals"),
     "neighborhood": _neighborhood,
     "tile": _tile,
 }

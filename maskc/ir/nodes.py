@@ -17,7 +17,7 @@ from maskc.errors import Span
 __all__ = [
     "Node", "IntSet", "Const", "Causal", "Window", "Global", "Sink", "Prefix", "Chunk",
     "Strided", "Fixed", "Same", "Within", "Where", "Not", "And", "Or", "HeadArm", "Heads",
-    "Blocks", "Random", "Layout", "Neighborhood", "Tile", "GridAxis", "Grid", "MaskDef",
+    "Blocks", "Random", "Select", "Keys", "Diagonals", "Layout", "Neighborhood", "Tile", "GridAxis", "Grid", "MaskDef",
     "Pred", "PConst", "PVar", "PAxis", "PBin", "PUn", "PCall", "Op", "and_", "or_", "not_",
     "children", "walk", "PRED_VARS",
 ]
@@ -187,6 +187,28 @@ class Random(Node):
 
     r: int
     seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Select(Node):
+    """Inside ``blocks``: key block ``k`` is listed in row ``p`` of the runtime input
+    (``x[b, h, p, :]``; entries < 0 are padding)."""
+
+    input: str
+
+
+@dataclass(frozen=True, slots=True)
+class Keys(Node):
+    """Key ``k`` is listed in the runtime input ``x[b, h, :]`` (vertical lines)."""
+
+    input: str
+
+
+@dataclass(frozen=True, slots=True)
+class Diagonals(Node):
+    """``p - k`` is listed in the runtime input ``x[b, h, :]`` (slash lines)."""
+
+    input: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,8 +64,8 @@ def _mask(n: ir.Node) -> tuple[str, int]:
         return f"{name}({getattr(n, attr)})", atom
     if isinstance(n, ir.Fixed):
         return f"fixed({n.s}, {n.c})", atom
-    if isinstance(n, ir.Same):
-        return f"same({n.input})", atom
+    if isinstance(n, (ir.Same, ir.Select, ir.Keys, ir.Diagonals)):
+        return f"{type(n).__name__.lower()}({n.input})", atom
     if isinstance(n, ir.Within):
         return f"within({n.input}, {pretty_mask(n.body)})", atom
     if isinstance(n, ir.Where):

@@ -29,9 +29,14 @@ def verify(mdef: ir.MaskDef) -> ir.MaskDef:
             _fail(n, "size must be >= 1")
         if isinstance(n, ir.Fixed) and not (n.s >= 1 and 0 <= n.c <= n.s):
             _fail(n, "needs s >= 1 and 0 <= c <= s")
-        if isinstance(n, (ir.Random, ir.Layout)) and not in_blocks:
+        if isinstance(n, (ir.Random, ir.Layout, ir.Select)) and not in_blocks:
             _fail(n, "only allowed inside Blocks")
-        if isinstance(n, (ir.Same, ir.Within)) and n.input not in mdef.inputs:
+        if isinstance(n, (ir.Keys, ir.Diagonals, ir.Same, ir.Within)) and in_blocks:
+            _fail(n, "not allowed inside Blocks")
+        if isinstance(n, (ir.Select, ir.Keys, ir.Diagonals)) and in_within:
+            _fail(n, "not allowed inside Within")
+        if isinstance(n, (ir.Same, ir.Within, ir.Select, ir.Keys, ir.Diagonals)) and \
+                n.input not in mdef.inputs:
             _fail(n, f"input '{n.input}' is not declared")
         if isinstance(n, (ir.Neighborhood, ir.Tile, ir.PAxis)):
             if nd == 0 or in_blocks or in_within:

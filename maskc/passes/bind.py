@@ -165,7 +165,7 @@ def bind(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
     inputs = dict(inputs or {})
     # NOTE: copies: tables built later, for the backward, must see the inputs of the
     # forward even if the caller refills its buffer.
-    xs = prepare_inputs(mdef, kv_len, inputs, copy=True)
+    xs = prepare_inputs(mdef, kv_len, inputs, copy=True, heads=heads)
     for x in xs.values():
         x.setflags(write=False)
     batch = max([x.shape[0] for x in xs.values()] or [1])

@@ -1,0 +1,140 @@
+"""Masks chosen from the content (LANGUAGE.md section 8): select, keys, diagonals.
+
+Dense masks against a brute-force formula written here from the section's text, tile
+classes against brute force from those dense masks, the checker's and the inputs' errors.
+"""
+
+import numpy as np
+import pytest
+
+import maskc
+
+SPEC = ("mask m(input idx, input c, input d) = causal & (window(before = 2, after = 0) | "
+        "blocks(4, select(idx)) | keys(c) | diagonals(d))")
+
+
+def brute(Lq, Lk, H, B, idx, c, d, block=4):
+    """Section 8 by the letter: (q, k) kept when the static part keeps it and the key block
+    is listed in idx[b, h, p // block] (p >= 0), k in c[h], or p - k in d."""
+    idx = np.asarray(idx).reshape((1,) * (4 - np.ndim(idx)) + np.shape(idx))
+    c = np.asarray(c).reshape((1,) * (3 - np.ndim(c)) + np.shape(c))
+    d = np.asarray(d).reshape((1,) * (3 - np.ndim(d)) + np.shape(d))
+    out = np.zeros((B, H, Lq, Lk), bool)
+    for b in range(B):
+        for h in range(H):
+            ib, cb, db = (x[min(b, x.shape[0] - 1), min(h, x.shape[1] - 1)] for x in (idx, c, d))
+            for q in range(Lq):
+                p = q + Lk - Lq
+                for k in range(Lk):
+                    chosen = ((p >= 0 and k // block in set(ib[p // block].tolist()))
+                              or k in set(cb.tolist()) or (p - k) in set(db.tolist()))
+                    out[b, h, q, k] = k <= p and (p - k <= 2 or chosen)
+    return out
+
+
+def tiles_are_sound(st, want, bq, bk):
+    B, H, Lq, Lk = want.shape
+    nq, nk = st.shape[-2:]
+    pad = np.zeros((B, H, nq * bq, nk * bk), bool)
+    valid = np.zeros_like(pad)
+    pad[..., :Lq, :Lk] = want
+    valid[..., :Lq, :Lk] = True
+    t = pad.reshape(B, H, nq, bq, nk, bk)
+    v = valid.reshape(B, H, nq, bq, nk, bk)
+    anyk, allk = t.any(axis=(3, 5)), (t | ~v).all(axis=(3, 5))
+    return not (anyk & (st == 0)).any() and not (~allk & (st == 2)).any()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_dense_and_tiles_match_the_definition(seed):
+    rng = np.random.default_rng(seed)
+    m = maskc.compile(SPEC)
+    Lq, Lk = (int(x) for x in rng.integers(1, 30, size=2))
+    H, B = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    nb = -(-Lk // 4)
+    r = int(rng.integers(0, 4))
+    idx = rng.integers(-1, nb, size=(B, H, nb, r))  # duplicates and padding included
+    c = rng.integers(-3, Lk, size=(H, 3))
+    d = rng.integers(-1, Lk, size=(int(rng.integers(0, 4)),))
+    want = brute(Lq, Lk, H, B, idx, c, d)
+    got = m.dense(Lq, Lk, heads=H, idx=idx, c=c, d=d)
+    assert got.shape == (B, H, Lq, Lk) and np.array_equal(got, want)
+    for bq, bk in ((4, 4), (2, 8), (8, 2), (3, 5), (16, 16)):
+        st = m.block_map(Lq, Lk, heads=H, block_q=bq, block_k=bk, idx=idx, c=c, d=d).states()
+        assert tiles_are_sound(st, want, bq, bk), (bq, bk)
+
+
+def test_a_chosen_tile_is_full_and_the_rest_empty():
+    """Tiles aligned with the blocks: exactly the listed ones are visited, as full tiles."""
+    m = maskc.compile("mask m(input idx) = blocks(16, select(idx))")
+    idx = np.array([[0, 2], [1, -1], [3, 3], [-1, -1]])  # 64 tokens, 4 blocks
+    st = m.block_map(64, block_q=16, idx=idx).states()[0, 0]
+    want = np.zeros((4, 4), np.int8)
+    for i, row in enumerate(idx):
+        want[i, row[row >= 0]] = 2
+    assert np.array_equal(st, want)
+    bm = m.block_map(64, block_q=16, idx=idx)
+    assert bm.stats["candidates"] == 4  # the support lists the chosen blocks: no others
+
+
+def test_selection_broadcasts_over_batch_and_heads():
+    m = maskc.compile("mask m(input idx) = blocks(2, select(idx))")
+    per_head = np.array([[[0], [1]], [[1], [0]]])  # (Hx=2, NB=2, r=1)
+    got = m.dense(4, heads=2, idx=per_head)
+    assert got.shape == (2, 4, 4)
+    assert got[0, 0, :2].all() and not got[0, 0, 2:].any()
+    assert got[1, 0, 2:].all() and not got[1, 0, :2].any()
+    shared = m.dense(4, heads=3, idx=per_head[0])  # (NB, r): every head
+    assert (shared == shared[0]).all()
+    batched = m.dense(4, heads=2, idx=per_head[None].repeat(3, axis=0))
+    assert batched.shape == (3, 2, 4, 4) and np.array_equal(batched[1], got)
+
+
+def test_a_query_block_before_the_keys_keeps_nothing():
+    """Lq > Lk: query rows with p < 0 are in block p // B < 0, which keeps nothing."""
+    m = maskc.compile("mask m(input idx) = blocks(4, select(idx))")
+    got = m.dense(10, 4, idx=np.array([[0]]))
+    assert not got[0, :6].any() and got[0, 6:].all()
+
+
+@pytest.mark.parametrize("spec, message, col", [
+    ("mask m(input x) = select(x)", "only allowed inside blocks(B, ...)", 19),
+    ("mask m(input x) = blocks(4, keys(x))", "cannot be used inside blocks", 29),
+    ("mask m(input x, input y) = within(y, diagonals(x))", "cannot be used inside within", 38),
+    ("mask m(input x) = same(x) | keys(x)", "used as a list of keys or diagonals per head here, "
+     "but as ids (same/within) by same() at 1:19", 29),
+    ("mask m(input x) = blocks(4, select(x)) & blocks(8, select(x))",
+     "key blocks of 8 tokens here, but as a selection of key blocks of 4 tokens", 52),
+    ("mask m = keys(3)", "takes a runtime input", 15),
+])
+def test_the_checker_locates_misuse(spec, message, col):
+    with pytest.raises(maskc.MaskTypeError) as info:
+        maskc.compile(spec)
+    assert message in str(info.value)
+    assert info.value.column == col
+
+
+def test_keys_and_diagonals_may_share_an_input():
+    m = maskc.compile("mask m(input x) = keys(x) | diagonals(x)")
+    got = m.dense(4, x=np.array([0]))
+    assert np.array_equal(got[0], np.eye(4, dtype=bool) | (np.arange(4) == 0)[None, :])
+
+
+@pytest.mark.parametrize("given, message", [
+    (dict(idx=np.zeros((4, 1), int)), r"must have shape \(3, r\), \(Hx, 3, r\) or"),
+    (dict(idx=np.full((3, 2), 3)), r"entry 3 at \[0, 0\], not below the number of key blocks"),
+    (dict(idx=np.zeros((3, 1))), "must hold integers"),
+    (dict(idx=np.zeros((3, 1), bool)), "must hold integers"),
+    (dict(idx=np.zeros((3, 3, 1), int)), "lists 3 heads, but there are 2"),
+    (dict(idx=np.zeros((2, 1, 3, 1), int), c=np.zeros((3, 1, 1), int)), "disagree on the batch"),
+    (dict(c=np.array([1, 10])), r"input 'c' has entry 10 at \[1\], not below kv_len \(10\)"),
+    (dict(c=np.zeros((2, 2, 2, 2), int)), r"must have shape \(r,\), \(Hx, r\) or \(Bx, Hx, r\)"),
+])
+def test_bad_selections_are_mask_input_errors_on_every_entry(given, message):
+    m = maskc.compile("mask m(input idx, input c) = blocks(4, select(idx)) | keys(c)")
+    inputs = {"idx": np.zeros((3, 1), int), "c": np.zeros(1, int), **given}
+    for call in (lambda: m.dense(10, heads=2, **inputs),
+                 lambda: m.block_map(10, heads=2, **inputs),
+                 lambda: m.plan(10, heads=2, target="reference", **inputs)):
+        with pytest.raises(maskc.MaskInputError, match=message):
+            call()
