@@ -11,7 +11,8 @@ import re
 import sys
 from pathlib import Path
 
-from maskc.errors import MaskError, MaskSizeError
+from maskc.errors import MaskError, MaskInputError, MaskSizeError
+from maskc.ir.inputs import input_kinds
 from maskc.ir.pretty import pretty_mask
 from maskc.analysis.sizes import check_heads, dense_limit, document_ids, resolve_lengths
 
@@ -172,8 +173,15 @@ def cmd_show(args) -> int:
                             + (", ".join(m.inputs) or "none"))
         given[key] = value
     inputs = {}
+    kinds = input_kinds(m.ir)
     for name in m.inputs:
-        if name in given:
+        if kinds[name].kind != "ids":
+            spec = given.get(name, f"random:{min(4, -(-Lk // (kinds[name].block or 1)))}")
+            inputs[name] = chosen_input(spec, kinds[name], Lk, name)
+            if name not in given:
+                notes.append(f"{name}: {spec} (pass -i {name}=random:R, a list I,J,... or a "
+                             ".npy file to choose)")
+        elif name in given:
             inputs[name] = segments(given[name], Lk, name)
         else:
             n = 4
@@ -349,6 +357,34 @@ def _test_config(device: str, kv_len: int):
     return KernelConfig.uniform(128, 128) if kv_len >= 1024 else KernelConfig.uniform(64, 64)
 
 
+def chosen_input(spec: str, kind, Lk: int, name: str):
+    """A selection or a key/diagonal list from the command line: ``random:R`` (R distinct
+    entries per row, seeded, the same for every head), ``I,J,...`` (one list for every row),
+    or a ``.npy`` file holding the array itself."""
+    import numpy as np
+    width = -(-Lk // kind.block) if kind.kind == "select" else Lk
+    rows = width if kind.kind == "select" else None
+    if spec.endswith(".npy"):
+        try:
+            return np.load(spec, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise MaskInputError(f"-i {name}: cannot read {spec}: {e}") from None
+    if spec.startswith("random:"):
+        r = spec.removeprefix("random:")
+        if not r.isdigit() or not 0 <= int(r) <= width:
+            raise MaskInputError(f"-i {name}=random:R needs 0 <= R <= {width:,}, got {spec!r}")
+        rng = np.random.default_rng(0)
+        pick = [np.sort(rng.choice(width, int(r), replace=False)) for _ in range(rows or 1)]
+        return np.stack(pick) if rows else pick[0]
+    try:
+        values = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise MaskInputError(f"-i {name} expects random:R, I,J,... or a .npy file, got "
+                             f"{spec!r}") from None
+    one = np.array(values, dtype=np.int64)
+    return np.broadcast_to(one, (rows, len(one))) if rows else one
+
+
 def cmd_test(args) -> int:
     """Property-test the generated Triton kernel of each mask against the reference."""
     import os
@@ -437,8 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heads", type=int, default=1)
     s.add_argument("--kv-heads", type=int, help="key/value heads for GQA grouping (default: heads)")
     s.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
-    s.add_argument("-i", "--input", action="append", default=[], metavar="NAME=LEN,LEN,...",
-                   help="a runtime input as segment lengths (e.g. documents of a packed batch)")
+    s.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE",
+                   help="a runtime input: ids as segment lengths LEN,LEN,... (documents of a "
+                        "packed batch); a selection, keys or diagonals as random:R, a list "
+                        "I,J,... or a .npy file")
     s.add_argument("--block", type=int, help="tile size (default: fit --width columns)")
     s.add_argument("--width", type=int, default=64, help="most tile columns to draw")
     s.add_argument("--target", choices=("triton", "flex", "reference"),

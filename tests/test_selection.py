@@ -138,3 +138,19 @@ def test_bad_selections_are_mask_input_errors_on_every_entry(given, message):
                  lambda: m.plan(10, heads=2, target="reference", **inputs)):
         with pytest.raises(maskc.MaskInputError, match=message):
             call()
+
+
+def test_show_draws_a_selection_given_on_the_command_line(tmp_path, capsys):
+    from maskc.cli import main
+    f = tmp_path / "sel.mask"
+    f.write_text("mask m(input idx, input c) = blocks(16, select(idx)) | keys(c)\n")
+    rows = np.array([[1], [0], [3], [2]])  # block i keeps block rows[i]
+    np.save(tmp_path / "idx.npy", rows)
+    assert main(["show", str(f), "--q-len", "64", "--block", "16", "-i",
+                 f"idx={tmp_path / 'idx.npy'}", "-i", "c=63"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    grid = [line.strip() for line in out if set(line.strip()) <= set("█▒·") and line.strip()]
+    assert grid == ["·█·▒", "█··▒", "···█", "··█▒"], out  # the key 63 is in the last tile
+    assert main(["show", str(f), "--q-len", "64", "-i", "idx=random:2", "-i", "c=1,2"]) == 0
+    assert main(["show", str(f), "--q-len", "64", "-i", "idx=random:9"]) == 1
+    assert "needs 0 <= R <= 4" in capsys.readouterr().err
