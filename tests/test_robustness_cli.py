@@ -116,3 +116,25 @@ def test_test_of_a_long_grid_walks_large_tiles_in_the_interpreter(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "g (grid (32, 32), heads 1/1, tiles 128): running..." in res.stderr
     assert res.stdout.splitlines()[-1] == "1 passed, 0 failed"
+
+
+def test_test_limits_heads_through_the_interpreter(capsys, monkeypatch):
+    """Fuzz: `maskc test examples/mistral.mask --heads 64` ran 44 s through the interpreter."""
+    from maskc.cli import TEST_MAX_HEADS
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert main(["test", str(EXAMPLES / "mistral.mask"), "--heads",
+                 str(TEST_MAX_HEADS["interpreter"] + 1)]) == 1
+    assert "--heads must be from 1 to 8 through Triton's interpreter" in capsys.readouterr().err
+
+
+def test_show_draws_long_thin_masks_without_padding_them():
+    """Fuzz: `show --q-len 24 --kv-len 65537 --width 3` padded the mask to 32,768 x 98,304
+    int32 (12 GiB) to count tiles."""
+    code = ("import resource, maskc.cli as c; "
+            "c.main(['show', 'examples/moa.mask', '--kv-len', '65537', '--heads', '1', "
+            "'--width', '3', '--q-len', '24']); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=EXAMPLES.parent)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) < 600_000, out.stdout[-200:]  # KiB: under 600 MB

@@ -406,3 +406,14 @@ def test_a_million_token_causal_block_map_stays_within_2_gib():
     got = _measure("m = maskc.compile('mask m = causal')",
                    "s = m.block_map(1 << 20).stats; assert s['full'] == 8192 * 8191 // 2, s")
     assert got["error"] is None and got["peak_mib"] < 2048, got
+
+
+def test_counting_a_long_grid_axis_is_bounded_by_its_cost():
+    """Fuzz (seed 20261203): a spliced gna.mask, grid(99999, 32), block_map(block_q=16):
+    6.4M candidate tiles counted query by query took 9.6 s though within the tile limit.
+    Each counted query now stands for 8 elements of work: refused at once, with advice."""
+    got = _measure("m = maskc.compile('mask m over grid(y = 99999, x = 32) = "
+                   "neighborhood(16, stride = 8)')", "m.block_map(heads=2, block_q=16)")
+    assert got["error"] == "MaskSizeError" and got["seconds"] < 2, got
+    assert "each query of a candidate tile is counted" in got["message"], got
+    assert "use larger key tiles (block_k)" in got["message"], got
