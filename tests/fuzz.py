@@ -612,7 +612,9 @@ def case_mutate(rng: random.Random, w: "Worker"):
              ("open('f.mask', 'wb').write(data); src = Path('f.mask')" if as_file
               else "src = data.decode('utf-8', 'replace')") +
              f"\nfor n in {names!r}: m = maskc.compile(src, name=n)" +
-             ("; m.dense(16, heads=2, **docs) / m.block_map(64, heads=2, **docs)"
+             ("  # then, docs = zeros per input: without a grid m.dense(16, 64 if m.inputs "
+              "else None, 2, **docs); m.block_map(64, heads=2, block_q=16, **docs); over a "
+              "grid m.block_map(heads=2, block_q=16, **docs); m.dense(heads=2, **docs)"
               if analyse else "") + ("\nmaskc.cli.main(['check', 'f.mask'])" if check_cli else ""))
 
     def run():

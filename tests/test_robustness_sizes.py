@@ -417,3 +417,20 @@ def test_counting_a_long_grid_axis_is_bounded_by_its_cost():
     assert got["error"] == "MaskSizeError" and got["seconds"] < 2, got
     assert "each query of a candidate tile is counted" in got["message"], got
     assert "use larger key tiles (block_k)" in got["message"], got
+
+
+def test_one_random_row_of_2_28_key_blocks_stays_small():
+    """Fuzz (seed 20261204): dense(1, 2**28) of blocks(1, random(1)) scored the whole row at
+    once (2 GiB of uint64 scores, 2 GiB of argpartition indices). Wide rows are scored a
+    slice of key blocks at a time, with the same choice."""
+    from maskc.analysis import rng
+    plain = rng.random_choice(3, np.arange(5), 5000, 7)
+    old = rng._SCORES_PER_SLICE
+    rng._SCORES_PER_SLICE = 64
+    try:
+        assert np.array_equal(rng.random_choice(3, np.arange(5), 5000, 7), plain)
+    finally:
+        rng._SCORES_PER_SLICE = old
+    got = _measure("m = maskc.compile('mask m = blocks(1, random(1))')",
+                   "assert m.dense(1, 1 << 28, 1).sum() == 1")
+    assert got["error"] is None and got["peak_mib"] < 1024, got

@@ -32,14 +32,16 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def block_scores(seed: int, query_blocks: np.ndarray, n_key_blocks: int) -> np.ndarray:
-    """Scores of shape ``(len(query_blocks), n_key_blocks)``, as uint64."""
+def block_scores(seed: int, query_blocks: np.ndarray, n_key_blocks: int, start: int = 0,
+                 stop: int | None = None) -> np.ndarray:
+    """Scores of shape ``(len(query_blocks), n_key_blocks)``, as uint64 (or of the key
+    blocks ``start..stop-1`` only)."""
     with np.errstate(over="ignore"):
         qb = np.asarray(query_blocks, dtype=np.int64).astype(np.uint64)  # two's complement
         h = _mix(np.full(qb.shape, np.uint64(seed & _MASK), dtype=np.uint64))
         h = _mix(h ^ qb)
         h = _mix(h ^ np.uint64(n_key_blocks))
-        kb = np.arange(n_key_blocks, dtype=np.uint64)
+        kb = np.arange(start, n_key_blocks if stop is None else stop, dtype=np.uint64)
         return _mix(h[:, None] ^ kb[None, :])
 
 
@@ -62,6 +64,10 @@ def random_choice(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int
     if r >= n_key_blocks:
         out[:] = np.arange(n_key_blocks)
         return out
+    if n_key_blocks > _SCORES_PER_SLICE:  # rows wider than a slice: a slice of keys at a time
+        for i, qb in enumerate(query_blocks):
+            out[i] = _wide_row(seed, int(qb), n_key_blocks, r)
+        return out
     step = max(1, _SCORES_PER_SLICE // max(n_key_blocks, 1))
     for s in range(0, len(query_blocks), step):
         scores = block_scores(seed, query_blocks[s:s + step], n_key_blocks)
@@ -75,6 +81,25 @@ def random_choice(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int
             idx[ties] = np.argsort(scores[ties], axis=1, kind="stable")[:, :r]
         out[s:s + step] = np.sort(idx, axis=1)
     return out
+
+
+def _wide_row(seed: int, qb: int, n_key_blocks: int, r: int) -> np.ndarray:
+    """The ``r`` smallest ``(score, j)`` of one row, scored a slice of key blocks at a time:
+    each slice contributes every block whose score is at most its own ``r``-th smallest
+    (ties included), and the few survivors are ordered exactly at the end."""
+    keep_s = np.zeros(0, dtype=np.uint64)
+    keep_j = np.zeros(0, dtype=np.int64)
+    for c in range(0, n_key_blocks, _SCORES_PER_SLICE):
+        sc = block_scores(seed, np.array([qb]), n_key_blocks, c,
+                          min(c + _SCORES_PER_SLICE, n_key_blocks))[0]
+        k = min(r, len(sc))
+        cut = np.partition(sc, k - 1)[k - 1]
+        j = np.flatnonzero(sc <= cut)
+        keep_s, keep_j = np.concatenate([keep_s, sc[j]]), np.concatenate([keep_j, j + c])
+        if len(keep_s) > r:  # keep this row's best r so far (ties by j), then go on
+            order = np.lexsort((keep_j, keep_s))[:r]
+            keep_s, keep_j = keep_s[order], keep_j[order]
+    return np.sort(keep_j[np.lexsort((keep_j, keep_s))[:r]])
 
 
 def random_table(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int,
