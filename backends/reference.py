@@ -19,8 +19,8 @@ from maskc.analysis.blockmap import uses_head
 from maskc.passes.bind import check_coverage, segment_runs
 from maskc.errors import MaskError, MaskInputError, MaskValueError
 from maskc.analysis.rng import random_table
-from maskc.analysis.sizes import (check_heads, check_size, dense_limit, is_batched, prepare_inputs,
-                                  resolve_lengths, set_dense_limit)
+from maskc.analysis.sizes import (check_heads, check_size, dense_limit, is_batched, listed,
+                                  prepare_inputs, resolve_lengths, set_dense_limit)
 
 __all__ = ["dense", "attention", "CHUNK", "run", "dense_from_plan", "evaluate", "prepare_inputs",
            "dense_limit", "set_dense_limit", "LOWERINGS"]
@@ -148,16 +148,6 @@ def _random(n: ir.Random, env):
     return table[rows, np.clip(env.K, 0, nkb - 1)] & (env.K >= 0) & (env.K < nkb)
 
 
-def _listed(x: np.ndarray, width: int) -> np.ndarray:
-    """Bool ``(..., width)``: whether each value ``0..width-1`` is listed in the last axis of
-    ``x`` (entries ``-1`` are padding; duplicates are allowed)."""
-    lead = x.shape[:-1]
-    table = np.zeros((int(np.prod(lead, dtype=np.int64)), width + 1), dtype=bool)
-    flat = x.reshape(len(table), -1)
-    table[np.arange(len(table))[:, None], np.where(flat < 0, width, flat)] = True
-    return table[:, :width].reshape(*lead, width)
-
-
 def _chosen_lookup(env, table: np.ndarray, at: np.ndarray) -> np.ndarray:
     """``table[b, h, ..., at]`` with the batch and head of every element (``Hx`` may be 1)."""
     b = np.arange(table.shape[0]).reshape(-1, 1, 1, 1)
@@ -171,21 +161,21 @@ def _chosen_lookup(env, table: np.ndarray, at: np.ndarray) -> np.ndarray:
 def _select(n: ir.Select, env):
     x = env.inputs[n.input]  # (Bx, Hx, NB, r); P and K are block indices here
     nkb = x.shape[2]
-    table = _cached(env, ("select", n.input), lambda _: True, lambda: _listed(x, nkb))
+    table = _cached(env, ("select", n.input), lambda _: True, lambda: listed(x, nkb))
     return _chosen_lookup(env, table, env.K) & (env.P >= 0)
 
 
 def _keys(n: ir.Keys, env):
     x = env.inputs[n.input]  # (Bx, Hx, r)
     table = _cached(env, ("keys", n.input, env.Lk_outer), lambda _: True,
-                    lambda: _listed(x, env.Lk_outer))
+                    lambda: listed(x, env.Lk_outer))
     return _chosen_lookup(env, table, env.K)
 
 
 def _diagonals(n: ir.Diagonals, env):
     x = env.inputs[n.input]  # (Bx, Hx, r): offsets p - k >= 0
     table = _cached(env, ("keys", n.input, env.Lk_outer), lambda _: True,
-                    lambda: _listed(x, env.Lk_outer))
+                    lambda: listed(x, env.Lk_outer))
     return _chosen_lookup(env, table, env.P - env.K)
 
 

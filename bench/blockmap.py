@@ -15,11 +15,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from maskc.testing import peak_rss_mib
 
 CASES = {
     "swa256-8K": ("mask m = causal & window(before = 256, after = 0)", 8192),
@@ -84,7 +85,7 @@ def run_case(side: str, name: str, repeats: int) -> dict:
         tracemalloc.start()
         once()
         traced_mb = tracemalloc.get_traced_memory()[1] / 2**20
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mib()
     return {"times": times, "peak_mb": peak_mb, "traced_mb": traced_mb, "visited": visited}
 
 
@@ -103,8 +104,7 @@ def _child(side, name, repeats, timeout):
 def _base_mb(side: str) -> float:
     """Peak RSS of a child that only imports what ``side`` imports (subtracted from each case)."""
     mods = "maskc, numpy" if side == "maskc" else "maskc, numpy, torch"
-    code = (f"import resource, {mods}; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    code = (f"import {mods}; from maskc.testing import peak_rss_mib; print(peak_rss_mib())")
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True,
                                 text=True).stdout)
 

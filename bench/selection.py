@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
+
+from maskc.testing import peak_rss_mib, reset_peak_rss
 
 BLOCK = 64
 SIZES = {"32K": 1 << 15, "128K": 1 << 17, "256K": 1 << 18, "1M": 1 << 20}
@@ -48,7 +49,8 @@ def run_case(side: str, size: str, heads: int, r: int, repeats: int) -> dict:
     import numpy as np
     n = SIZES[size]
     idx = indices(n, heads, r)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset_peak_rss()
+    base = peak_rss_mib()
     if side == "maskc":
         import maskc
         m = maskc.compile(f"mask m(input idx) = blocks({BLOCK}, select(idx))")
@@ -69,7 +71,7 @@ def run_case(side: str, size: str, heads: int, r: int, repeats: int) -> dict:
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    peak = peak_rss_mib() - base
     return {"median_ms": 1000 * statistics.median(times), "peak_mib": peak}
 
 

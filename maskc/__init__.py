@@ -7,11 +7,13 @@ attention with it. See README.md and LANGUAGE.md for the language.
 
 from maskc.api import Mask, compile, set_dense_limit, dense_limit
 from maskc.analysis.sizes import document_ids
+from maskc.estimators import topk_blocks, topp_blocks, vertical_slash
 from maskc.passes.tiles import KernelConfig, Tiles
 from maskc.errors import (MaskError, MaskInputError, MaskNameError, MaskParamError,
                      MaskSizeError, MaskSyntaxError, MaskTypeError, MaskValueError)
 
 __all__ = ["compile", "Mask", "MaskError", "MaskSyntaxError", "MaskNameError", "MaskTypeError",
            "MaskValueError", "MaskParamError", "MaskInputError", "MaskSizeError",
-           "set_dense_limit", "dense_limit", "document_ids", "KernelConfig", "Tiles"]
+           "set_dense_limit", "dense_limit", "document_ids", "KernelConfig", "Tiles",
+           "topk_blocks", "topp_blocks", "vertical_slash"]
 __version__ = "0.1.0"

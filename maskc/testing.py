@@ -27,7 +27,8 @@ import numpy as np
 
 from maskc.api import Mask, compile
 
-__all__ = ["specs", "primitive_specs", "shapes", "runtime_inputs",
+__all__ = ["specs", "primitive_specs", "shapes", "runtime_inputs", "peak_rss_mib",
+           "reset_peak_rss",
            "assert_attention_matches", "DEFAULT_TOLERANCES"]
 
 # (atol, rtol) per dtype for outputs and gradients against the float64 reference
@@ -108,10 +109,20 @@ def shapes(draw, max_len: int = 96, dtypes=("float32",), max_heads: int = 4) -> 
 
 
 def runtime_inputs(mask: Mask, kv_len: int, seed: int = 0) -> dict:
-    """Inputs for every ``input`` of ``mask``: packed-document ids of random lengths."""
+    """Inputs for every ``input`` of ``mask``: packed-document ids of random lengths; for a
+    selection, 3 random key blocks (or padding) per query block, and 5 random keys or
+    diagonals for a list (LANGUAGE.md section 8), the same for every head."""
+    from maskc.ir.inputs import input_kinds
     rng = np.random.default_rng(seed)
     out = {}
-    for name in mask.inputs:
+    for name, kind in input_kinds(mask.ir).items():
+        if kind.kind == "select":
+            nb = -(-kv_len // kind.block)
+            out[name] = rng.integers(-1, nb, (nb, min(3, nb)))
+            continue
+        if kind.kind == "keys":
+            out[name] = rng.integers(-1, kv_len, 5)
+            continue
         cuts = np.sort(rng.choice(np.arange(1, kv_len), size=min(3, kv_len - 1), replace=False)) \
             if kv_len > 1 else np.zeros(0, dtype=int)
         out[name] = np.searchsorted(cuts, np.arange(kv_len), side="right")
@@ -177,3 +188,40 @@ def assert_attention_matches(fn, mask, batch: int = 1, heads: int = 2, kv_heads:
         (ref_out * w).sum().backward()
         for name, a, b in zip(("dq", "dk", "dv"), leaves, refs):
             close(name, a.grad, b.grad)
+
+
+def _status(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> None:
+    """Start :func:`peak_rss_mib` afresh (Linux: ``/proc/self/clear_refs``; else a no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB) since it started or
+    :func:`reset_peak_rss`.
+
+    NOTE: from ``/proc/self/status`` (``VmHWM``) where Linux has it: ``getrusage``'s
+    ``ru_maxrss`` carries over the peak of the process a child was forked from (exec keeps
+    it), so a child of a 4 GB test runner reported 4 GB however little it used.
+    """
+    hwm = _status("VmHWM")
+    if hwm is not None:
+        return hwm
+    import resource
+    import sys
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

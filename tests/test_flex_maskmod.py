@@ -19,6 +19,7 @@ import maskc
 from maskc import ir
 from maskc.backends import flex, reference
 from maskc.errors import MaskError, Source, Span
+from maskc.ir.inputs import input_kinds
 
 try:
     import strategies as strat
@@ -163,9 +164,53 @@ def test_examples(path):
         sig = re.search(rf"^mask\s+{name}\s*\(([^)]*)\)", text, flags=re.MULTILINE)
         declared = set(re.findall(r"(\w+)\s*=", sig.group(1))) if sig else set()
         m = maskc.compile(path, name=name, **{k: v for k, v in SMALL.items() if k in declared})
-        inputs = {x: doc_for(40) for x in m.inputs}
         for q_len, kv_len in ([(None, None)] if m.grid else [(40, 40), (23, 40)]):
-            check(m.ir, q_len, kv_len, 8, **inputs)
+            check(m.ir, q_len, kv_len, 8, **inputs_for(m.ir, kv_len or m.ir.grid.numel, 8))
+
+
+def inputs_for(mdef: ir.MaskDef, kv_len: int, heads: int, seed: int = 0) -> dict:
+    """Document ids, or random selections / key lists (per head, some padding) by kind."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, kind in input_kinds(mdef).items():
+        if kind.kind == "ids":
+            out[name] = doc_for(kv_len)
+        elif kind.kind == "select":
+            nb = -(-kv_len // kind.block)
+            out[name] = rng.integers(-1, nb, (heads, nb, min(3, nb)))
+        else:
+            out[name] = rng.integers(-1, kv_len, (heads, 5))
+    return out
+
+
+@pytest.mark.parametrize("src, block", [
+    ("causal & (window(before = 7, after = 0) | blocks(8, select(x)))", 8),
+    ("blocks(2, blocks(3, select(x)))", 6),
+    ("heads { 0: blocks(4, select(x)), _: causal } & ~prefix(3)", 4),
+    ("same(doc) & causal & blocks(4, select(x))", 4),
+])
+@pytest.mark.parametrize("q_len, kv_len", [(40, 40), (23, 40), (40, 23), (1, 33)])
+def test_selections(src, block, q_len, kv_len):
+    m = maskc.compile(f"mask m(input x{', input doc' if 'doc' in src else ''}) = {src}").ir
+    rng = np.random.default_rng(q_len * kv_len)
+    nb = -(-kv_len // block)
+    for x in (rng.integers(-1, nb, (nb, 2)), rng.integers(-1, nb, (2, 3, nb, 4)),
+              np.zeros((3, nb, 0), np.int64)):
+        check(m, q_len, kv_len, 3, x=x, **({"doc": doc_for(kv_len)} if m.inputs[1:] else {}))
+
+
+@pytest.mark.parametrize("src", ["causal & (sink(2) | keys(c) | diagonals(d))",
+                                 "keys(c) & diagonals(c)",
+                                 "same(doc) & (keys(c) | diagonals(d))",
+                                 "~keys(c) & window(3)"])
+@pytest.mark.parametrize("q_len, kv_len", [(40, 40), (23, 40), (40, 23)])
+def test_keys_and_diagonals(src, q_len, kv_len):
+    used = sorted(set(re.findall(r"\b(?:keys|diagonals|same)\((\w+)", src)))
+    m = maskc.compile(f"mask m({', '.join('input ' + x for x in used)}) = {src}").ir
+    rng = np.random.default_rng(q_len + kv_len)
+    xs = {"c": rng.integers(-1, kv_len, (2, 3, 6)), "d": rng.integers(-1, kv_len, (7,)),
+          "doc": doc_for(kv_len)}
+    check(m, q_len, kv_len, 3, **{k: v for k, v in xs.items() if k in m.inputs})
 
 
 # ---------------------------------------------------------------- errors

@@ -65,11 +65,13 @@ def _measure(setup: str, call: str) -> dict:
     size (torch's too); ``error`` is the MaskError class it raised (or None), ``message``
     its text."""
     code = "\n".join([
-        "import json, resource, time, tracemalloc",
+        "import json, time, tracemalloc",
         "import numpy as np",
         "import maskc",
+        "from maskc.testing import peak_rss_mib, reset_peak_rss",
         setup,
-        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
+        "reset_peak_rss()",
+        "rss = peak_rss_mib()",
         "tracemalloc.start()",
         "t = time.perf_counter()",
         "err = msg = None",
@@ -79,7 +81,7 @@ def _measure(setup: str, call: str) -> dict:
         "    err, msg = type(e).__name__, str(e)",
         "secs = time.perf_counter() - t",
         "peak = tracemalloc.get_traced_memory()[1] / 2**20",
-        "grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024",
+        "grew = peak_rss_mib() - rss",
         "print(json.dumps({'seconds': secs, 'peak_mib': peak, 'rss_mib': grew, 'error': err,",
         "                  'message': msg}))",
     ])

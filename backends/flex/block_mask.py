@@ -141,6 +141,10 @@ def attention(plan, q, k, v, scale=None, return_lse=False, compiled=True):
            q.shape[1], k.shape[1], str(q.dtype), q.shape[-1], v.shape[-1],
            tuple(bm_mask.BLOCK_SIZE), bool(return_lse), q.device.type)
     fn = flex_attention_fn(compiled, key)
+    import torch
+    if q.device.type == "cpu" and not torch.is_grad_enabled():
+        # NOTE: FlexAttention on the CPU refuses tensors that require grad even under no_grad
+        q, k, v = q.detach(), k.detach(), v.detach()
     try:
         if compiled:
             return fn(q, k, v, bm_mask, scale, gqa, return_lse)

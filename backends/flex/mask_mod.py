@@ -30,7 +30,9 @@ import torch
 from maskc import ir
 from maskc.errors import MaskError, MaskInputError, MaskValueError
 from maskc.analysis.rng import random_table
-from maskc.analysis.sizes import prepare_inputs, resolve_lengths
+from maskc.analysis.sizes import (check_batches, prepare_chosen, prepare_inputs,
+                                  resolve_lengths)
+from maskc.ir.inputs import input_kinds
 from maskc.ir import Op
 from maskc.ir.pretty import pretty
 
@@ -233,8 +235,65 @@ def _layout(g: _Gen, n: ir.Layout, env: Env):
     return _lookup(g, t, rows, cols, env.P, env, env.extra.p_lo, env.extra.p_hi, sized=False)
 
 
+def _per_head(g: _Gen, key, shape: tuple, make, hint: str, env: Env, *index) -> str:
+    """``t[b, h, *index]`` of a captured ``(Bx, Hx, ...)`` table built by ``make()`` (an axis
+    of size 1 is dropped when captured, so it costs no index)."""
+    Bx, Hx = shape[:2]
+    t = g.capture(key, lambda: make().reshape(((Bx,) if Bx > 1 else ()) +
+                                              ((Hx,) if Hx > 1 else ()) + tuple(shape[2:])),
+                  hint)
+    idx = ([f"b.clamp(0, {Bx - 1})"] if Bx > 1 else []) + ([env.h] if Hx > 1 else [])
+    idx += list(index)
+    return g.e.let(f"{t}[{', '.join(idx)}]", f"{hint}_at") if idx else t
+
+
+def _listed(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Bool ``(..., width)`` (host side): whether each value ``0..width-1`` is listed in the
+    last axis of ``x`` (entries ``< 0`` are padding; duplicates are allowed)."""
+    flat = x.reshape(-1, x.shape[-1]).to(torch.int64)
+    out = torch.zeros((flat.shape[0], width + 1), dtype=torch.bool, device=x.device)
+    out.scatter_(1, torch.where((flat < 0) | (flat >= width), width, flat), True)
+    return out[:, :width].reshape(*x.shape[:-1], width)
+
+
+def _select(g: _Gen, n: ir.Select, env: Env):
+    e, st, x = g.e, env.extra, g.inputs[n.input]  # (Bx, Hx, NB, r); P, K are blocks here
+    nb = x.shape[2]
+    e.note(f"select({n.input}): the key blocks listed for this query block")
+    row = _per_head(g, ("select", n.input), x.shape, lambda: x, n.input, env,
+                    f"{env.P}.clamp(0, {g.scalar(nb - 1, 'nb_last')})")
+    # NOTE: r comparisons and an any() over them: the host table stays O(NB * r), not O(NB^2)
+    hit = e.let(f"({row} == {env.K}[..., None]).any(-1)", f"{n.input}_hit")
+    return e.and_(hit, True if st.p_lo >= 0 else e.cmp(Op.GE, env.P, 0))
+
+
+def _listed_at(g: _Gen, name: str, at, lo: int, hi: int, env: Env, hint: str):
+    """Whether ``at`` (within ``lo..hi`` for indices in range) is listed in ``name[b, h]``:
+    a host bitmap over ``0..Lk-1``, so one gather per element whatever the list's length."""
+    e, x, L = g.e, g.inputs[name], env.extra.Lk_outer
+    hit = _per_head(g, ("keys", name, L), x.shape[:2] + (L,), lambda: _listed(x, L),
+                    f"{name}_listed", env, f"{at}.clamp(0, {g.scalar(L - 1, 'kv_last')})")
+    return e.and_(hit, True if lo >= 0 else e.cmp(Op.GE, at, 0),
+                  True if hi < L else e.cmp(Op.LT, at, g.scalar(L, "kv_len")))
+
+
+def _keys(g: _Gen, n: ir.Keys, env: Env):
+    g.e.note(f"keys({n.input}): the key positions listed")
+    return _listed_at(g, n.input, env.K, 0, env.extra.k_hi, env, n.input)
+
+
+def _diagonals(g: _Gen, n: ir.Diagonals, env: Env):
+    e, st = g.e, env.extra
+    e.note(f"diagonals({n.input}): the offsets p - k listed")
+    d = e.let(e.sub(env.P, env.K), "diag")
+    return _listed_at(g, n.input, d, st.p_lo - st.k_hi, st.p_hi, env, n.input)
+
+
 LOWERINGS = {
     **_ARITH,
+    ir.Select: _select,
+    ir.Keys: _keys,
+    ir.Diagonals: _diagonals,
     ir.Const: lambda g, n, env: n.keep,
     ir.Same: _same,
     ir.Within: _within,
@@ -292,12 +351,22 @@ def torch_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, device=None) -> di
             for name, x in prepare_inputs(mdef, kv_len, inputs).items()}
 
 
-def _normalize_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, device) -> dict:
+def _normalize_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, device,
+                      heads: int) -> dict:
     out = {}
+    kinds = input_kinds(mdef)
+    chosen = {name: inputs[name] for name in mdef.inputs
+              if kinds[name].kind != "ids" and name in inputs}
+    if chosen:
+        # NOTE: selections are checked on the host (entries against NB or Lk), as dense() does
+        fixed = prepare_chosen(mdef, kv_len, chosen, heads)
     for name in mdef.inputs:
         if name not in inputs:
             raise MaskInputError(f"mask '{mdef.name}' needs the runtime input '{name}'",
                                  mdef.span)
+        if name in chosen:
+            out[name] = torch.from_numpy(fixed[name]).to(device)
+            continue
         x = torch.as_tensor(inputs[name])
         if x.dim() == 1:
             x = x.unsqueeze(0)
@@ -305,6 +374,7 @@ def _normalize_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, device) -> di
             raise MaskInputError(f"input '{name}' must hold integers of shape ({kv_len},) or "
                                  f"(B, {kv_len}), got {tuple(x.shape)} {x.dtype}", mdef.span)
         out[name] = x.to(device=device, dtype=torch.int64)
+    check_batches(mdef, {name: x.shape[0] for name, x in out.items()})
     return out
 
 
@@ -378,7 +448,7 @@ def make_mask_mod(mdef: ir.MaskDef, q_len: int, kv_len: int, heads: int,
         device = next((x.device for x in inputs.values() if isinstance(x, torch.Tensor)),
                       torch.device("cpu"))
     device = torch.device(device)
-    xs = _normalize_inputs(mdef, kv_len, inputs, device)
+    xs = _normalize_inputs(mdef, kv_len, inputs, device, int(heads))
     src, tensors = mask_mod_source(mdef, q_len, kv_len, int(heads), xs, device)
     mask_mod = _maker(src, mdef.name)(*tensors)
     mask_mod.source = src

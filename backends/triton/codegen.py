@@ -6,7 +6,7 @@ from __future__ import annotations
 from maskc import ir
 from maskc.ir.pretty import pretty
 
-from maskc.backends.triton.render import Renderer
+from maskc.backends.triton.render import SUFFIXES, Renderer
 from maskc.backends.triton.template import BACKWARD, MODULE
 
 __all__ = ["generate", "blocks_chain"]
@@ -18,8 +18,7 @@ def generate(mdef: ir.MaskDef) -> tuple[str, list]:
     expr = r.render()
     params, varying = "", ""
     for a in r.args:
-        ints = [f"{a.name}_sb"] if a.kind in ("input", "starts", "lens") else \
-            [f"{a.name}_first", f"{a.name}_rows", f"{a.name}_cols"]
+        ints = [f"{a.name}_{suffix}" for suffix in SUFFIXES[a.kind]]
         params += f", {a.name}, " + ", ".join(ints)
         varying += "".join(f', "{n}"' for n in ints)
     body = "\n".join(f"    {line}" for line in r.lines) or "    pass"

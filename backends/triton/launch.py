@@ -18,7 +18,7 @@ import threading
 import numpy as np
 
 from maskc.errors import MaskError
-from maskc.analysis.sizes import check_batch, check_qkv
+from maskc.analysis.sizes import check_batch, check_qkv, listed
 from maskc.passes.tiles import (KernelConfig, Tiles, aligned, block_alignment,  # noqa: F401
                                 default_config)
 
@@ -109,6 +109,15 @@ class _Tensors:
                     x = np.unique(x, return_inverse=True)[1].reshape(x.shape)
                 t = _int32(x, self.device)
                 args += [t, t.stride(0) if t.shape[0] > 1 else 0]
+                continue
+            if a.kind in ("select", "listed"):
+                x = b.inputs[a.source]  # (Bx, Hx, NB, r) or (Bx, Hx, r), int32
+                if a.kind == "listed":
+                    x = listed(x, b.kv_len).astype(np.int8)
+                t = torch.as_tensor(np.ascontiguousarray(x if x.size else np.zeros(1, x.dtype)),
+                                    device=self.device)
+                args += [t, x.strides[0] // x.itemsize if x.shape[0] > 1 else 0,
+                         x.strides[1] // x.itemsize if x.shape[1] > 1 else 0, x.shape[-1]]
                 continue
             bt = b.blocks.get(id(a.source))
             # NOTE: an empty table, or one no head reaches, still needs one element to point

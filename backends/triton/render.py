@@ -20,7 +20,7 @@ from maskc.ir import Op
 from maskc.backends.constructs import LOWERINGS, Env, in_set, value
 from maskc.backends.emit import TRITON, Emitter, Namespace, w
 
-__all__ = ["Renderer", "ExtraArg"]
+__all__ = ["Renderer", "ExtraArg", "SUFFIXES"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Renderer:
             if a.kind == kind and a.source is source:
                 return a.name
         name = self._arg_names.fresh(hint)
-        for suffix in _SUFFIXES[kind]:
+        for suffix in SUFFIXES[kind]:
             self._arg_names.fresh(f"{name}_{suffix}")
         self.e.ns.fresh(name)
         self.args.append(ExtraArg(name, kind, source))
@@ -103,8 +103,11 @@ class Renderer:
         return out
 
 
-_SUFFIXES = {"input": ("sb",), "starts": ("sb",), "lens": ("sb",),
-             "random": ("first", "rows", "cols"), "layout": ("first", "rows", "cols")}
+# the int arguments that follow each runtime tensor: its batch/head strides (0 where the
+# tensor has one row for all), the width of a selection's rows, a table's bounds
+SUFFIXES = {"input": ("sb",), "starts": ("sb",), "lens": ("sb",),
+            "random": ("first", "rows", "cols"), "layout": ("first", "rows", "cols"),
+            "select": ("sb", "sh", "r"), "listed": ("sb", "sh", "n")}
 
 
 def _tile(x, d) -> str:
@@ -191,8 +194,49 @@ def _table(r: Renderer, n, env: Env, kind: str):
     return e.cmp(Op.NE, hit, 0)
 
 
+def _select(r: Renderer, n: ir.Select, env: Env):
+    """Whether key block ``K`` is among the ``r`` blocks listed for query block ``P``: a loop
+    over the row's entries (padding ``-1`` never matches a block)."""
+    e = r.e
+    t = r.arg("select", n.input, f"sel_{n.input}")
+    e.note(f"select({n.input}): the key blocks listed for this query block")
+    ok = e.let(e.and_(True if env.p_nonneg else e.cmp(Op.GE, env.P, 0),
+                      e.cmp(Op.LT, env.P, value(env.Lk))), f"ok_{n.input}")
+    row = e.let(f"{t} + b * {t}_sb + h * {t}_sh + {w(e.where(ok, env.P, 0))} * {t}_r",
+                f"{t}_row")
+    hit, j = e.ns.fresh(f"{n.input}_hit"), e.ns.fresh("j")
+    e.line(f"{hit} = ({env.P} != {env.P}) & ({env.K} != {env.K})")
+    e.line(f"for {j} in range(0, {t}_r):")
+    e.line(f"    {hit} = {hit} | (tl.load({row} + {j}, mask={ok}, other=-1) == {env.K})")
+    return hit
+
+
+def _listed(r: Renderer, name: str, at: str, env: Env):
+    """Whether ``at`` is listed in ``name[b, h]``: one load from a 0/1 map over ``0..Lk-1``
+    that the host builds from the list (keys and diagonals of one input share it)."""
+    e = r.e
+    t = r.arg("listed", name, f"listed_{name}")
+    ok = e.let(e.and_(e.cmp(Op.GE, at, 0), e.cmp(Op.LT, at, f"{t}_n")), f"ok_{t}")
+    hit = e.let(f"tl.load({t} + b * {t}_sb + h * {t}_sh + tl.where({ok}, {at}, 0), mask={ok}, "
+                "other=0)", f"{t}_hit")
+    return e.cmp(Op.NE, hit, 0)
+
+
+def _keys(r: Renderer, n: ir.Keys, env: Env):
+    r.e.note(f"keys({n.input}): the key positions listed")
+    return _listed(r, n.input, env.K, env)
+
+
+def _diagonals(r: Renderer, n: ir.Diagonals, env: Env):
+    r.e.note(f"diagonals({n.input}): the offsets p - k listed")
+    return _listed(r, n.input, r.e.let(r.e.sub(env.P, env.K), "diag"), env)
+
+
 _MASKS = {
     **LOWERINGS,
+    ir.Select: _select,
+    ir.Keys: _keys,
+    ir.Diagonals: _diagonals,
     ir.Const: lambda r, n, env: n.keep,
     ir.Same: _same,
     ir.Within: _within,

@@ -12,7 +12,8 @@ from maskc.errors import MaskError, MaskInputError, MaskSizeError
 from maskc.ir.inputs import input_kinds
 from maskc.validate import integer, length
 
-__all__ = ["dense_limit", "set_dense_limit", "prepare_inputs", "resolve_lengths", "check_size",
+__all__ = ["dense_limit", "set_dense_limit", "prepare_inputs", "prepare_chosen", "listed",
+           "check_batches", "resolve_lengths", "check_size",
            "check_heads", "check_tiles", "check_elements", "check_batch", "document_ids", "is_batched",
            "MAX_HEADS"]
 
@@ -61,26 +62,44 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, copy: bool = Fal
                        if kind.kind == "select" else "a list of shape (r,)")
             raise MaskInputError(f"mask '{mdef.name}' needs the runtime input '{name}' "
                                  f"(e.g. {name}={example})", span)
-        x = inputs[name]
-        try:
-            if hasattr(x, "detach"):  # a torch tensor; the core does not import torch
-                x = x.detach().cpu().numpy()
-            x = np.asarray(x)
-        except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
-            raise MaskInputError(f"input '{name}' is not an array of integers: "
-                                 f"{str(e).splitlines()[0]}", span) from None
-        if x.dtype.kind not in "iub" or (kind.kind != "ids" and x.dtype.kind == "b"):
-            raise MaskInputError(f"input '{name}' must hold integers, got dtype {x.dtype}", span)
+        x = _array(inputs[name], name, kind, span)
         if kind.kind == "ids":
             out[name] = _ids(x, name, kv_len, copy, span, inputs[name])
         else:
             out[name] = _chosen(x, name, kind, kv_len, heads, span)
-    batch = max([x.shape[0] for x in out.values()] or [1])
-    for name, x in out.items():
-        if x.shape[0] not in (1, batch):
-            raise MaskInputError(f"runtime inputs disagree on the batch size: input '{name}' "
-                                 f"has {x.shape[0]}, another {batch}", span)
+    check_batches(mdef, {name: x.shape[0] for name, x in out.items()})
     return out
+
+
+def check_batches(mdef: ir.MaskDef, sizes: dict[str, int]) -> None:
+    """Every input's batch size is 1 or the largest of them."""
+    batch = max(sizes.values(), default=1)
+    for name, size in sizes.items():
+        if size not in (1, batch):
+            raise MaskInputError(f"runtime inputs disagree on the batch size: input '{name}' "
+                                 f"has {size}, another {batch}", mdef.span)
+
+
+def prepare_chosen(mdef: ir.MaskDef, kv_len: int, inputs: dict, heads: int | None
+                   ) -> dict[str, np.ndarray]:
+    """:func:`prepare_inputs` for some of the selections, keys and diagonals only."""
+    kinds = input_kinds(mdef)
+    return {name: _chosen(_array(x, name, kinds[name], mdef.span), name, kinds[name], kv_len,
+                          heads, mdef.span) for name, x in inputs.items()}
+
+
+def _array(x, name, kind, span) -> np.ndarray:
+    """``x`` as a numpy array of integers (a torch tensor copied to the host)."""
+    try:
+        if hasattr(x, "detach"):  # a torch tensor; the core does not import torch
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
+        raise MaskInputError(f"input '{name}' is not an array of integers: "
+                             f"{str(e).splitlines()[0]}", span) from None
+    if x.dtype.kind not in "iub" or (kind.kind != "ids" and x.dtype.kind == "b"):
+        raise MaskInputError(f"input '{name}' must hold integers, got dtype {x.dtype}", span)
+    return x
 
 
 def is_batched(mdef: ir.MaskDef, inputs: dict) -> bool:
@@ -142,6 +161,17 @@ def _chosen(x, name, kind, kv_len, heads, span):
         raise MaskInputError(f"input '{name}' has entry {int(x.reshape(-1)[bad[0]]):,} at "
                              f"{_index(where, shape)}, not below {what}", span)
     return np.ascontiguousarray(np.where(x < 0, -1, x).astype(np.int32))
+
+
+def listed(x: np.ndarray, width: int) -> np.ndarray:
+    """Bool ``(..., width)``: whether each value ``0..width-1`` is listed in the last axis of
+    ``x`` (entries ``< 0`` are padding; duplicates are allowed)."""
+    lead = x.shape[:-1]
+    table = np.zeros((int(np.prod(lead, dtype=np.int64)), width + 1), dtype=bool)
+    flat = x.reshape(len(table), -1)
+    table[np.arange(len(table))[:, None], np.where((flat < 0) | (flat >= width), width, flat)] \
+        = True
+    return table[:, :width].reshape(*lead, width)
 
 
 def _index(where: tuple, given: tuple) -> str:
