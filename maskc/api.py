@@ -180,6 +180,7 @@ class Mask:
         from maskc import pipeline
         from maskc.backends import reference
         from maskc.passes.bind import digest
+        from maskc.passes.chosen import chosen_inputs, mode as chosen_mode
         # NOTE: keywords are the mask's runtime inputs and the target's options
         known = pipeline.target_options(target)
         for k in options:
@@ -196,8 +197,14 @@ class Mask:
         heads = sizes.check_heads(self.ir, heads)
         if kv_heads is not None:  # bind checks that it divides heads
             kv_heads = validate.integer(kv_heads, "kv_heads", 1, sizes.MAX_HEADS, self.ir.span)
+        # NOTE: selections merged on the device per call key the plan by shape, not content
+        # (reading a GPU tensor back every step is what the device merge avoids)
+        per_call = chosen_inputs(self.ir) if chosen_mode(self.ir, target, inputs) == "device" \
+            else ()
         key = (q_len, kv_len, heads, heads if kv_heads is None else kv_heads, target,
-               tuple(sorted(opts.items())), digest(inputs))
+               tuple(sorted(opts.items())),
+               digest({k: v for k, v in inputs.items() if k not in per_call}),
+               tuple((k, tuple(inputs[k].shape), str(inputs[k].dtype)) for k in per_call))
         with self._lock:
             if key in self._plans:
                 self._plans.move_to_end(key)

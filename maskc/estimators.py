@@ -3,7 +3,8 @@
 
 Each returns ``int32`` tensors on the device of its inputs, rows in ascending order padded
 with ``-1`` at the end, computed with tensor operations only (no ``.item()``, nothing that
-waits for the device). Scores are float32, float64 with ``backend="reference"``. Ties go to
+waits for the device); what they return is known to be in range, so the Triton kernels take
+it without reading it back (:func:`maskc.passes.chosen.mark_checked`). Scores are float32, float64 with ``backend="reference"``. Ties go to
 the smaller index: candidates are sorted by score with a stable sort.
 
 The candidate blocks of ``mask=`` come from the mask's block analysis at the estimator's
@@ -20,6 +21,7 @@ import numpy as np
 
 from maskc import validate
 from maskc.errors import MaskInputError, MaskTypeError, MaskValueError
+from maskc.passes.chosen import mark_checked
 
 __all__ = ["topk_blocks", "topp_blocks", "vertical_slash"]
 
@@ -188,6 +190,7 @@ def topk_blocks(q=None, k=None, r=None, block: int = 64, mask=None, scale=None, 
     out = _ascending(idx[..., :width], vals[..., :width] > float("-inf"))
     if width < r:
         out = torch.cat([out, out.new_full(out.shape[:-1] + (r - width,), -1)], dim=-1)
+    mark_checked(out, S.shape[-1])
     return out
 
 
@@ -220,6 +223,7 @@ def topp_blocks(q, k, p, block: int = 64, mask=None, scale=None, min_blocks: int
     out = _ascending(idx[..., :width], keep[..., :width])
     if width < hi:
         out = torch.cat([out, out.new_full(out.shape[:-1] + (hi - width,), -1)], dim=-1)
+    mark_checked(out, nb)
     return out
 
 
@@ -272,4 +276,5 @@ def _top(score, n: int):
     out = _ascending(idx[..., :width], torch.ones_like(idx[..., :width], dtype=torch.bool))
     if width < n:
         out = torch.cat([out, out.new_full(out.shape[:-1] + (n - width,), -1)], dim=-1)
+    mark_checked(out, score.shape[-1])
     return out

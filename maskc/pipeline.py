@@ -5,14 +5,18 @@ returns a :class:`~maskc.Mask`; ``Mask.plan(...)`` runs this back half for one s
 target and returns a frozen :class:`KernelPlan`. Every backend runs a plan and decides
 nothing itself: the tiles, the token layout and the head groups it uses are the plan's.
 
-    bind -> tiles -> layout -> block analysis -> head grouping
+    bind -> tiles -> layout -> block analysis -> head grouping [-> chosen tiles]
 
 1. **bind** (:mod:`maskc.passes.bind`): lengths, heads, kv heads and runtime inputs are
    checked, and the host tables of ``within``/``random``/``layout`` built, once;
 2. **tiles** (:mod:`maskc.passes.tiles`): the tiles of each kernel of the target;
 3. **layout** (:mod:`maskc.passes.layoutmap`): the token order of a grid mask;
 4. **block analysis** (:mod:`maskc.analysis.blocktable`): each kernel's tables at its tiles;
-5. **head grouping** (:mod:`maskc.passes.heads`): heads with equal tables share one row.
+5. **head grouping** (:mod:`maskc.passes.heads`): heads with equal tables share one row;
+6. **chosen tiles** (:mod:`maskc.passes.chosen`), for a Triton plan whose selections
+   (``select``/``keys``/``diagonals``) come as tensors: stages 1-5 run on the static part
+   (each chosen primitive ``none``), and each call merges the tiles its tensors choose into
+   those tables on the device.
 
 The forward kernel's tables are built by :func:`plan`; the backward kernels' (dq, dk/dv) on
 first use, since inference never needs them. ``KernelPlan.lint()`` checks the invariants.
@@ -30,6 +34,8 @@ from maskc.analysis.blocktable import BlockMap, build, head_patterns
 from maskc.errors import MaskError, MaskSizeError
 from maskc.ir.pretty import pretty_mask
 from maskc.passes.bind import Bound, bind
+from maskc.passes.chosen import ChosenTiles, check_shapes, static_mask
+from maskc.passes.chosen import mode as chosen_mode, sources as chosen_sources
 from maskc.passes.heads import HeadGroups, group_heads
 from maskc.passes.layout import TokenLayout
 from maskc.passes.layoutmap import choose_layout, permuted_block_map
@@ -73,6 +79,7 @@ class KernelPlan:
     evaluate: object = field(repr=False)
     _maps: dict = field(default_factory=dict, repr=False)
     cache: dict = field(default_factory=dict, repr=False)  # backends' derived data (tensors)
+    chosen: ChosenTiles | None = None  # selections merged on the device per call
 
     # ---------------------------------------------------------------- the bound sizes
     @property
@@ -112,8 +119,8 @@ class KernelPlan:
         t = self.tiles[kernel]
         key = (t.block_q, t.block_k)
         if key not in self._maps:
-            bm = group_heads(_analyse(self.bound, t, self.layout, self.evaluate),
-                             self.kv_heads)[0]
+            bound = self.chosen.static if self.chosen is not None else self.bound
+            bm = group_heads(_analyse(bound, t, self.layout, self.evaluate), self.kv_heads)[0]
             if _LINT:
                 self._lint_map(kernel, bm)
             self._maps[key] = bm
@@ -215,7 +222,8 @@ class KernelPlan:
                f"target {self.target}" + (f" ({opts})" if opts else "")
                + f"; q_len {self.q_len}, kv_len {self.kv_len}, heads {self.heads}, "
                f"kv heads {self.kv_heads}, batch {self.batch}",
-               "stages: " + " -> ".join(STAGES_OF[self.target])]
+               "stages: " + " -> ".join(STAGES_OF[self.target])
+               + (" -> chosen tiles (per call, on the device)" if self.chosen else "")]
         if not self.tiles:
             out.append("tiles: none (the reference evaluates every pair)")
         for kernel, t in self.tiles.items():
@@ -244,7 +252,12 @@ class KernelPlan:
             full = int(bm.full_kv_num_blocks[:, rows].sum())
             part = int(bm.kv_num_blocks[:, rows].sum())
             tiles = bm.kv_num_blocks.shape[0] * self.heads * bm.n_q_tiles * bm.n_k_tiles
-            out.append(f"forward tables: {bm.n_q_tiles:,} query x {bm.n_k_tiles:,} key tiles, "
+            if self.chosen is not None:
+                srcs = ", ".join(f"{c.kind}({c.input})" for c in self.chosen.sources)
+                out.append(f"chosen tiles: {srcs}, merged into the static tables below on "
+                           "the device at each call (visited as partial tiles)")
+            out.append(f"{'static' if self.chosen else 'forward'} tables: {bm.n_q_tiles:,} "
+                       f"query x {bm.n_k_tiles:,} key tiles, "
                        f"{bm.kv_num_blocks.shape[1]} row{'s' if rows.max() else ''} per batch "
                        f"entry; over all heads {full:,} full + {part:,} partial tiles visited "
                        f"of {tiles:,}; estimated speed-up over dense "
@@ -341,7 +354,20 @@ def plan(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
     block analysis resolves undecided tiles with (exact tables; without it they stay partial).
     """
     opts = normalize_options(target, target_options)
-    bound = bind(mdef, q_len, kv_len, heads, kv_heads, inputs)                  # 1. bind
+    inputs = dict(inputs or {})
+    chosen = None
+    if chosen_mode(mdef, target, inputs) == "device":                         # 1. bind
+        # NOTE: selections given as tensors are read per call (chosen tiles, below): the plan
+        # binds the static part, and only the shapes of the selections
+        static_def = static_mask(mdef)
+        static = bind(static_def, q_len, kv_len, heads, kv_heads,
+                      {k: v for k, v in inputs.items() if k in static_def.inputs})
+        shapes = check_shapes(mdef, static.kv_len, inputs, static.heads)
+        batch = max([static.batch] + [s[0] for s in shapes.values()])
+        bound = replace(static, mdef=mdef, batch=batch)
+        chosen = ChosenTiles(mdef, chosen_sources(mdef), static, shapes)
+    else:
+        bound = bind(mdef, q_len, kv_len, heads, kv_heads, inputs)
     config = opts.get("config")                                                 # 2. tiles
     tiles = kernel_tiles(mdef, target, opts.get("device", "cpu").split(":")[0],
                          opts.get("dtype", "float32"), opts.get("head_dim", 64), config,
@@ -355,7 +381,8 @@ def plan(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
     maps, head_groups = {}, None
     if "fwd" in tiles:
         t = tiles["fwd"]
-        fwd = fwd if fwd is not None else _analyse(bound, t, layout, evaluate)  # 4. analysis
+        fwd = fwd if fwd is not None else _analyse(                            # 4. analysis
+            chosen.static if chosen is not None else bound, t, layout, evaluate)
         merged, head_groups = group_heads(fwd, bound.kv_heads)                 # 5. grouping
         maps[(t.block_q, t.block_k)] = merged
         rows = merged.head_group
@@ -363,7 +390,8 @@ def plan(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
         rows = head_patterns(mdef, bound.heads)
     groups = tuple(tuple(int(h) for h in np.flatnonzero(rows == g)) for g in
                    sorted(set(rows.tolist()), key=lambda g: int(np.flatnonzero(rows == g)[0])))
-    out = KernelPlan(bound, target, opts, tiles, layout, groups, head_groups, evaluate, maps)
+    out = KernelPlan(bound, target, opts, tiles, layout, groups, head_groups, evaluate, maps,
+                     chosen=chosen)                                # 6. chosen tiles, per call
     if _LINT:
         out._lint_plan()
         for kernel, t in tiles.items():

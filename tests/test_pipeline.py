@@ -107,9 +107,9 @@ def test_32_heads_of_two_patterns_are_two_groups_and_the_kernel_gets_two_rows(mo
     seen = []
     real = tl._Tensors.tables
 
-    def spy(self, plan, kernel):
-        out = real(self, plan, kernel)
-        g = 4 if kernel == "dkdv" else 5  # where head_group sits among the arguments
+    def spy(self, plan, kernel, *args):
+        out = real(self, plan, kernel, *args)
+        g = 6 if kernel == "dkdv" else 5  # where head_group sits among the arguments
         seen.append((kernel, out[g + 3], out[g].tolist()))  # (..., TB, G, ...): G
         return out
     monkeypatch.setattr(tl._Tensors, "tables", spy)

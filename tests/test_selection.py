@@ -195,18 +195,183 @@ def test_kernels_agree_with_the_reference(backend, Lq, Lk):
         torch.testing.assert_close(a, b.to(a.dtype), atol=5e-5, rtol=1e-4)
 
 
-def test_a_new_selection_needs_no_new_kernel():
-    """The selection is kernel data: new entries change the answer, not the generated code."""
+def test_a_new_selection_needs_no_new_kernel_and_no_new_plan():
+    """The selection is kernel data: new entries change the answer, not the generated code;
+    tensors key the plan by shape, so a training loop plans once."""
     import torch
     from maskc.backends.triton.codegen import generate
     m = maskc.compile("mask m(input idx) = causal & blocks(16, select(idx))")
     src, args = generate(m.ir)
     assert [a.kind for a in args] == ["select"] and "for j in range(0, sel_idx_r):" in src
     q, k, v = _qkv(1, 1, 64, 64)
-    outs = []
-    for row in ([0, 1, 2, 3], [0, -1, -1, -1]):
-        idx = np.array(row)[None, :].repeat(4, axis=0)
-        outs.append(m.attention(q, k, v, backend="triton", **{"idx": idx}))
+    outs, plans = [], []
+    for row in ([0, 1, 2, 3], [0, -1, -1, -1], [3, 2, -1, 0]):
+        idx = torch.tensor(row)[None, :].repeat(4, 1)
+        outs.append(m.attention(q, k, v, backend="triton", idx=idx))
         ref = m.attention(q, k, v, backend="reference", idx=idx)
         torch.testing.assert_close(outs[-1], ref.to(outs[-1].dtype), atol=2e-5, rtol=1e-4)
+        plans.append(m.plan(64, target="triton", device="cpu", dtype="float32", head_dim=16,
+                            idx=idx))
     assert not torch.allclose(outs[0], outs[1])
+    assert plans[0] is plans[1] is plans[2] and plans[0].chosen is not None
+
+
+# ---------------------------------------------------------------- tables merged on the device
+
+DEVICE_SPECS = [
+    SPEC.replace("blocks(4,", "blocks(8,"),
+    "mask m(input idx) = blocks(8, select(idx))",
+    "mask m(input idx) = causal & (sink(9) | blocks(16, select(idx)))",
+    "mask m(input idx, input c) = heads { 0: blocks(8, select(idx)), _: keys(c) } | window(1)",
+    "mask m(input idx) = blocks(2, blocks(3, select(idx))) & ~prefix(5)",
+]
+
+
+def _device_inputs(m, Lk, H, B, rng):
+    import torch
+    from maskc.ir.inputs import input_kinds
+    out = {}
+    for name, kind in input_kinds(m.ir).items():
+        if kind.kind == "select":
+            nb = -(-Lk // kind.block)
+            out[name] = torch.from_numpy(rng.integers(-1, nb, size=(B, H, nb, 3)))
+        else:
+            out[name] = torch.from_numpy(rng.integers(-1, Lk, size=(H, 3)))
+    return out
+
+
+def _merged_states(plan, kernel, xs):
+    """Dense tile states (B, H, nq, nk) of the tables the device merge builds."""
+    import torch
+    bm = plan.block_map(kernel)
+    rows = plan.chosen.tables(bm, xs, kernel, torch.device("cpu"))
+    nq, nk = bm.n_q_tiles, bm.n_k_tiles
+    B = max(rows[-4] if kernel != "dkdv" else rows[-3], 1)
+    if kernel == "dkdv":
+        fn, fi, fo, pn, pi, po, hg, TB, G, NK = rows
+        st = np.zeros((TB, plan.heads, nq, nk), np.int8)
+        for b, h, j in np.ndindex(TB, plan.heads, nk):
+            g = int(hg[h])
+            for num, idx, off, state in ((pn, pi, po, 1), (fn, fi, fo, 2)):
+                n, o = int(num[b, g, j]), int(off[b, g, j])
+                qts = idx[o:o + n].tolist()
+                assert qts == sorted(set(qts)), "query tiles sorted, each once"
+                for qt in qts:
+                    assert st[b, h, qt, j] == 0, "a tile both full and partial"
+                    st[b, h, qt, j] = state
+        return st
+    fnum, fidx, pnum, pidx, live, hg, TB, G, NQ, FW, PW = rows
+    st = np.zeros((TB, plan.heads, nq, nk), np.int8)
+    for b, h, i in np.ndindex(TB, plan.heads, nq):
+        g = int(hg[h])
+        for num, idx, state in ((pnum, pidx, 1), (fnum, fidx, 2)):
+            kts = idx[b, g, i, :int(num[b, g, i])].tolist()
+            assert kts == sorted(set(kts)), "key tiles sorted, each once"
+            for kt in kts:
+                assert st[b, h, i, kt] == 0, "a tile both full and partial"
+                st[b, h, i, kt] = state
+    return st
+
+
+@pytest.mark.parametrize("spec", DEVICE_SPECS)
+@pytest.mark.parametrize("seed", range(3))
+def test_tables_merged_on_the_device_are_sound(spec, seed):
+    """Every kept pair lies in a visited tile and a full tile keeps all its pairs, for the
+    forward tables and the transposed dk/dv ones; static full tiles stay full."""
+    import torch
+    m = maskc.compile(spec)
+    rng = np.random.default_rng(seed)
+    Lq, Lk = (int(x) for x in rng.integers(1, 60, size=2))
+    H, B = 2, int(rng.integers(1, 3))
+    xs = _device_inputs(m, Lk, H, B, rng)
+    t = maskc.Tiles(int(rng.choice([4, 8, 16])), int(rng.choice([4, 8, 16])))
+    plan = m.plan(Lq, Lk, heads=H, target="triton", device="cpu", dtype="float32",
+                  head_dim=16, config=maskc.KernelConfig(t, t, maskc.Tiles(t.block_k, t.block_q)),
+                  **xs)
+    assert plan.chosen is not None
+    want = m.dense(Lq, Lk, heads=H, **{k: v.numpy() for k, v in xs.items()})
+    want = want if want.ndim == 4 else want[None]
+    for kernel in ("fwd", "dkdv"):
+        st = _merged_states(plan, kernel, xs)
+        bq, bk = plan.tiles[kernel].block_q, plan.tiles[kernel].block_k
+        full = np.broadcast_to(want, (max(st.shape[0], want.shape[0]),) + want.shape[1:])
+        assert tiles_are_sound(np.broadcast_to(st, (full.shape[0],) + st.shape[1:]), full, bq, bk)
+        static = plan.block_map(kernel).states()
+        assert (st[:, :, :, :][np.broadcast_to(static == 2, st.shape)] == 2).all()
+
+
+def test_the_per_step_path_never_waits_for_the_device(monkeypatch):
+    """With the estimators' tensors, checking, merging and passing a selection reads nothing
+    back: .item(), .cpu(), .tolist(), .numpy(), bool()/int() of a tensor and
+    torch.cuda.synchronize all raise while it runs."""
+    import torch
+    m = maskc.compile("mask m(input idx, input c, input d) = causal & (window(before = 7, "
+                      "after = 0) | blocks(16, select(idx)) | keys(c) | diagonals(d))")
+    q, k, _ = _qkv(1, 2, 128, 128)
+    with torch.no_grad():
+        idx = maskc.topk_blocks(q, k, 3, block=16, mask=maskc.compile("mask c = causal"))
+        c, d = maskc.vertical_slash(q, k, 4, 4)
+    xs = dict(idx=idx, c=c, d=d)
+    plan = m.plan(128, heads=2, target="triton", device="cpu", dtype="float32", head_dim=16,
+                  **xs)
+    for kernel in plan.tiles:  # the static tables: built once per plan, on the host
+        plan.block_map(kernel)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the per-step path read a tensor back")
+    for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__index__",
+                 "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    monkeypatch.setattr(torch.cuda, "synchronize", refuse)
+    plan.chosen.check(xs)
+    for kernel in plan.tiles:
+        plan.chosen.tables(plan.block_map(kernel), xs, kernel, torch.device("cpu"))
+    for name, kind in (("idx", "select"), ("c", "listed"), ("d", "listed")):
+        plan.chosen.arguments(name, kind, xs, torch.device("cpu"))
+    monkeypatch.undo()
+    with pytest.raises(AssertionError, match="read a tensor back"):  # the patch does bite
+        monkeypatch.setattr(torch.Tensor, "item", refuse)
+        torch.ones(1).item()
+
+
+def test_a_tensor_is_checked_once_per_version():
+    """A user's tensor is read back on first sight; again only after an in-place change,
+    which is then caught before any kernel runs."""
+    import torch
+    m = maskc.compile("mask m(input idx) = blocks(16, select(idx))")
+    q, k, v = _qkv(1, 1, 64, 64)
+    idx = torch.tensor([[0], [1], [2], [3]])
+    plan = m.plan(64, target="triton", device="cpu", dtype="float32", head_dim=16, idx=idx)
+    calls = []
+    real = torch.Tensor.nonzero
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+    torch.Tensor.nonzero = counting
+    try:
+        plan.chosen.check({"idx": idx})
+        plan.chosen.check({"idx": idx})
+        assert len(calls) == 1
+        idx[2, 0] = 4  # NB = 4: out of range
+        with pytest.raises(maskc.MaskInputError, match=r"entry 4 at \[2, 0\], not below the "
+                                                       "number of key blocks"):
+            plan.chosen.check({"idx": idx})
+        with pytest.raises(maskc.MaskInputError, match="entry 4"):
+            m.attention(q, k, v, backend="triton", idx=idx)
+    finally:
+        torch.Tensor.nonzero = real
+
+
+def test_a_negated_selection_uses_host_tables():
+    """Where the mask is not monotone in a selection, its tiles come from block analysis of
+    the values (on the host): still exact."""
+    import torch
+    m = maskc.compile("mask m(input c) = causal & ~keys(c)")
+    c = torch.tensor([0, 5])
+    plan = m.plan(32, target="triton", device="cpu", dtype="float32", head_dim=16, c=c)
+    assert plan.chosen is None
+    q, k, v = _qkv(1, 1, 32, 32)
+    torch.testing.assert_close(m.attention(q, k, v, backend="triton", c=c),
+                               m.attention(q, k, v, backend="reference", c=c).float(),
+                               atol=2e-5, rtol=1e-4)

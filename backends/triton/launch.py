@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,6 +80,14 @@ def _int32(a, device):
     return torch.as_tensor(np.ascontiguousarray(a, dtype=np.int32), device=device)
 
 
+@dataclass(frozen=True)
+class _PerCall:
+    """A runtime argument that comes from each call's tensors (a device-merged selection)."""
+
+    input: str
+    kind: str
+
+
 class _Tensors:
     """A plan's tables as kernel arguments on one device (cached on the plan)."""
 
@@ -110,6 +119,9 @@ class _Tensors:
                 t = _int32(x, self.device)
                 args += [t, t.stride(0) if t.shape[0] > 1 else 0]
                 continue
+            if a.kind in ("select", "listed") and self.plan.chosen is not None:
+                args.append(_PerCall(a.source, a.kind))  # the call's tensor (arguments())
+                continue
             if a.kind in ("select", "listed"):
                 x = b.inputs[a.source]  # (Bx, Hx, NB, r) or (Bx, Hx, r), int32
                 if a.kind == "listed":
@@ -129,11 +141,31 @@ class _Tensors:
             args += [t, first, table.shape[0], table.shape[1]]
         return args
 
-    def tables(self, plan, kernel: str) -> tuple:
+    def arguments(self, chosen: dict | None) -> list:
+        """The runtime arguments of one call: the plan's, with the call's chosen tensors."""
+        if chosen is None:
+            return self.extra
+        out = []
+        for a in self.extra:
+            out += self.plan.chosen.arguments(a.input, a.kind, chosen, self.device) \
+                if isinstance(a, _PerCall) else [a]
+        return out
+
+    def tables(self, plan, kernel: str, chosen: dict | None = None, memo: dict | None = None
+               ) -> tuple:
         """``kernel``'s tables as its arguments: forward ones (query tile -> key tiles) for
         ``fwd``/``dq``, transposed ones (key tile -> query tiles) for ``dkdv``."""
+        import torch
         t = plan.tiles[kernel]
         key = (kernel == "dkdv", t.block_q, t.block_k)
+        if plan.chosen is not None:  # merged from this call's tensors (memo: the call's)
+            if key not in memo:
+                rows = list(plan.chosen.tables(plan.block_map(kernel), chosen, kernel,
+                                               self.device))
+                at = 6 if kernel == "dkdv" else 5  # head_group; perm follows it
+                rows.insert(at + 1, self.perm if self.perm is not None else rows[at])
+                memo[key] = tuple(rows)
+            return memo[key]
         if key not in self._rows:
             bm = plan.block_map(kernel)
             i32 = lambda a: _int32(a, self.device)  # noqa: E731
@@ -142,8 +174,10 @@ class _Tensors:
             if kernel == "dkdv":
                 pn, pi, fn, fi = plan.transposed(kernel)
                 TB, G, NK = pn.shape
-                self._rows[key] = (i32(fn), i32(fi), i32(pn), i32(pi), head_group, perm,
-                                   TB, G, NK, fi.shape[-1], pi.shape[-1])
+                off = lambda w: torch.arange(TB * G * NK, device=self.device,  # noqa: E731
+                                             dtype=torch.int64).reshape(TB, G, NK) * w
+                self._rows[key] = (i32(fn), i32(fi), off(fi.shape[-1]), i32(pn), i32(pi),
+                                   off(pi.shape[-1]), head_group, perm, TB, G, NK)
             else:
                 TB, G, NQ = bm.kv_num_blocks.shape
                 self._rows[key] = (
@@ -194,7 +228,13 @@ class Launch:
         self.shape = (B, Hq, Hkv, Lq, Lk, D, DV)
         self.tensors = _tensors(self.plan, q.device)
         self.module = self.tensors.module if module is None else module
-        self.extra = self.tensors.extra
+        self.chosen, self.memo = None, {}
+        if self.plan.chosen is not None:
+            # NOTE: the selections are this call's: checked (once per tensor version) before
+            # any kernel runs; the tables are merged from them on the device
+            self.chosen = {n: inputs[n] for n in self.plan.chosen.shapes}
+            self.plan.chosen.check(self.chosen)
+        self.extra = self.tensors.arguments(self.chosen)
         self.device = q.device
         self.dtype = q.dtype
         self.compute = _compute_dtype(getattr(self.module, f"fwd_{self.name}", None), q.dtype)
@@ -236,7 +276,7 @@ class Launch:
         kernel = getattr(self.module, f"fwd_{self.name}")
 
         def launch(plan, t: Tiles):
-            rows = self.tensors.tables(plan, "fwd")
+            rows = self.tensors.tables(plan, "fwd", self.chosen, self.memo)
             kernel[(plan.block_map("fwd").n_q_tiles, B * Hq)](
                 q, k, v, out, lse,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -271,14 +311,14 @@ class Launch:
         dk, dv = torch.empty_like(k), torch.empty_like(v)
 
         def launch_dq(plan, t: Tiles):
-            rows = self.tensors.tables(plan, "dq")
+            rows = self.tensors.tables(plan, "dq", self.chosen, self.memo)
             getattr(m, f"bwd_dq_{self.name}")[(plan.block_map("dq").n_q_tiles, B * Hq)](
                 q, k, v, dout, lse, delta, dq, *strides, *rows, *common, *self.extra,
                 BM=t.block_q, BN=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages,
                 **self.dims)
 
         def launch_dkdv(plan, t: Tiles):
-            cols = self.tensors.tables(plan, "dkdv")
+            cols = self.tensors.tables(plan, "dkdv", self.chosen, self.memo)
             getattr(m, f"bwd_dkdv_{self.name}")[(plan.block_map("dkdv").n_k_tiles, B * Hkv)](
                 q, k, v, dout, lse, delta, dk, dv, *strides,
                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1),

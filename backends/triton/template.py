@@ -281,12 +281,13 @@ def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b, Lq
 def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_ptr,
                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                     sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
-                    full_num, full_idx, part_num, part_idx, head_group, perm,
-                    TB, G, NK, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
+                    full_num, full_idx, full_off, part_num, part_idx, part_off, head_group,
+                    perm, TB, G, NK, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
                     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                     PREC: tl.constexpr, EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
     # one program per key tile and kv head; it sums over the REP query heads of that kv
-    # head (GQA), walking per key tile the query tiles that visit it (the transposed tables)
+    # head (GQA), walking per key tile the query tiles that visit it (the transposed tables:
+    # row r's query tiles are idx[off[r]], ..., idx[off[r] + num[r] - 1])
     j = tl.program_id(0)
     b, kvh, _ = _batch_head(tl.program_id(1), H // REP, 1)
     offs_n = j * BN + tl.arange(0, BN)
@@ -306,13 +307,15 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
         DO_bh = DO_ptr + b * sob + h * soh
         LSE_bh = LSE_ptr + b * slb + h * slh
         DELTA_bh = DELTA_ptr + b * slb + h * slh
+        first = tl.load(full_off + row)
         for t in range(0, tl.load(full_num + row)):
-            qt = tl.load(full_idx + row * FW + t)
+            qt = tl.load(full_idx + first + t)
             dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b,
                                 Lq, Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale,
                                 perm{args}, BM, False, PREC, EVEN_D, PERMUTED)
+        first = tl.load(part_off + row)
         for t in range(0, tl.load(part_num + row)):
-            qt = tl.load(part_idx + row * PW + t)
+            qt = tl.load(part_idx + first + t)
             dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b,
                                 Lq, Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale,
                                 perm{args}, BM, True, PREC, EVEN_D, PERMUTED)
