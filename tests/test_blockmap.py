@@ -231,3 +231,27 @@ def test_huge_tiles_are_not_evaluated_element_by_element():
     doc = maskc.document_ids([3 << 20, 5 << 20])  # a boundary inside a diagonal tile
     bm = m.block_map(1 << 23, block_q=1 << 21, doc=doc)  # would need 4 TiB if evaluated
     assert bm.stats["unproven"] > 0 and bm.stats["resolved"] == 0
+
+
+def test_supports_of_nested_grid_terms_stay_small():
+    """Fuzz: `&` of supports takes every pairwise intersection, and nested `&`/`|` of grid
+    terms made 270,000 intervals for a 16-token grid (10 s of block analysis); supports keep
+    at most MAX_PIECES intervals (their hull past that) and the tables stay sound."""
+    from maskc.analysis.blockmap import MAX_PIECES, Analysis, support
+    src = ("mask m over grid(4, 4, 1) = (tile(4, 1, 6) & neighborhood((4, 2, 1), dilation = "
+           "(1, 2, 1), causal = (true, false, false), stride = (1, 2, 1))) - neighborhood((3, 2,"
+           " 1), dilation = (1, 2, 1), causal = (false, true, false), stride = (2, 1, 1)) & "
+           "((tile(3, 4, 5) | causal | neighborhood((2, 3, 1), dilation = (2, 1, 1), causal = "
+           "false, stride = (1, 3, 1))) & heads { 4: tile(3, 1, 4), _: sink(8) } & "
+           "tile(4, 5, 5))")
+    m = maskc.compile(src)
+    p = np.arange(16)
+    for head in (0, 4):
+        an = Analysis(grid=m.ir.grid, inputs={}, head=head)
+        assert 1 <= len(support(m.ir.body, p, p, 16, an)) <= MAX_PIECES
+    want = m.dense(heads=6)
+    for bq, bk in ((1, 1), (2, 4), (4, 4)):
+        st = m.block_map(heads=6, block_q=bq, block_k=bk).states()[0]
+        for h, i, j in np.ndindex(*st.shape):
+            t = want[h, i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
+            assert not (t.any() and st[h, i, j] == 0) and not (st[h, i, j] == 2 and not t.all())

@@ -412,6 +412,24 @@ CLASSIFIERS = {
 
 # ------------------------------------------------------------------ supports
 
+# The most intervals a support keeps: past it, their hull per query row (still a superset).
+MAX_PIECES = 64
+
+
+def _pruned(pieces: list[tuple]) -> list[tuple]:
+    """``pieces`` without the intervals empty on every row; over :data:`MAX_PIECES`, one
+    hull per row. NOTE: ``&`` of supports takes every pairwise intersection, so nested
+    ``&``/``|`` of grid terms once made 270,000 intervals for a 16-token grid (10 s)."""
+    pieces = [(lo, hi) for lo, hi in pieces if np.any(lo <= hi)]
+    if len(pieces) <= MAX_PIECES:
+        return pieces
+    big = np.iinfo(np.int64).max
+    los = np.broadcast_arrays(*[np.where(lo <= hi, lo, big) for lo, hi in pieces])
+    his = np.broadcast_arrays(*[np.where(lo <= hi, hi, -1) for lo, hi in pieces])
+    lo, hi = np.min(los, axis=0), np.max(his, axis=0)
+    return [(np.where(hi < 0, 0, lo), hi)]
+
+
 def support(node: ir.Node, p_lo, p_hi, Lk: int, an: Analysis) -> list[tuple]:
     """Key-position intervals ``[(lo, hi), ...]`` (arrays over query rows) ``node`` may keep.
 
@@ -446,7 +464,7 @@ def support(node: ir.Node, p_lo, p_hi, Lk: int, an: Analysis) -> list[tuple]:
         hi = np.searchsorted(xi.x, xi.x[ph], side="right") - 1
         return [(lo, np.where(p_hi < 0, -1, hi))]
     if isinstance(node, ir.Or):
-        return [iv for t in node.terms for iv in support(t, p_lo, p_hi, Lk, an)]
+        return _pruned([iv for t in node.terms for iv in support(t, p_lo, p_hi, Lk, an)])
     if isinstance(node, ir.And):
         positive = [t for t in node.terms if not isinstance(t, ir.Not)]
         if not positive:
@@ -454,7 +472,8 @@ def support(node: ir.Node, p_lo, p_hi, Lk: int, an: Analysis) -> list[tuple]:
         out = support(positive[0], p_lo, p_hi, Lk, an)
         for t in positive[1:]:
             other = support(t, p_lo, p_hi, Lk, an)
-            out = [(np.maximum(a0, b0), np.minimum(a1, b1)) for a0, a1 in out for b0, b1 in other]
+            out = _pruned([(np.maximum(a0, b0), np.minimum(a1, b1))
+                           for a0, a1 in out for b0, b1 in other])
         return out
     if isinstance(node, ir.Heads):
         for arm in node.arms:
