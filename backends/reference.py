@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from maskc import ir
-from maskc.ir.grid import coords, na_axis
+from maskc.ir.grid import coords, na_axis, tile_counts, tile_index
 from maskc.analysis.blockmap import uses_head
 from maskc.passes.bind import check_coverage, segment_runs
 from maskc.errors import MaskError, MaskInputError, MaskValueError
@@ -132,6 +132,14 @@ def _blocks(n: ir.Blocks, env):
     P = env.P // n.size
     nkb = -(-env.Lk_outer // n.size)
     inner = replace(env, P=P, Q=P, K=env.K // n.size, Lq=nkb, Lk=nkb, Lk_outer=nkb)
+    return _eval(n.body, inner)
+
+
+def _tile_blocks(n: ir.TileBlocks, env):
+    shape = env.grid.shape
+    nt = math.prod(tile_counts(shape, n.shape))
+    P, K = tile_index(env.P, shape, n.shape), tile_index(env.K, shape, n.shape)
+    inner = replace(env, P=P, Q=P, K=K, Lq=nt, Lk=nt, Lk_outer=nt, grid=None)
     return _eval(n.body, inner)
 
 
@@ -257,6 +265,7 @@ LOWERINGS = {
     ir.Or: lambda n, env: functools.reduce(np.logical_or, (_eval(t, env) for t in n.terms)),
     ir.Heads: _heads,
     ir.Blocks: _blocks,
+    ir.TileBlocks: _tile_blocks,
     ir.Random: _random,
     ir.Select: _select,
     ir.Keys: _keys,

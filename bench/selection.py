@@ -1,10 +1,12 @@
 """A selection turned into tile tables, per step: maskc vs FlexAttention's from_kv_blocks.
 
 A content-chosen mask (`blocks(64, select(idx))`, LANGUAGE.md section 8) gets new indices
-every step, so its tables are rebuilt every step. maskc builds them with its block analysis
-(`Mask.block_map`, what `plan()` runs on the host today); FlexAttention with
+every step, so its tables are rebuilt every step. maskc merges them into its static tables
+with tensor operations (`plan.chosen.tables`, what each Triton call runs, here on the CPU):
+the forward kernel's tables alone (inference), and those of all three kernels (a training
+step: forward, dq, and the transposed dk/dv ones); FlexAttention with
 `BlockMask.from_kv_blocks` from the same indices (as counts and a padded index table, the
-form it takes). Each case runs in a fresh subprocess; the median of several runs and the
+form it takes; it builds both directions). Each case runs in a fresh subprocess; the median of several runs and the
 peak resident memory of the process (minus what it held before) are reported.
 
     python bench/selection.py            # every case (several minutes on 2 cores)
@@ -49,23 +51,38 @@ def run_case(side: str, size: str, heads: int, r: int, repeats: int) -> dict:
     import numpy as np
     n = SIZES[size]
     idx = indices(n, heads, r)
-    reset_peak_rss()
-    base = peak_rss_mib()
-    if side == "maskc":
+    if side in ("maskc", "maskc-fwd"):
         import maskc
+        import torch
         m = maskc.compile(f"mask m(input idx) = blocks({BLOCK}, select(idx))")
+        xs = {"idx": torch.from_numpy(idx)}
+        # the plan of an H100/H200 training step (bf16, D = 128): its static tables are built
+        # once; each step merges the selection into the tables of its kernels
+        plan = m.plan(n, heads=heads, target="triton", device="cuda", dtype="bfloat16",
+                      head_dim=128, **xs)
+        kernels = ("fwd",) if side == "maskc-fwd" else ("fwd", "dq", "dkdv")
+        static = {k: plan.block_map(k) for k in kernels}
+        cpu = torch.device("cpu")
 
         def step():
-            m.block_map(n, heads=heads, block_q=BLOCK, idx=idx)
+            plan.chosen.check(xs)
+            for k in kernels:
+                plan.chosen.tables(static[k], xs, k, cpu)
     else:
         import torch
         from torch.nn.attention.flex_attention import BlockMask
         t = torch.from_numpy(idx)[None]  # (1, H, NB, r)
+        nb = t.shape[2]
 
         def step():
+            # NOTE: from_kv_blocks indexes its table up to NB wide (an (H, NB, r) table fails
+            # with an IndexError), so the indices are padded to (H, NB, NB) first
             counts = (t >= 0).sum(-1).to(torch.int32)
-            BlockMask.from_kv_blocks(counts, t.clamp(min=0).contiguous(),
-                                     BLOCK_SIZE=BLOCK)
+            wide = torch.zeros((1, heads, nb, nb), dtype=torch.int32)
+            wide[..., :t.shape[-1]] = t.clamp(min=0)
+            BlockMask.from_kv_blocks(counts, wide, BLOCK_SIZE=BLOCK)
+    reset_peak_rss()
+    base = peak_rss_mib()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -89,14 +106,14 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, "
           f"Python {platform.python_version()}, torch {torch.__version__}")
     print(f"command: python bench/selection.py{' --quick' if args.quick else ''}")
-    print("| tokens | heads | r | maskc ms | maskc MiB | from_kv_blocks ms | "
-          "from_kv_blocks MiB | speed-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| tokens | heads | r | maskc fwd ms | maskc fwd MiB | maskc fwd+dq+dkdv ms | "
+          "maskc fwd+dq+dkdv MiB | from_kv_blocks ms | from_kv_blocks MiB | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size, heads, r in CASES:
         if args.quick and size != "32K":
             continue
         got = {}
-        for side in ("maskc", "flex"):
+        for side in ("maskc-fwd", "maskc", "flex"):
             if (side, size, heads) in SKIP:
                 got[side] = SKIP[(side, size, heads)]
                 continue
@@ -109,7 +126,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 got[side] = "over 600 s"
         cells = []
-        for side in ("maskc", "flex"):
+        for side in ("maskc-fwd", "maskc", "flex"):
             v = got[side]
             cells += ([f"{v['median_ms']:,.1f}", f"{v['peak_mib']:,.0f}"] if isinstance(v, dict)
                       else [v, ""])

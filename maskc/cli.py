@@ -181,8 +181,10 @@ def cmd_show(args) -> int:
     kinds = input_kinds(m.ir)
     for name in m.inputs:
         if kinds[name].kind != "ids":
-            spec = given.get(name, f"random:{min(4, -(-Lk // (kinds[name].block or 1)))}")
-            inputs[name] = chosen_input(spec, kinds[name], Lk, name)
+            k = kinds[name]
+            width = k.rows(Lk, m.ir.grid) if k.kind == "select" else Lk
+            spec = given.get(name, f"random:{min(4, width)}")
+            inputs[name] = chosen_input(spec, k, Lk, name, m.ir.grid)
             if name not in given:
                 notes.append(f"{name}: {spec} (pass -i {name}=random:R, a list I,J,... or a "
                              ".npy file to choose)")
@@ -362,12 +364,12 @@ def _test_config(device: str, kv_len: int):
     return KernelConfig.uniform(128, 128) if kv_len >= 1024 else KernelConfig.uniform(64, 64)
 
 
-def chosen_input(spec: str, kind, Lk: int, name: str):
+def chosen_input(spec: str, kind, Lk: int, name: str, grid=None):
     """A selection or a key/diagonal list from the command line: ``random:R`` (R distinct
     entries per row, seeded, the same for every head), ``I,J,...`` (one list for every row),
     or a ``.npy`` file holding the array itself."""
     import numpy as np
-    width = -(-Lk // kind.block) if kind.kind == "select" else Lk
+    width = kind.rows(Lk, grid) if kind.kind == "select" else Lk
     rows = width if kind.kind == "select" else None
     if spec.endswith(".npy"):
         try:

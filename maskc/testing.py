@@ -27,8 +27,8 @@ import numpy as np
 
 from maskc.api import Mask, compile
 
-__all__ = ["specs", "primitive_specs", "shapes", "runtime_inputs", "peak_rss_mib",
-           "reset_peak_rss",
+__all__ = ["specs", "primitive_specs", "chosen_specs", "shapes", "runtime_inputs",
+           "peak_rss_mib", "reset_peak_rss",
            "assert_attention_matches", "DEFAULT_TOLERANCES"]
 
 # (atol, rtol) per dtype for outputs and gradients against the float64 reference
@@ -93,6 +93,26 @@ def specs(draw, max_terms: int = 3, runtime: bool = True) -> str:
 
 
 @_composite
+def chosen_specs(draw, max_terms: int = 2) -> str:
+    """A mask ``m`` mixing static primitives with a selection, keys or diagonals
+    (LANGUAGE.md section 8), composed as the content-chosen methods do: the chosen part
+    ``|``-ed with static structure, the whole ``&``-ed with more (``runtime_inputs`` makes
+    the inputs it reads)."""
+    from hypothesis import strategies as st
+    chosen = draw(st.lists(st.sampled_from(["blocks({}, select(idx))", "keys(cols)",
+                                            "diagonals(diags)"]), min_size=1, max_size=3,
+                           unique=True))
+    block = draw(st.sampled_from([1, 4, 8, 16]))
+    parts = [c.format(block) for c in chosen]
+    parts += [draw(primitive_specs(runtime=False)) for _ in range(draw(st.integers(0, 1)))]
+    expr = " | ".join(f"({p})" for p in parts)
+    for _ in range(draw(st.integers(0, max_terms - 1))):
+        expr = f"({draw(primitive_specs(runtime=False))}) & ({expr})"
+    names = [n for n in ("idx", "cols", "diags") if f"({n})" in expr]
+    return f"mask m({', '.join('input ' + n for n in names)}) = {expr}\n"
+
+
+@_composite
 def shapes(draw, max_len: int = 96, dtypes=("float32",), max_heads: int = 4) -> dict:
     """``batch, heads, kv_heads, q_len, kv_len, head_dim, dtype`` (GQA/MQA included)."""
     from hypothesis import strategies as st
@@ -117,7 +137,7 @@ def runtime_inputs(mask: Mask, kv_len: int, seed: int = 0) -> dict:
     out = {}
     for name, kind in input_kinds(mask.ir).items():
         if kind.kind == "select":
-            nb = -(-kv_len // kind.block)
+            nb = kind.rows(kv_len, mask.ir.grid)
             out[name] = rng.integers(-1, nb, (nb, min(3, nb)))
             continue
         if kind.kind == "keys":

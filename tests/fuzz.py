@@ -629,8 +629,7 @@ def case_mutate(rng: random.Random, w: "Worker"):
             try:
                 m = maskc.compile(src, name=n)
                 if analyse:
-                    docs = {x: np.zeros(m.grid and int(np.prod(m.grid)) or 64, dtype=np.int64)
-                            for x in m.inputs}
+                    docs = _zero_inputs(m)
                     if m.grid is None:
                         m.dense(16, 64 if m.inputs else None, 2, **docs)
                         m.block_map(64, heads=2, block_q=16, **docs)
@@ -644,6 +643,20 @@ def case_mutate(rng: random.Random, w: "Worker"):
         return "maskerror" if errors else "ok"
     return repro, run
 
+
+
+def _zero_inputs(m) -> dict:
+    """Zeros for each input of ``m`` in the shape its kind takes (document ids, a selection's
+    rows, a list); past 2**24 entries one entry instead (a shape error maskc must report:
+    the harness itself never allocates a mutated spec's size)."""
+    from maskc.ir.inputs import input_kinds
+    n = m.grid and int(np.prod(m.grid)) or 64
+    out = {}
+    for x, kind in input_kinds(m.ir).items():
+        shape = (n,) if kind.kind == "ids" else \
+            (kind.rows(n, m.ir.grid), 1) if kind.kind == "select" else (1,)
+        out[x] = np.zeros(shape if np.prod(shape) <= 2**24 else (1,), dtype=np.int64)
+    return out
 
 # ================================================================ (c) API misuse
 

@@ -79,6 +79,8 @@ EXPECTED = {
     "natten.mask": {"natten2d", "dinat2d", "natten3d"},
     "gna.mask": {"gna_strided", "gna_blocked"},
     "moa.mask": {"moa", "moa_multi", "duoattention"},
+    "biformer.mask": {"biformer"},
+    "video_tiles.mask": {"video_tiles", "video_tiles_local"},
 }
 
 ALL_MASKS = [

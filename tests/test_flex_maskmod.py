@@ -161,7 +161,8 @@ SMALL = {"b": 4, "w": 2, "n": 8, "s": 2, "c": 1, "height": 6, "width": 7, "h": 6
 def test_examples(path):
     text = path.read_text()
     for name in re.findall(r"^mask\s+(\w+)", text, flags=re.MULTILINE):
-        sig = re.search(rf"^mask\s+{name}\s*\(([^)]*)\)", text, flags=re.MULTILINE)
+        sig = re.search(rf"^mask\s+{name}\s*\((.*?)\)\s*(?:over|=)", text,
+                        flags=re.MULTILINE | re.DOTALL)
         declared = set(re.findall(r"(\w+)\s*=", sig.group(1))) if sig else set()
         m = maskc.compile(path, name=name, **{k: v for k, v in SMALL.items() if k in declared})
         for q_len, kv_len in ([(None, None)] if m.grid else [(40, 40), (23, 40)]):
@@ -176,7 +177,7 @@ def inputs_for(mdef: ir.MaskDef, kv_len: int, heads: int, seed: int = 0) -> dict
         if kind.kind == "ids":
             out[name] = doc_for(kv_len)
         elif kind.kind == "select":
-            nb = -(-kv_len // kind.block)
+            nb = kind.rows(kv_len, mdef.grid)
             out[name] = rng.integers(-1, nb, (heads, nb, min(3, nb)))
         else:
             out[name] = rng.integers(-1, kv_len, (heads, 5))

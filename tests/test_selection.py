@@ -6,8 +6,10 @@ classes against brute force from those dense masks, the checker's and the inputs
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import maskc
+from maskc.testing import assert_attention_matches, chosen_specs, runtime_inputs, shapes
 
 SPEC = ("mask m(input idx, input c, input d) = causal & (window(before = 2, after = 0) | "
         "blocks(4, select(idx)) | keys(c) | diagonals(d))")
@@ -375,3 +377,22 @@ def test_a_negated_selection_uses_host_tables():
     torch.testing.assert_close(m.attention(q, k, v, backend="triton", c=c),
                                m.attention(q, k, v, backend="reference", c=c).float(),
                                atol=2e-5, rtol=1e-4)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(src=chosen_specs(), shape=shapes(max_len=48, max_heads=2))
+def test_every_backend_agrees_with_the_reference(src, shape):
+    """Hypothesis over specs mixing static primitives with selections, keys and diagonals:
+    Triton (tensors: tables merged on the device; arrays: host tables) forward and backward,
+    FlexAttention's mask_mod forward, each against the float64 reference."""
+    import torch
+    m = maskc.compile(src)
+    arrays = runtime_inputs(m, shape["kv_len"], seed=1)
+    tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+    for inputs in (tensors, arrays):
+        assert_attention_matches(lambda q, k, v, **kw: m.attention(
+            q, k, v, backend="triton", return_lse=True, **kw), m, inputs=inputs, **shape)
+    with torch.no_grad():
+        assert_attention_matches(lambda q, k, v, **kw: m.attention(
+            q, k, v, backend="flex-eager", **kw), m, inputs=arrays, grad=False, **shape)

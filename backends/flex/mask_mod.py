@@ -21,6 +21,7 @@ The result equals ``backends.reference.dense`` exactly (``create_mask`` of the m
 from __future__ import annotations
 
 import hashlib
+import math
 import linecache
 from dataclasses import dataclass, fields, replace
 
@@ -36,7 +37,8 @@ from maskc.ir.inputs import input_kinds
 from maskc.ir import Op
 from maskc.ir.pretty import pretty
 
-from maskc.backends.constructs import LOWERINGS as _ARITH, Env, in_set
+from maskc.backends.constructs import LOWERINGS as _ARITH, Env, coord, in_set
+from maskc.ir.grid import tile_counts
 from maskc.backends.emit import TORCH, Emitter
 
 __all__ = ["make_mask_mod", "mask_mod_source", "torch_inputs", "LOWERINGS"]
@@ -199,6 +201,27 @@ def _blocks(g: _Gen, n: ir.Blocks, env: Env):
     return g.mask(n.body, inner)
 
 
+def _tile_index(g, env: Env, of: str, shape: tuple, tiles: tuple, counts: tuple):
+    e, out, stride = g.e, 0, 1
+    for axis in reversed(range(len(shape))):
+        c = coord(g, env, of, axis)
+        out = e.add(e.mul(e.floordiv(c, tiles[axis], True), stride), out)
+        stride *= counts[axis]
+    return e.let(out, f"t{of}")
+
+
+def _tile_blocks(g: _Gen, n: ir.TileBlocks, env: Env):
+    e, st, shape = g.e, env.extra, env.grid.shape
+    counts = tile_counts(shape, n.shape)
+    nt = math.prod(counts)
+    e.note(f"blocks(({', '.join(map(str, n.shape))}), ...): tile indices")
+    P = _tile_index(g, env, "q", shape, n.shape, counts)
+    K = _tile_index(g, env, "k", shape, n.shape, counts)
+    inner = replace(env, P=P, Q=P, K=K, Lq=nt, Lk=nt, p_nonneg=True, grid=None,
+                    extra=replace(st, Lk_outer=nt, p_lo=0, p_hi=nt - 1, k_hi=nt - 1))
+    return g.mask(n.body, inner)
+
+
 def _lookup(g: _Gen, t: str, rows: int, cols: int, row, env: Env, row_lo: int, row_hi: int,
             sized: bool):
     """``t[row, K]`` of a host table, False outside it (bounds folded where they decide).
@@ -299,6 +322,7 @@ LOWERINGS = {
     ir.Within: _within,
     ir.Heads: _heads,
     ir.Blocks: _blocks,
+    ir.TileBlocks: _tile_blocks,
     ir.Random: _random,
     ir.Layout: _layout,
 }

@@ -10,6 +10,7 @@ deterministic names, so lengths never change the generated source.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 
@@ -17,7 +18,8 @@ from maskc import ir
 from maskc.errors import MaskError
 from maskc.ir import Op
 
-from maskc.backends.constructs import LOWERINGS, Env, in_set, value
+from maskc.backends.constructs import LOWERINGS, Env, coord, in_set, value
+from maskc.ir.grid import tile_counts
 from maskc.backends.emit import TRITON, Emitter, Namespace, w
 
 __all__ = ["Renderer", "ExtraArg", "SUFFIXES"]
@@ -181,6 +183,24 @@ def _blocks(r: Renderer, n: ir.Blocks, env: Env):
     return r.mask(n.body, inner)
 
 
+def _tile_blocks(r: Renderer, n: ir.TileBlocks, env: Env):
+    e, shape = r.e, env.grid.shape
+    counts = tile_counts(shape, n.shape)
+    nt = math.prod(counts)
+    e.note(f"blocks(({', '.join(map(str, n.shape))}), ...): tile indices")
+
+    def index(of):
+        out, stride = 0, 1
+        for axis in reversed(range(len(shape))):
+            c = coord(r, env, of, axis)
+            out = e.add(e.mul(e.floordiv(c, n.shape[axis], True), stride), out)
+            stride *= counts[axis]
+        return e.let(out, f"t{of}")
+    P, K = index("q"), index("k")
+    inner = replace(env, P=P, Q=P, K=K, Lq=nt, Lk=nt, extra=nt, grid=None)
+    return r.mask(n.body, inner)
+
+
 def _table(r: Renderer, n, env: Env, kind: str):
     """Look up a host-built 0/1 table ``T[P - T_first, K]`` (rows x T_cols)."""
     e = r.e
@@ -242,6 +262,7 @@ _MASKS = {
     ir.Within: _within,
     ir.Heads: _heads,
     ir.Blocks: _blocks,
+    ir.TileBlocks: _tile_blocks,
     ir.Random: lambda r, n, env: _table(r, n, env, "random"),
     ir.Layout: lambda r, n, env: _table(r, n, env, "layout"),
 }

@@ -323,6 +323,15 @@ def _select(n: ir.Select, r, an, path):
     chosen = _chosen(an, n.input)  # (NB, r); rects are in block indices here
     nb, k = chosen.shape
     width = int((r.p_hi - r.p_lo).max(initial=0)) + 1
+    if width == 1:  # one query block per tile: a search in its sorted row
+        m = int(chosen.max(initial=0)) + 2
+        code = (np.arange(nb)[:, None] * m + chosen + 1).ravel()  # sorted: rows are
+        row = np.clip(r.p_lo, 0, nb - 1) * m
+        count = (np.searchsorted(code, row + np.clip(r.k_hi, -1, m - 2) + 1, side="right") -
+                 np.searchsorted(code, row + np.clip(r.k_lo, 0, m - 1) + 1, side="left"))
+        count = np.where((r.p_lo >= 0) & (r.k_hi >= r.k_lo), np.maximum(count, 0), 0)
+        area = r.k_hi - r.k_lo + 1
+        return _states(count == area, count == 0)
     count = np.zeros(r.p_lo.shape, dtype=np.int64)
     step = max(1, (1 << 20) // max(width * k, 1))
     for s in range(0, len(r.p_lo), step):
@@ -380,6 +389,7 @@ def _not(n: ir.Not, r, an, path):
 
 
 from maskc.analysis.gridboxes import classify_grid, grid_support  # noqa: E402  (uses the helpers above)
+from maskc.analysis.tileblocks import classify_tile_blocks, tile_blocks_support  # noqa: E402
 
 CLASSIFIERS = {
     ir.Const: lambda n, r, an, path: np.int8(F if n.keep else E),
@@ -400,6 +410,7 @@ CLASSIFIERS = {
     ir.Or: _or,
     ir.Heads: _heads,
     ir.Blocks: _blocks,
+    ir.TileBlocks: classify_tile_blocks,
     ir.Random: _random,
     ir.Select: _select,
     ir.Keys: _keys,
@@ -487,6 +498,8 @@ def support(node: ir.Node, p_lo, p_hi, Lk: int, an: Analysis) -> list[tuple]:
         return [(a * B, b * B + B - 1) for a, b in inner]
     if isinstance(node, (ir.Neighborhood, ir.Tile)):
         return grid_support(node, p_lo, p_hi, an)
+    if isinstance(node, ir.TileBlocks):
+        return tile_blocks_support(node, p_lo, p_hi, Lk, an)
     if isinstance(node, ir.Random) and len(p_lo) and node.r <= Lk:
         width = int((p_hi - p_lo).max(initial=0)) + 1
         if width * node.r <= 64:  # each query block keeps r key blocks: list them

@@ -58,7 +58,7 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, copy: bool = Fal
         kind = kinds[name]
         if name not in inputs:
             example = (f"document ids of shape ({kv_len},)" if kind.kind == "ids" else
-                       f"chosen key blocks of shape ({-(-kv_len // kind.block)}, r)"
+                       f"chosen {kind.unit()} of shape ({kind.rows(kv_len, mdef.grid)}, r)"
                        if kind.kind == "select" else "a list of shape (r,)")
             raise MaskInputError(f"mask '{mdef.name}' needs the runtime input '{name}' "
                                  f"(e.g. {name}={example})", span)
@@ -66,7 +66,8 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, copy: bool = Fal
         if kind.kind == "ids":
             out[name] = _ids(x, name, kv_len, copy, span, inputs[name])
         else:
-            out[name] = _chosen(x, name, kind, kv_len, heads, span)
+            rows = kind.rows(kv_len, mdef.grid) if kind.kind == "select" else kv_len
+            out[name] = _chosen(x, name, kind, rows, heads, span)
     check_batches(mdef, {name: x.shape[0] for name, x in out.items()})
     return out
 
@@ -84,8 +85,9 @@ def prepare_chosen(mdef: ir.MaskDef, kv_len: int, inputs: dict, heads: int | Non
                    ) -> dict[str, np.ndarray]:
     """:func:`prepare_inputs` for some of the selections, keys and diagonals only."""
     kinds = input_kinds(mdef)
-    return {name: _chosen(_array(x, name, kinds[name], mdef.span), name, kinds[name], kv_len,
-                          heads, mdef.span) for name, x in inputs.items()}
+    return {name: _chosen(_array(x, name, kinds[name], mdef.span), name, kinds[name],
+                          kinds[name].rows(kv_len, mdef.grid) if kinds[name].kind == "select"
+                          else kv_len, heads, mdef.span) for name, x in inputs.items()}
 
 
 def _array(x, name, kind, span) -> np.ndarray:
@@ -136,13 +138,15 @@ def _ids(x, name, kv_len, copy, span, given):
 
 
 def _chosen(x, name, kind, kv_len, heads, span):
-    """A selection ``(Bx, Hx, NB, r)`` or a key/diagonal list ``(Bx, Hx, r)``, as int32."""
+    """A selection ``(Bx, Hx, NB, r)`` or a key/diagonal list ``(Bx, Hx, r)``, as int32
+    (``kv_len``: ``NB`` for a selection)."""
     shape = tuple(x.shape)
     if kind.kind == "select":
-        nb = -(-kv_len // kind.block)
+        nb = kv_len
         lead, want = 2, f"({nb}, r), (Hx, {nb}, r) or (Bx, Hx, {nb}, r)"
         ok = 2 <= x.ndim <= 4 and shape[-2] == nb
-        limit, what = nb, f"the number of key blocks ({nb} of {kind.block} tokens)"
+        what = "tiles" if kind.tiles is not None else "key blocks"
+        limit, what = nb, f"the number of {what} ({nb} {kind.unit()})"
     else:
         lead, want = 1, "(r,), (Hx, r) or (Bx, Hx, r)"
         ok = 1 <= x.ndim <= 3

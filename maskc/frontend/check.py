@@ -38,6 +38,7 @@ class Ctx:
     grid: ir.Grid | None = None
     in_blocks: bool = False
     in_within: bool = False
+    in_tiles: bool = False   # inside tile-shaped blocks((b1, ..., bd), e)
 
 
 def mask_names(module: S.Module) -> list[str]:

@@ -141,9 +141,23 @@ def _within(ck, syn, args, env, ctx):
 
 def _blocks(ck, syn, args, env, ctx):
     size = bind(ck, syn, args[:1], env, ctx, ("B",), {"B": _MISSING})["B"]
-    b = ck.int_value(*size, "the block size", 1)
     if len(args) != 2 or args[1].name not in (None, "e"):
         raise MaskTypeError("blocks() takes a block size and a mask: blocks(B, e)", syn.span)
+    if ctx.in_tiles:
+        raise MaskTypeError("blocks() cannot be nested inside tile-shaped blocks((...), e)",
+                            syn.span)
+    if isinstance(size[0], TupleV):
+        # tile-shaped blocks over a grid: inside, positions are tile indices (section 8)
+        if ctx.grid is None:
+            raise MaskTypeError("a tuple block size needs a grid: declare the mask 'over "
+                                "grid(...)', or give blocks(B, e) one size", size[1])
+        if ctx.in_blocks or ctx.in_within:
+            raise MaskTypeError("tile-shaped blocks((...), e) cannot be used inside blocks() "
+                                "or within()", syn.span)
+        shape = per_axis(ck, *size, len(ctx.grid.axes), "the tile shape")
+        body = ck.mask_value(args[1].value, env, replace(ctx, in_blocks=True, in_tiles=True))
+        return ir.TileBlocks(shape, body, span=syn.span)
+    b = ck.int_value(*size, "the block size", 1)
     body = ck.mask_value(args[1].value, env, replace(ctx, in_blocks=True))
     return ir.Blocks(b, body, span=syn.span)
 
@@ -153,8 +167,15 @@ def _needs_blocks(ctx, syn, func):
         raise MaskTypeError(f"{func}() is only allowed inside blocks(B, ...)", syn.span)
 
 
+def _not_in_tiles(ctx, syn, func):
+    if ctx.in_tiles:
+        raise MaskTypeError(f"{func}() is not supported inside tile-shaped blocks((...), e); "
+                            "use select()", syn.span)
+
+
 def _random(ck, syn, args, env, ctx):
     _needs_blocks(ctx, syn, "random")
+    _not_in_tiles(ctx, syn, "random")
     a = bind(ck, syn, args, env, ctx, ("r", "seed"), {"r": _MISSING, "seed": 0})
     return ir.Random(ck.int_value(*a["r"], "the number of random blocks", 0),
                      ck.int_value(*a["seed"], "the random seed", 0), span=syn.span)
@@ -182,6 +203,7 @@ def _chosen(cls, func: str):
 
 def _layout(ck, syn, args, env, ctx):
     _needs_blocks(ctx, syn, "layout")
+    _not_in_tiles(ctx, syn, "layout")
     value, span = bind(ck, syn, args, env, ctx, ("M",), {"M": _MISSING})["M"]
     if not isinstance(value, ListV) or not all(isinstance(r, ListV) for r in value.items):
         raise MaskTypeError(f"layout() takes a 2-D list of 0/1, got {describe(value)}", span)

@@ -22,6 +22,21 @@ def coords(flat, shape: tuple[int, ...]) -> list:
     return out[::-1]
 
 
+def tile_counts(grid_shape: tuple[int, ...], tile: tuple[int, ...]) -> tuple[int, ...]:
+    """Tiles per axis of ``tile``-shaped tiles over a grid (the last ones may be cut)."""
+    return tuple(-(-n // b) for n, b in zip(grid_shape, tile))
+
+
+def tile_index(flat, grid_shape: tuple[int, ...], tile: tuple[int, ...]):
+    """The row-major index, among the grid's tiles, of the tile holding each flat index."""
+    out, stride = 0, 1
+    for c, b, t in reversed(list(zip(coords(flat, grid_shape), tile,
+                                     tile_counts(grid_shape, tile)))):
+        out = out + (c // b) * stride
+        stride *= t
+    return out
+
+
 def na_axis(qi, ki, n: int, K: int, d: int, s: int, causal: bool, minimum=np.minimum,
             clamp_min=np.maximum):
     """NATTEN's generalized neighborhood rule on one axis of size ``n``: kernel ``K``,

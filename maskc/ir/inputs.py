@@ -20,6 +20,7 @@ a list of integers per head.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from maskc.errors import MaskTypeError
@@ -41,6 +42,20 @@ class InputKind:
 
     kind: str
     block: int | None = None
+    tiles: tuple[int, ...] | None = None   # a selection of tiles: blocks((b1, ..., bd), e)
+
+    def rows(self, kv_len: int, grid=None) -> int:
+        """``NB``: a selection's rows (key blocks, or the grid's tiles)."""
+        if self.tiles is not None:
+            from maskc.ir.grid import tile_counts
+            return math.prod(tile_counts(grid.shape, self.tiles))
+        return -(-kv_len // self.block)
+
+    def unit(self) -> str:
+        """What a selection lists: ``key blocks of 64 tokens``, ``tiles of 7 x 7``."""
+        if self.tiles is not None:
+            return f"tiles of {' x '.join(map(str, self.tiles))}"
+        return f"key blocks of {self.block} tokens"
 
 
 def input_kinds(mdef: ir.MaskDef) -> dict[str, InputKind]:
@@ -50,16 +65,19 @@ def input_kinds(mdef: ir.MaskDef) -> dict[str, InputKind]:
     def go(n: ir.Node, block: int | None) -> None:
         if type(n) in USES:
             kind = USES[type(n)]
-            size = block if isinstance(n, ir.Select) else None
+            this = InputKind(kind) if not isinstance(n, ir.Select) else \
+                InputKind(kind, tiles=block) if isinstance(block, tuple) else \
+                InputKind(kind, block)
             if n.input not in seen:
-                seen[n.input] = (InputKind(kind, size), n)
+                seen[n.input] = (this, n)
             prev, first = seen[n.input]
-            if prev != InputKind(kind, size):
+            if prev != this:
                 raise MaskTypeError(
-                    f"input '{n.input}' is used as {_what(kind, size)} here, but as "
-                    f"{_what(prev.kind, prev.block)} by {_SAID[type(first)]}() at "
+                    f"input '{n.input}' is used as {_what(this)} here, but as "
+                    f"{_what(prev)} by {_SAID[type(first)]}() at "
                     f"{_where(first)}: give each use its own input", n.span)
-        inner = (block or 1) * n.size if isinstance(n, ir.Blocks) else block  # nested: tokens
+        inner = (block or 1) * n.size if isinstance(n, ir.Blocks) else \
+            n.shape if isinstance(n, ir.TileBlocks) else block  # nested: tokens
         for c in ir.children(n):
             go(c, inner)
 
@@ -67,9 +85,9 @@ def input_kinds(mdef: ir.MaskDef) -> dict[str, InputKind]:
     return {name: seen[name][0] if name in seen else InputKind("ids") for name in mdef.inputs}
 
 
-def _what(kind: str, block: int | None) -> str:
+def _what(k: InputKind) -> str:
     return {"ids": "ids (same/within)", "keys": "a list of keys or diagonals per head",
-            "select": f"a selection of key blocks of {block} tokens"}[kind]
+            "select": f"a selection of {k.unit()}"}.get(k.kind, k.kind)
 
 
 def _where(n: ir.Node) -> str:

@@ -17,7 +17,7 @@ from maskc.errors import Span
 __all__ = [
     "Node", "IntSet", "Const", "Causal", "Window", "Global", "Sink", "Prefix", "Chunk",
     "Strided", "Fixed", "Same", "Within", "Where", "Not", "And", "Or", "HeadArm", "Heads",
-    "Blocks", "Random", "Select", "Keys", "Diagonals", "Layout", "Neighborhood", "Tile", "GridAxis", "Grid", "MaskDef",
+    "Blocks", "TileBlocks", "Random", "Select", "Keys", "Diagonals", "Layout", "Neighborhood", "Tile", "GridAxis", "Grid", "MaskDef",
     "Pred", "PConst", "PVar", "PAxis", "PBin", "PUn", "PCall", "Op", "and_", "or_", "not_",
     "children", "walk", "PRED_VARS",
 ]
@@ -178,6 +178,15 @@ class Blocks(Node):
     """``body`` evaluated on block indices ``(p // size, k // size)``."""
 
     size: int
+    body: Node
+
+
+@dataclass(frozen=True, slots=True)
+class TileBlocks(Node):
+    """Over a grid: ``body`` evaluated on tile indices, a token's tile the row-major index of
+    its ``shape[0] x ... x shape[d-1]`` tile among the grid's tiles (LANGUAGE.md section 8)."""
+
+    shape: tuple[int, ...]
     body: Node
 
 

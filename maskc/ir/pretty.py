@@ -84,6 +84,8 @@ def _mask(n: ir.Node) -> tuple[str, int]:
         return f"heads {{ {arms} }}", atom
     if isinstance(n, ir.Blocks):
         return f"blocks({n.size}, {pretty_mask(n.body)})", atom
+    if isinstance(n, ir.TileBlocks):
+        return f"blocks(({', '.join(map(str, n.shape))}), {pretty_mask(n.body)})", atom
     if isinstance(n, ir.Random):
         return f"random({n.r}, seed = {n.seed})", atom
     if isinstance(n, ir.Layout):

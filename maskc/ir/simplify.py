@@ -143,7 +143,7 @@ def trivial_primitives(n):
 
 def constant_bodies(n):
     """``blocks(B, c)`` and ``within(x, none)`` of a constant; ``within(x, all)`` is ``same(x)``."""
-    if isinstance(n, ir.Blocks) and isinstance(n.body, ir.Const):
+    if isinstance(n, (ir.Blocks, ir.TileBlocks)) and isinstance(n.body, ir.Const):
         return n.body
     if isinstance(n, ir.Within) and isinstance(n.body, ir.Const):
         return ir.Same(n.input, span=n.span) if n.body.keep else n.body

@@ -47,6 +47,9 @@ def verify(mdef: ir.MaskDef) -> ir.MaskDef:
             for K, d, s, ax in zip(n.kernel, n.dilation, n.stride, mdef.grid.axes):
                 if not (K >= 1 and d >= 1 and K * d <= ax.size and 1 <= s <= K):
                     _fail(n, "needs K * d <= n and 1 <= s <= K")
+        if isinstance(n, ir.TileBlocks) and (len(n.shape) != nd or min(n.shape) < 1 or
+                                             in_blocks or in_within):
+            _fail(n, "one size >= 1 per grid axis, outside blocks and within")
         if isinstance(n, ir.Tile) and (len(n.sizes) != nd or min(n.sizes) < 1):
             _fail(n, "one size >= 1 per grid axis")
         if isinstance(n, ir.PAxis) and not 0 <= n.axis < nd:
@@ -55,7 +58,8 @@ def verify(mdef: ir.MaskDef) -> ir.MaskDef:
                 isinstance(n.right, ir.PConst) and n.right.value > 0):
             _fail(n, "divisor must be a positive constant")
         for c in ir.children(n):
-            go(c, in_blocks or isinstance(n, ir.Blocks), in_within or isinstance(n, ir.Within))
+            go(c, in_blocks or isinstance(n, (ir.Blocks, ir.TileBlocks)),
+               in_within or isinstance(n, ir.Within))
 
     go(mdef.body, False, False)
     return mdef

@@ -128,7 +128,7 @@ def check_shapes(mdef: ir.MaskDef, kv_len: int, inputs: dict, heads: int) -> dic
                                  mdef.span)
         shape = tuple(x.shape)
         if kind.kind == "select":
-            nb = -(-kv_len // kind.block)
+            nb = kind.rows(kv_len, mdef.grid)
             ok, lead = 2 <= len(shape) <= 4 and shape[-2] == nb, 2
             want = f"({nb}, r), (Hx, {nb}, r) or (Bx, Hx, {nb}, r)"
         else:
@@ -199,8 +199,8 @@ class ChosenTiles:
     def limit(self, name: str) -> tuple[int, str]:
         kind = input_kinds(self.mdef)[name]
         if kind.kind == "select":
-            nb = -(-self.kv_len // kind.block)
-            return nb, f"the number of key blocks ({nb} of {kind.block} tokens)"
+            nb = kind.rows(self.kv_len, self.mdef.grid)
+            return nb, f"the number of key blocks ({nb} {kind.unit()})"
         return self.kv_len, f"kv_len ({self.kv_len})"
 
     def check(self, tensors: dict) -> None:

@@ -16,7 +16,10 @@ import numpy as np
 
 from maskc import ir
 from maskc.analysis.blocktable import BlockMap, _csr, _resolve, _stack
-from maskc.analysis.blockmap import Analysis, Rects, uses_head
+from maskc.analysis.blockmap import (Analysis, Rects, and_states, not_states, or_states,
+                                     uses_head)
+from maskc.analysis.states import E, F, R, from_bounds
+from maskc.analysis.tileblocks import MAX_PAIRS, pair_states, tiles_of_tokens
 from maskc.ir.grid import coords as _coords
 from maskc.analysis.gridboxes import (_CHUNK, AXIS_TABLE_LIMIT, axis_tables, classify_boxes,
                          layout_boxes, progressions)
@@ -86,7 +89,8 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
     by_boxes = keys is not None and max(shape) <= AXIS_TABLE_LIMIT
     if by_boxes:  # a bare neighborhood or tile: decided axis by axis, nothing evaluated
         full, empty = _classify_layout_tiles(mdef.body, layout, block, block_k, qt, kt)
-    rows = []
+    rows, static = [], {}  # static: states of the terms that read no input, made once
+    stats = {"unproven": 0, "resolved": 0}
     for b in range(batch):  # batched runtime inputs: one set of tables per batch entry
         xs = {k: v[b % v.shape[0]] for k, v in prepared.items()}
         cells = []
@@ -95,9 +99,21 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
             if by_boxes:
                 any_, all_ = ~empty, full
             else:
-                # NOTE: permuted blocks are not position ranges: evaluate them on their tokens.
-                any_, all_ = _resolve_tokens(mdef.body, q_tokens[qt], k_tokens[kt], n, an,
-                                             evaluate)
+                # NOTE: permuted blocks are not position ranges: tile-shaped blocks and grid
+                # terms are classified from the tokens' tiles and boxes; what that leaves
+                # undecided is evaluated on its tokens.
+                st = _token_states(mdef.body, q_tokens, k_tokens, qt, kt, layout, block,
+                                   block_k, an, static)
+                todo = np.arange(len(qt)) if st is None else np.flatnonzero(st == R)
+                any_, all_ = (np.zeros(len(qt), bool), np.zeros(len(qt), bool)) \
+                    if st is None else (st != E, st == F)
+                if len(todo) and evaluate is None:  # undecided: partial (sound)
+                    any_[todo], all_[todo] = True, False
+                elif len(todo):
+                    any_[todo], all_[todo] = _resolve_tokens(mdef.body, q_tokens[qt[todo]],
+                                                             k_tokens[kt[todo]], n, an,
+                                                             evaluate)
+                    stats["resolved"] += len(todo)
             full, part = any_ & all_, any_ & ~all_
             zeros = np.zeros(int(part.sum()), dtype=np.int64)
             cells.append((_csr(qt[part], kt[part], nq, zeros),
@@ -107,9 +123,8 @@ def permuted_block_map(mdef: ir.MaskDef, layout: TokenLayout, block: int, heads:
     kv_num, kv_idx, full_num, full_idx, var, live = _stack(rows)
     G = len(rows[0])
     head_group = np.arange(heads) if per_head else np.zeros(heads, dtype=np.int64)
-    stats = {"tiles": batch * G * nq * nk, "full": int(full_num.sum()),
-             "partial": int(kv_num.sum()), "unproven": 0, "resolved": len(qt) * G * batch,
-             "candidates": len(qt) * G * batch}
+    stats.update({"tiles": batch * G * nq * nk, "full": int(full_num.sum()),
+                  "partial": int(kv_num.sum()), "candidates": len(qt) * G * batch})
     return BlockMap(n, n, heads, block, block_k, head_group.astype(np.int32), kv_num, kv_idx,
                     full_num, full_idx, var, (mdef.body,), stats, live)
 
@@ -129,6 +144,48 @@ def _classify_layout_tiles(body, layout, block_q, block_k, qt, kt):
     return full, empty
 
 
+def _token_states(node, q_tokens, k_tokens, qt, kt, layout, block_q, block_k, an, static):
+    """States of the candidate tiles ``(qt, kt)`` (``R`` where undecided) of a mask made of
+    tile-shaped blocks, neighborhoods and tiles with ``&``, ``|`` and ``~``, from the grid
+    tiles and boxes of each tile's tokens; ``None`` for any other mask."""
+    shape = tuple(layout.grid_shape)
+    if isinstance(node, ir.Const):
+        return np.full(len(qt), F if node.keep else E, dtype=np.int8)
+    if isinstance(node, ir.TileBlocks):
+        tq = static.get(("tiles", node.shape, block_q))
+        if tq is None:
+            tq = static[("tiles", node.shape, block_q)] = tiles_of_tokens(q_tokens, shape,
+                                                                            node.shape)
+        tk = static.get(("tiles", node.shape, block_k))
+        if tk is None:
+            tk = static[("tiles", node.shape, block_k)] = tiles_of_tokens(k_tokens, shape,
+                                                                            node.shape)
+        if tq.shape[1] * tk.shape[1] > MAX_PAIRS:
+            return None
+        out = np.empty(len(qt), dtype=np.int8)
+        step = max(1, _CHUNK // (tq.shape[1] * tk.shape[1]))
+        for s in range(0, len(qt), step):
+            sl = slice(s, s + step)
+            out[sl] = pair_states(node, tq[qt[sl]], tk[kt[sl]], an.head, an)
+        return out
+    if isinstance(node, (ir.Neighborhood, ir.Tile)):
+        if max(shape) > AXIS_TABLE_LIMIT:
+            return None
+        if node not in static:
+            full, empty = _classify_layout_tiles(node, layout, block_q, block_k, qt, kt)
+            static[node] = from_bounds(full, empty)
+        return static[node]
+    if isinstance(node, (ir.And, ir.Or, ir.Not)):
+        terms = [node.body] if isinstance(node, ir.Not) else node.terms
+        parts = [_token_states(t, q_tokens, k_tokens, qt, kt, layout, block_q, block_k, an,
+                               static) for t in terms]
+        if any(p is None for p in parts):
+            return None
+        return (not_states(parts[0]) if isinstance(node, ir.Not) else
+                and_states(parts) if isinstance(node, ir.And) else or_states(parts))
+    return None
+
+
 def _resolve_tokens(body, q_tokens, k_tokens, n, an, evaluate):
     """``(any, all)`` per candidate tile whose rows/cols are the given original tokens."""
     rects = Rects(q_tokens, q_tokens, k_tokens, k_tokens, q_tokens, q_tokens, n, n, n, an.head,
@@ -143,9 +200,12 @@ def visited_tiles(bm: BlockMap) -> tuple[int, int]:
 
 def tiled_layout(mdef: ir.MaskDef, tokens_per_tile: int) -> TokenLayout:
     """The tile-major layout of ``mdef``'s grid, tiles of ``tokens_per_tile`` tokens shaped
-    like its neighborhood's kernel (balanced when it has none)."""
+    like its tile-shaped blocks (so that a kernel tile holds whole grid tiles, or lies in
+    one), else like its neighborhood's kernel (balanced when it has neither)."""
     from maskc.passes.layout import choose_tile_shape, make_layout
-    kernel = next((n.kernel for n in ir.walk(mdef.body) if isinstance(n, ir.Neighborhood)), None)
+    kernel = next((n.shape for n in ir.walk(mdef.body) if isinstance(n, ir.TileBlocks)), None)
+    kernel = kernel or next((n.kernel for n in ir.walk(mdef.body)
+                             if isinstance(n, ir.Neighborhood)), None)
     shape = mdef.grid.shape
     return make_layout(shape, choose_tile_shape(shape, tokens_per_tile, kernel))
 

@@ -1,0 +1,35 @@
+"""The README's examples of masks chosen from the content run as written (at small sizes).
+
+The training-step example is written for a GPU; here it runs on the CPU through Triton's
+interpreter with the sizes shrunk (4,096 tokens -> 256, 8 heads -> 2, head dim 128 -> 16,
+bfloat16 -> float32, 2 steps), which changes no call in it.
+"""
+
+import pathlib
+import re
+
+import pytest
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+
+
+def blocks_after(heading: str) -> list[str]:
+    text = README.read_text()
+    section = text[text.index(heading):]
+    section = section[:section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_section_on_chosen_masks_runs(monkeypatch):
+    monkeypatch.chdir(README.parent)
+    code = blocks_after("## Masks chosen from the content")
+    assert len(code) == 2 and "topk_blocks" in code[1] and "backward()" in code[1]
+    exec(compile(code[0], "README.md", "exec"), {})  # noqa: S102 - the project's own README
+    small = (code[1].replace('device="cuda"', 'device="cpu"').replace("4096", "256")
+             .replace("128,", "16,").replace("torch.bfloat16", "torch.float32")
+             .replace("# (1, 8, 64, 8), on the GPU", "").replace("(1, 8,", "(1, 2,")
+             .replace("for step in range(3)", "for step in range(2)"))
+    scope: dict = {}
+    exec(compile(small, "README.md", "exec"), scope)  # noqa: S102
+    assert tuple(scope["idx"].shape) == (1, 2, 4, 8)
+    assert scope["q"].grad is not None and scope["q"].grad.abs().sum() > 0
