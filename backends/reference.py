@@ -319,11 +319,14 @@ def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -
     return out if batched else out[0]
 
 
-def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False):
+def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False,
+              score=None):
     """Reference attention in float64 on torch tensors (differentiable through autograd).
 
-    ``mask`` is bool ``(Hq, Lq, Lk)`` or ``(B, Hq, Lq, Lk)``. Returns the output in ``q``'s
-    dtype, and the log-sum-exp (natural log, float32-free, ``-inf`` on empty rows) if asked.
+    ``mask`` is bool ``(Hq, Lq, Lk)`` or ``(B, Hq, Lq, Lk)``. ``score`` (optional) is
+    ``(mdef, tensors)``: the mask's score and its float inputs, applied to every kept pair
+    in float64 (gradients flow to the inputs that require them). Returns the output in
+    ``q``'s dtype, and the log-sum-exp (natural log, ``-inf`` on empty rows) if asked.
     """
     import torch
 
@@ -342,14 +345,21 @@ def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False):
     # take CHUNK elements, not (B, H, Lq, Lk) each; under autograd each block is
     # checkpointed (recomputed in the backward), so the saved state stays that size too.
     rows = max(1, CHUNK // max(B * Hq * kd.shape[2], 1))
+    mod = None
+    if score is not None and score[0].score is not None:
+        mdef, tensors = score
+        tensors = {n: t.to(device=q.device, dtype=torch.float64) for n, t in tensors.items()}
+        mod = functools.partial(score_values, mdef, Lq=Lq, Lk=kd.shape[2], tensors=tensors)
     if rows >= Lq:
-        out, lse = _attend(qd, kd, vd, keep, scale)
+        out, lse = _attend(qd, kd, vd, keep, scale, mod, 0)
     else:
         from torch.utils.checkpoint import checkpoint
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (qd, kd, vd))
+        grad = torch.is_grad_enabled() and (
+            any(t.requires_grad for t in (qd, kd, vd)) or
+            (mod is not None and any(t.requires_grad for t in mod.keywords["tensors"].values())))
         parts = []
         for r0 in range(0, Lq, rows):
-            args = (qd[:, :, r0:r0 + rows], kd, vd, keep[:, :, r0:r0 + rows], scale)
+            args = (qd[:, :, r0:r0 + rows], kd, vd, keep[:, :, r0:r0 + rows], scale, mod, r0)
             parts.append(checkpoint(_attend, *args, use_reentrant=False) if grad
                          else _attend(*args))
         out = torch.cat([o for o, _ in parts], dim=2)
@@ -358,11 +368,14 @@ def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False):
     return (out, lse) if return_lse else out
 
 
-def _attend(qd, kd, vd, keep, scale):
-    """Float64 attention of some query rows: ``(out, lse)``, lse ``-inf`` on empty rows."""
+def _attend(qd, kd, vd, keep, scale, mod=None, r0=0):
+    """Float64 attention of some query rows (``r0, r0 + 1, ...``): ``(out, lse)``, lse
+    ``-inf`` on empty rows; ``mod(s, r0)`` is the score, when the mask has one."""
     import torch
 
     s = torch.matmul(qd, kd.transpose(-1, -2)) * scale
+    if mod is not None:
+        s = mod(s, r0)
     s = s.masked_fill(~keep, float("-inf"))
     m = s.amax(dim=-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
@@ -374,17 +387,71 @@ def _attend(qd, kd, vd, keep, scale):
     return out, lse
 
 
+def score_values(mdef: ir.MaskDef, s, r0: int, Lq: int, Lk: int, tensors: dict):
+    """The score of ``mdef`` on float64 scores ``s`` ``(B, H, rows, Lk)`` of query rows
+    ``r0, ...``: the IR evaluated with torch, indices clamped to each input's axes."""
+    import torch
+
+    B, H, rows, _ = s.shape
+    Q = np.arange(r0, r0 + rows, dtype=np.int64).reshape(1, 1, -1, 1)
+    env = _Env(P=Q + (Lk - Lq), Q=Q, K=np.arange(Lk, dtype=np.int64).reshape(1, 1, 1, -1),
+               Hh=np.arange(H, dtype=np.int64).reshape(1, -1, 1, 1), Lq=Lq, Lk=Lk,
+               Lk_outer=Lk, inputs={}, grid=mdef.grid)
+
+    def ints(p):
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(_pred(p, env), dtype=np.int64)))
+
+    def go(n):
+        if isinstance(n, ir.SVar):
+            return s
+        if isinstance(n, ir.SConst):
+            return torch.tensor(n.value, dtype=torch.float64)
+        if isinstance(n, ir.SInt):
+            return ints(n.value).to(torch.float64)
+        if isinstance(n, ir.SIndex):
+            x = tensors[n.input]
+            idx = [ints(i).clamp(0, x.shape[a] - 1) for a, i in enumerate(n.index)]
+            idx = torch.broadcast_tensors(*idx)
+            return x[tuple(idx)]
+        if isinstance(n, ir.SNeg):
+            return -go(n.operand)
+        if isinstance(n, ir.SBin):
+            a, b = go(n.left), go(n.right)
+            return {"+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div}[n.op](a, b)
+        if isinstance(n, ir.SCall):
+            args = [go(a) for a in n.args]
+            if n.func == "min":
+                return functools.reduce(torch.minimum, args)
+            if n.func == "max":
+                return functools.reduce(torch.maximum, args)
+            if n.func == "clamp":
+                return torch.minimum(torch.maximum(args[0], args[1]), args[2])
+            if n.func.startswith("select_"):  # derivatives of min/max (maskc.ir.scores)
+                a, b, x, y = args
+                return torch.where(a < b if n.func == "select_lt" else a > b, x, y)
+            return getattr(torch, n.func)(args[0])
+        if isinstance(n, ir.Softcap):
+            c = go(n.cap)
+            return c * torch.tanh(s / c)
+        if isinstance(n, ir.Alibi):
+            x = tensors[n.slopes]
+            h = torch.from_numpy(env.Hh).clamp(0, x.shape[0] - 1)
+            return s - x[h] * torch.from_numpy(np.abs(env.P - env.K)).to(torch.float64)
+        raise MaskError(f"the reference backend cannot evaluate {type(n).__name__}", n.span)
+    return torch.broadcast_to(go(mdef.score), s.shape)
+
+
 def evaluate(node: ir.Node, P, Q, K, Hh, Lq: int, Lk: int, inputs: dict, grid) -> np.ndarray:
     """Evaluate ``node`` on explicit 4-D index arrays (e.g. a few tiles, for block analysis)."""
     return _eval(node, _Env(P=P, Q=Q, K=K, Hh=Hh, Lq=Lq, Lk=Lk, Lk_outer=Lk, inputs=inputs,
                             grid=grid))
 
 
-def run(plan, q, k, v, scale=None, return_lse: bool = False):
+def run(plan, q, k, v, scale=None, return_lse: bool = False, score_inputs=None):
     """Reference attention with a plan's mask: its bound sizes, heads and runtime inputs."""
     b = plan.bound
     mask = dense(b.mdef, b.q_len, b.kv_len, b.heads, **b.inputs)  # (B, H, Lq, Lk): inputs are 2-D
-    return attention(mask, q, k, v, scale, return_lse)
+    return attention(mask, q, k, v, scale, return_lse, score=(b.mdef, score_inputs or {}))
 
 
 def dense_from_plan(plan, kernel: str = "fwd") -> np.ndarray:

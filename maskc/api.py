@@ -281,11 +281,21 @@ class Mask:
         if not isinstance(return_lse, (bool, np.bool_)):
             raise MaskTypeError(f"return_lse must be True or False, got {return_lse!r:.60}")
         sizes.check_qkv(self.ir, q, k, v)
+        inputs, floats = sizes.split_score_inputs(self.ir, inputs)
         # NOTE: a 0-d tensor or numpy scalar is a number (models keep their scale as one)
         scale = None if scale is None else validate.real(scale, "scale")
         import torch
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (q, k, v, *floats.values()))
         on_cpu = q.device.type == "cpu"
+        if self.ir.score is not None:
+            # NOTE: scores (`with`) run on the reference backend so far (issue 12)
+            if backend == "auto":
+                backend = "reference"
+            elif backend != "reference":
+                raise MaskError(f"mask '{self.name}' has a score ('with ...'), which only the "
+                                f"reference backend runs so far; use backend='reference'",
+                                self._span())
         if backend == "auto":
             # NOTE: FlexAttention on the CPU has no backward, and compiled no log-sum-exp
             backend = "triton" if q.device.type == "cuda" else \
@@ -319,7 +329,7 @@ class Mask:
         sizes.check_size(self.ir, (B, Hq, Lq, Lk), "reference score matrix")
         plan = self.plan(*lengths, Hq, Hkv, target="reference", **inputs)
         sizes.check_batch(self.ir, plan.batch, B)
-        return reference.run(plan, q, k, v, scale, return_lse)
+        return reference.run(plan, q, k, v, scale, return_lse, score_inputs=floats)
 
     def _span(self) -> Span | None:
         return self.ir.span

@@ -23,7 +23,7 @@ from maskc import validate
 from maskc.errors import MaskInputError, MaskTypeError, MaskValueError
 from maskc.passes.chosen import mark_checked
 
-__all__ = ["topk_blocks", "topp_blocks", "vertical_slash"]
+__all__ = ["topk_blocks", "topp_blocks", "vertical_slash", "alibi_slopes"]
 
 
 # ---------------------------------------------------------------- checks
@@ -278,3 +278,20 @@ def _top(score, n: int):
         out = torch.cat([out, out.new_full(out.shape[:-1] + (n - width,), -1)], dim=-1)
     mark_checked(out, score.shape[-1])
     return out
+
+
+def alibi_slopes(heads: int):
+    """The ALiBi slopes of ``heads`` heads (Press, Smith and Lewis, "Train Short, Test Long",
+    ICLR 2022), a float32 tensor ``(heads,)`` for ``alibi(slopes)``: for a power of two ``n``,
+    ``2**(-8 / n * i)`` for ``i = 1..n``; otherwise those of the largest power of two
+    ``n0 < heads``, then every other slope of ``2 * n0`` heads, as the paper's code does."""
+    import torch
+    heads = validate.integer(heads, "heads", 1, 1 << 16)
+
+    def power_of_two(n):
+        return [2.0 ** (-8.0 * i / n) for i in range(1, n + 1)]
+    n0 = 1 << (heads.bit_length() - 1)
+    out = power_of_two(n0)
+    if n0 != heads:
+        out += power_of_two(2 * n0)[0::2][:heads - n0]
+    return torch.tensor(out, dtype=torch.float32)

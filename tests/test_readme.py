@@ -33,3 +33,11 @@ def test_the_section_on_chosen_masks_runs(monkeypatch):
     exec(compile(small, "README.md", "exec"), scope)  # noqa: S102
     assert tuple(scope["idx"].shape) == (1, 2, 4, 8)
     assert scope["q"].grad is not None and scope["q"].grad.abs().sum() > 0
+
+
+def test_the_section_on_scores_runs():
+    (code,) = blocks_after("## Scores: softcap, ALiBi, learned biases")
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the project's own README
+    assert scope["rel"].grad is not None and scope["rel"].grad.abs().sum() > 0
+    assert scope["slopes"].shape == (4,)

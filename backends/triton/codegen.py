@@ -14,6 +14,10 @@ __all__ = ["generate", "blocks_chain"]
 
 def generate(mdef: ir.MaskDef) -> tuple[str, list]:
     """``(source, extra_args)`` of the Triton module for ``mdef``. Byte-stable."""
+    if mdef.score is not None:
+        from maskc.errors import MaskError
+        raise MaskError(f"mask '{mdef.name}' has a score ('with ...'), which the Triton "
+                        "backend does not generate yet; use the reference backend", mdef.span)
     r = Renderer(mdef)
     expr = r.render()
     params, varying = "", ""

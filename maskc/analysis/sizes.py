@@ -72,6 +72,39 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, copy: bool = Fal
     return out
 
 
+def split_score_inputs(mdef: ir.MaskDef, inputs: dict) -> tuple[dict, dict]:
+    """``(mask inputs, score inputs)``: the float inputs of the score (LANGUAGE.md section 9)
+    checked -- each a floating torch tensor with one axis per index the score reads it with,
+    no axis empty -- and the rest left for :func:`prepare_inputs`."""
+    import torch
+
+    from maskc.ir.scores import float_inputs
+    ranks = float_inputs(mdef.score) if mdef.score is not None else {}
+    out = {}
+    for name, rank in ranks.items():
+        if name not in inputs:
+            raise MaskInputError(f"mask '{mdef.name}' needs the runtime input '{name}' (a float "
+                                 f"tensor with {rank} ax{'is' if rank == 1 else 'es'}, read by "
+                                 "the score)", mdef.span)
+        x = inputs[name]
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise MaskInputError(f"input '{name}' must be a float tensor, got "
+                                 f"{type(x).__name__}", mdef.span)
+        if not x.is_floating_point():
+            raise MaskInputError(f"input '{name}' is read by the score as floats, so it must be "
+                                 f"a float tensor; got {str(x.dtype).removeprefix('torch.')}",
+                                 mdef.span)
+        if x.dim() != rank or 0 in x.shape:
+            raise MaskInputError(f"input '{name}' is read with {rank} ind"
+                                 f"{'ex' if rank == 1 else 'ices'}, so it must have {rank} "
+                                 f"non-empty ax{'is' if rank == 1 else 'es'}; got shape "
+                                 f"{tuple(x.shape)}", mdef.span)
+        out[name] = x
+    return {k: v for k, v in inputs.items() if k not in ranks}, out
+
+
 def check_batches(mdef: ir.MaskDef, sizes: dict[str, int]) -> None:
     """Every input's batch size is 1 or the largest of them."""
     batch = max(sizes.values(), default=1)

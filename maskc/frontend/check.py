@@ -7,7 +7,7 @@ lowers ``where`` predicates. Every error points at the user's text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from maskc import ir
 from maskc.frontend import syntax as S
@@ -98,6 +98,8 @@ class Checker:
                     raise MaskParamError(f"parameter '{p.name}' of mask '{name}': {err}",
                                          p.span) from None
                 self._check_override(value, p, name)
+                if isinstance(default, float) and isinstance(value, int):
+                    value = float(value)
                 if default is not None and not compatible(default, value):
                     raise MaskParamError(
                         f"parameter '{p.name}' of mask '{name}' expects {a_kind(default)} "
@@ -110,8 +112,21 @@ class Checker:
             env[p.name] = value
         grid = self._grid(item, env) if item.grid is not None else None
         body = self.mask_value(item.body, env, Ctx(grid=grid))
-        mdef = ir.MaskDef(name, tuple(inputs), grid, body, span=item.span)
-        input_kinds(mdef)  # an input used two incompatible ways: an error at the second use
+        score, floats = None, {}
+        if item.score is not None:
+            from maskc.frontend.scores import lower_score, score_input_ranks
+            score = lower_score(self, item.score, env, Ctx(grid=grid))
+            floats = score_input_ranks(score)
+        mdef = ir.MaskDef(name, tuple(x for x in inputs if x not in floats), grid, body,
+                          score, tuple(x for x in inputs if x in floats), span=item.span)
+        kinds = input_kinds(replace(mdef, inputs=tuple(inputs)))
+        for x, (rank, use) in floats.items():  # a score's input is read by nothing else
+            first = next((n for n in ir.walk(body) if getattr(n, "input", None) == x), None)
+            if first is not None:
+                raise MaskTypeError(
+                    f"input '{x}' is a float tensor of the score here, but the mask reads it "
+                    f"as {kinds[x].kind} at {first.span.line}:{first.span.column}: give "
+                    "each use its own input" if first.span else "", use.span)
         return mdef
 
     def _check_override(self, value: Value, p: S.Param, mask: str) -> None:
@@ -177,6 +192,17 @@ class Checker:
     def _eval_Bool(self, syn: S.Bool, env, ctx):
         return syn.value
 
+    def _eval_Float(self, syn: S.Float, env, ctx):
+        return syn.value
+
+    def _eval_Axis(self, syn: S.Axis, env, ctx):
+        raise MaskTypeError(f"'{syn.base}.{syn.axis}' is a coordinate: it can only be used "
+                            "inside 'where' or a score (after 'with')", syn.span)
+
+    def _eval_Index(self, syn: S.Index, env, ctx):
+        raise MaskTypeError(f"'{syn.base}[...]' reads a float input: it can only be used in a "
+                            "score (after 'with')", syn.span)
+
     def _eval_TupleLit(self, syn, env, ctx):
         return TupleV(tuple(self.eval(x, env, ctx) for x in syn.items))
 
@@ -205,7 +231,11 @@ class Checker:
         if name in BUILTINS:
             return BUILTINS[name](self, syn, args, env, ctx)
         if name in ir.PRED_VARS:
-            raise MaskNameError(f"'{name}' can only be used inside a 'where' predicate", syn.span)
+            raise MaskNameError(f"'{name}' can only be used inside a 'where' predicate or a "
+                                "score", syn.span)
+        if name == "s":
+            raise MaskNameError("'s' (the score) can only be used in a score, after 'with'",
+                                syn.span)
         if name in self.masks:
             raise MaskNameError(f"'{name}' is a mask; to reuse it, define it with 'let'", syn.span)
         raise MaskNameError(f"undefined name '{name}'", syn.span)
@@ -245,6 +275,8 @@ class Checker:
                 raise MaskTypeError(f"'~' applies to masks, got {kind(v)}", syn.span)
             return ir.not_(v, span=syn.span)
         if syn.op == "-":
+            if isinstance(v, float):
+                return -v
             return -self.int_value(v, syn.operand.span, "the operand of '-'")
         raise MaskTypeError(f"'{syn.op}' is only allowed inside 'where'", syn.span)
 
@@ -266,6 +298,8 @@ class Checker:
         if isinstance(a, ir.Node) or isinstance(b, ir.Node):
             raise MaskTypeError(f"'{op}' needs two masks or two integers, got {kind(a)} and "
                                 f"{kind(b)}", syn.span)
+        if op == "/" or (op in "+-*" and (isinstance(a, float) or isinstance(b, float))):
+            return self._float_arith(op, a, b, syn)
         x = self.int_value(a, syn.left.span, f"the left operand of '{op}'")
         y = self.int_value(b, syn.right.span, f"the right operand of '{op}'")
         if op in ("//", "%") and y <= 0:
@@ -273,6 +307,20 @@ class Checker:
         r = {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
              "//": lambda: x // y, "%": lambda: x % y}[op]()
         return self.int_value(r, syn.span, "the result")
+
+    def _float_arith(self, op, a, b, syn):
+        """Compile-time float arithmetic (parameter defaults such as ``cap = 2.0 * 25``)."""
+        for v, side in ((a, syn.left), (b, syn.right)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise MaskTypeError(f"'{op}' needs numbers here, got {what_(v)}", side.span)
+        if op == "/" and b == 0:
+            raise MaskValueError("division by zero", syn.right.span)
+        r = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
+             "/": lambda: a / b}[op]()
+        r = float(r)
+        if r != r or abs(r) == float("inf"):
+            raise MaskValueError("this float arithmetic overflows", syn.span)
+        return r
 
     def _eval_HeadsLit(self, syn: S.HeadsLit, env, ctx):
         arms = []

@@ -111,8 +111,9 @@ class _ToSyntax(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def mask_item(self, meta, ch):
-        name, params, grid, body = ch
-        return S.MaskItem(str(name), params or (), grid, body, span=_tok_span(self.src, name))
+        name, params, grid, body, score = ch
+        return S.MaskItem(str(name), params or (), grid, body, score,
+                          span=_tok_span(self.src, name))
 
     def params(self, ch):
         return tuple(p for p in ch if p is not None)
@@ -143,6 +144,7 @@ class _ToSyntax(Transformer_NonRecursive):
 
     or_, and_ = _bin("|"), _bin("&")
     add, sub, mul, floordiv, mod = _bin("+"), _bin("-"), _bin("*"), _bin("//"), _bin("%")
+    truediv = _bin("/")
     p_or, p_and = _bin("or"), _bin("and")
     p_add, p_sub, p_mul, p_floordiv, p_mod = _bin("+"), _bin("-"), _bin("*"), _bin("//"), _bin("%")
 
@@ -161,6 +163,22 @@ class _ToSyntax(Transformer_NonRecursive):
         return S.Int(_int(self.src, ch[0]), span=_tok_span(self.src, ch[0]))
 
     p_int = int_
+
+    @v_args(meta=True)
+    def float_(self, meta, ch):
+        value = float(str(ch[0]))
+        if value != value or value in (float("inf"), float("-inf")):
+            raise MaskValueError(f"float literal {ch[0]} is out of range",
+                                 _tok_span(self.src, ch[0]))
+        return S.Float(value, span=_tok_span(self.src, ch[0]))
+
+    @v_args(meta=True)
+    def axis_name(self, meta, ch):
+        return S.Axis(str(ch[0]), str(ch[1]), span=self._s(meta))
+
+    @v_args(meta=True)
+    def index(self, meta, ch):
+        return S.Index(str(ch[0]), tuple(ch[1:]), span=self._s(meta))
 
     @v_args(meta=True)
     def true(self, meta, ch):

@@ -12,12 +12,13 @@ from maskc.frontend import syntax as S
 from maskc.errors import MaskNameError, MaskTypeError, MaskValueError
 from maskc.frontend.values import a_kind, describe
 
-__all__ = ["lower_where", "bound", "POS_BOUND", "I64_BOUND"]
+__all__ = ["lower_where", "bound", "POS_BOUND", "I64_BOUND", "check_arity", "int_call",
+           "axis", "check_bounds"]
 
 POS_BOUND = 2**31          # |q|, |p|, |k|, Lq, Lk, h and axis coordinates stay below this
 I64_BOUND = 2**62
 _CMP = ("<", "<=", ">", ">=", "==", "!=")
-_FUNCS = {"abs": (1, 1), "min": (2, None), "max": (2, None)}
+_FUNCS = {"abs": (1, 1), "min": (2, None), "max": (2, None), "clamp": (3, 3)}
 
 
 def lower_where(ck, syn: S.WhereLit, env, ctx) -> ir.Where:
@@ -26,7 +27,7 @@ def lower_where(ck, syn: S.WhereLit, env, ctx) -> ir.Where:
         raise MaskTypeError("a 'where' predicate must be a condition (a comparison, 'and', "
                             "'or', 'not' or a boolean), got an integer expression",
                             syn.pred.span)
-    _check_bounds(pred)
+    check_bounds(pred)
     return ir.Where(pred, span=syn.span)
 
 
@@ -37,6 +38,8 @@ def _lower(ck, syn, env, ctx) -> tuple[ir.Pred, str]:
         return ir.PConst(syn.value, span=sp), "int"
     if isinstance(syn, S.Bool):
         return ir.PConst(syn.value, span=sp), "bool"
+    if isinstance(syn, S.Float):
+        raise MaskTypeError(f"a 'where' predicate uses integers, got the float {syn.value!r}", sp)
     if isinstance(syn, S.Name):
         if syn.id in ir.PRED_VARS:
             return ir.PVar(syn.id, span=sp), "int"
@@ -48,7 +51,7 @@ def _lower(ck, syn, env, ctx) -> tuple[ir.Pred, str]:
         raise MaskTypeError(f"'{syn.id}' is {a_kind(v)} ({describe(v)}); a 'where' predicate "
                             "uses integers and booleans only", sp)
     if isinstance(syn, S.Axis):
-        return _axis(syn, ctx), "int"
+        return axis(syn, ctx), "int"
     if isinstance(syn, S.Unary):
         x, ty = _lower(ck, syn.operand, env, ctx)
         want = "bool" if syn.op == "not" else "int"
@@ -78,18 +81,34 @@ def _lower(ck, syn, env, ctx) -> tuple[ir.Pred, str]:
     if isinstance(syn, S.Call):
         if syn.func not in _FUNCS:
             raise MaskNameError(f"'{syn.func}' cannot be called inside 'where' (only abs, min, "
-                                "max)", sp)
-        lo, hi = _FUNCS[syn.func]
-        if len(syn.args) < lo or (hi is not None and len(syn.args) > hi):
-            raise MaskTypeError(f"{syn.func}() takes {'1' if hi == 1 else 'at least 2'} "
-                                f"argument{'s' if hi != 1 else ''}, got {len(syn.args)}", sp)
+                                "max, clamp)", sp)
+        check_arity(syn, _FUNCS[syn.func])
         args = []
         for a in syn.args:
             x, t = _lower(ck, a.value, env, ctx)
             _expect(t, "int", a.value.span, syn.func + "()")
             args.append(x)
-        return ir.PCall(syn.func, tuple(args), span=sp), "int"
+        return int_call(syn.func, args, sp), "int"
     raise MaskTypeError("this expression is not allowed inside 'where'", sp)
+
+
+def check_arity(syn: S.Call, arity) -> None:
+    lo, hi = arity
+    n = len(syn.args)
+    if n < lo or (hi is not None and n > hi):
+        want = str(lo) if lo == hi else f"at least {lo}"
+        raise MaskTypeError(f"{syn.func}() takes {want} argument{'s' if want != '1' else ''}, "
+                            f"got {n}", syn.span)
+    for a in syn.args:
+        if a.name is not None:
+            raise MaskTypeError(f"{syn.func}() takes positional arguments only", a.span)
+
+
+def int_call(func: str, args, span) -> ir.Pred:
+    """``abs``/``min``/``max`` as one call; ``clamp(x, lo, hi)`` as ``min(max(x, lo), hi)``."""
+    if func == "clamp":
+        return ir.PCall("min", (ir.PCall("max", tuple(args[:2]), span=span), args[2]), span=span)
+    return ir.PCall(func, tuple(args), span=span)
 
 
 def _expect(got: str, want: str, span, op: str) -> None:
@@ -99,7 +118,7 @@ def _expect(got: str, want: str, span, op: str) -> None:
         raise MaskTypeError(f"{name} needs {what[want]} here, got {what[got]}", span)
 
 
-def _axis(syn: S.Axis, ctx) -> ir.PAxis:
+def axis(syn: S.Axis, ctx) -> ir.PAxis:
     if syn.base not in ("q", "k", "p"):
         raise MaskNameError(f"grid coordinates are taken of q, p or k, not '{syn.base}'",
                             syn.span)
@@ -144,7 +163,7 @@ def bound(pred: ir.Pred) -> int:
     raise TypeError(type(pred).__name__)
 
 
-def _check_bounds(pred: ir.Pred) -> None:
+def check_bounds(pred: ir.Pred) -> None:
     for node in ir.walk(pred):
         if isinstance(node, ir.PBin) and node.op in _BOUND and bound(node) > I64_BOUND:
             raise MaskValueError("this arithmetic could overflow 64-bit integers for "

@@ -12,7 +12,8 @@ from maskc.errors import Span
 
 __all__ = [
     "Syn", "Int", "Bool", "Name", "Call", "Arg", "BinOp", "Unary", "TupleLit", "ListLit",
-    "RangeLit", "Arm", "HeadsLit", "WhereLit", "Axis", "Compare", "Param", "LetItem",
+    "RangeLit", "Arm", "HeadsLit", "WhereLit", "Axis", "Compare", "Param", "LetItem", "Float",
+    "Index",
     "MaskItem", "Module", "MAX_INT", "MAX_NESTING", "MAX_TOKENS", "too_deep",
 ]
 
@@ -41,6 +42,19 @@ class Int(Syn):
 
 
 @dataclass(frozen=True, slots=True)
+class Float(Syn):
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Index(Syn):
+    """``x[i, j]``: a runtime float input read at integer indices (inside a score)."""
+
+    base: str
+    items: tuple[Syn, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Bool(Syn):
     value: bool
 
@@ -66,7 +80,7 @@ class Call(Syn):
 
 @dataclass(frozen=True, slots=True)
 class BinOp(Syn):
-    """``| & + - * // %`` between expressions, and ``and or`` in predicates."""
+    """``| & + - * // % /`` between expressions, and ``and or`` in predicates."""
 
     op: str
     left: Syn
@@ -115,7 +129,7 @@ class WhereLit(Syn):
 
 @dataclass(frozen=True, slots=True)
 class Axis(Syn):
-    """``q.y`` (``axis`` a name) or ``q[0]`` (``axis`` an index) inside a predicate."""
+    """``q.y`` (``axis`` a name) or ``q[0]`` (``axis`` an index) inside a predicate or score."""
 
     base: str
     axis: str | int
@@ -149,6 +163,7 @@ class MaskItem(Syn):
     params: tuple[Param, ...]
     grid: tuple[Arg, ...] | None
     body: Syn
+    score: Syn | None = None   # the expression after `with`
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ class InputV:
     name: str
 
 
-Value = int | bool | ListV | RangeV | TupleV | InputV | ir.Node
+Value = int | float | bool | ListV | RangeV | TupleV | InputV | ir.Node
 
 
 def from_python(value) -> Value:
@@ -48,6 +48,11 @@ def from_python(value) -> Value:
         return bool(value)
     if isinstance(value, numbers.Integral):
         return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if value != value or abs(value) == float("inf"):
+            raise TypeError(f"a float parameter must be finite, got {value}")
+        return value
     if isinstance(value, range):
         if value.step != 1:
             raise TypeError("ranges must have step 1")
@@ -65,6 +70,8 @@ def kind(v: Value) -> str:
         return "boolean"
     if isinstance(v, int):
         return "integer"
+    if isinstance(v, float):
+        return "float"
     if isinstance(v, RangeV):
         return "list"
     if isinstance(v, ListV):
@@ -80,6 +87,8 @@ def compatible(default: Value, given: Value) -> bool:
     """Whether an override ``given`` may replace a parameter whose default is ``default``."""
     a, b = kind(default), kind(given)
     if a == b:
+        return True
+    if (a, b) == ("float", "integer"):  # a float parameter takes an integer
         return True
     per_axis = {"tuple", "integer", "boolean"}
     return (a == "tuple" and b in per_axis) or (b == "tuple" and a in per_axis) or \
@@ -104,6 +113,8 @@ def describe(v: Value) -> str:
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, float):
+        return repr(v)
     if isinstance(v, RangeV):
         return f"{v.start}..{v.stop}"
     if isinstance(v, ListV):

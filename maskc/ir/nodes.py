@@ -20,6 +20,8 @@ __all__ = [
     "Blocks", "TileBlocks", "Random", "Select", "Keys", "Diagonals", "Layout", "Neighborhood", "Tile", "GridAxis", "Grid", "MaskDef",
     "Pred", "PConst", "PVar", "PAxis", "PBin", "PUn", "PCall", "Op", "and_", "or_", "not_",
     "children", "walk", "PRED_VARS",
+    "Score", "SVar", "SConst", "SInt", "SIndex", "SBin", "SNeg", "SCall", "Softcap", "Alibi",
+    "SCORE_FUNCS",
 ]
 
 
@@ -369,6 +371,81 @@ class PCall(Pred):
     args: tuple[Pred, ...]
 
 
+# ---------------------------------------------------------------- scores (section 9)
+
+@dataclass(frozen=True, slots=True)
+class Score(Node):
+    """Base of float score expressions (the part after ``with``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SVar(Score):
+    """``s``: the score ``scale * q . k`` of the pair."""
+
+
+@dataclass(frozen=True, slots=True)
+class SConst(Score):
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class SInt(Score):
+    """An integer expression of section 4 (positions, heads, lengths), promoted to float."""
+
+    value: Pred
+
+
+@dataclass(frozen=True, slots=True)
+class SIndex(Score):
+    """``x[i, j, ...]``: runtime float input ``x`` at integer indices, each clamped to its
+    axis (an index past either end reads the nearest entry)."""
+
+    input: str
+    index: tuple[Pred, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SBin(Score):
+    """``+ - * /`` (``op`` the surface spelling)."""
+
+    op: str
+    left: Score
+    right: Score
+
+
+@dataclass(frozen=True, slots=True)
+class SNeg(Score):
+    operand: Score
+
+
+# name -> (fewest, most) arguments; None: no upper bound
+SCORE_FUNCS = {"abs": (1, 1), "min": (2, None), "max": (2, None), "clamp": (3, 3),
+               "exp": (1, 1), "log": (1, 1), "sqrt": (1, 1), "tanh": (1, 1),
+               "sigmoid": (1, 1)}
+
+
+@dataclass(frozen=True, slots=True)
+class SCall(Score):
+    """One of :data:`SCORE_FUNCS` on float arguments."""
+
+    func: str
+    args: tuple[Score, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Softcap(Score):
+    """``softcap(c)`` = ``c * tanh(s / c)`` (Gemma 2)."""
+
+    cap: Score
+
+
+@dataclass(frozen=True, slots=True)
+class Alibi(Score):
+    """``alibi(slopes)`` = ``s - slopes[h] * abs(p - k)`` (Press et al., ALiBi)."""
+
+    slopes: str
+
+
 # ---------------------------------------------------------------- the whole mask
 
 @dataclass(frozen=True, slots=True)
@@ -395,12 +472,14 @@ class Grid(Node):
 
 @dataclass(frozen=True, slots=True)
 class MaskDef(Node):
-    """A compiled mask: its name, runtime inputs, optional grid and body."""
+    """A compiled mask: its name, runtime inputs, optional grid, body and score."""
 
     name: str
     inputs: tuple[str, ...]
     grid: Grid | None
     body: Node
+    score: Score | None = None   # `with SCORE`; None keeps s
+    score_inputs: tuple[str, ...] = ()   # the float inputs the score reads (not in inputs)
 
 
 # ---------------------------------------------------------------- helpers

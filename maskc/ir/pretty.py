@@ -12,13 +12,17 @@ _OR, _AND, _DIFF, _UNARY = 1, 2, 3, 5
 
 def pretty(mdef: ir.MaskDef) -> str:
     """The whole compiled mask as a one-item `.mask` file."""
-    params = ", ".join(f"input {n}" for n in mdef.inputs)
+    params = ", ".join(f"input {n}" for n in mdef.inputs + mdef.score_inputs)
     head = f"mask {mdef.name}" + (f"({params})" if params else "")
     if mdef.grid is not None:
         axes = ", ".join(f"{a.name} = {a.size}" if a.name else str(a.size)
                          for a in mdef.grid.axes)
         head += f" over grid({axes})"
-    return f"{head} = {pretty_mask(mdef.body)}\n"
+    score = ""
+    if mdef.score is not None:
+        from maskc.ir.scores import pretty_score
+        score = f" with {pretty_score(mdef.score)}"
+    return f"{head} = {pretty_mask(mdef.body)}{score}\n"
 
 
 def _ints(s: ir.IntSet) -> str:

@@ -188,5 +188,7 @@ RULES = (fold_constants, double_negation, and_identities, or_identities, union_o
 
 
 def simplify(mdef: ir.MaskDef) -> ir.MaskDef:
-    """Apply :data:`RULES` to a fixed point."""
-    return replace(mdef, body=rewrite(mdef.body, RULES))
+    """Apply :data:`RULES` to a fixed point (and the score's own rules to its score)."""
+    from maskc.ir.scores import simplify as simplify_score
+    score = None if mdef.score is None else simplify_score(mdef.score)
+    return replace(mdef, body=rewrite(mdef.body, RULES), score=score)
