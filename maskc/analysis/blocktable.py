@@ -261,13 +261,14 @@ def live_predicate(node: ir.Node, path: tuple, state: dict, head: int) -> ir.Nod
     return node
 
 
-def head_patterns(mdef: ir.MaskDef, heads: int) -> np.ndarray:
+def head_patterns(mdef: ir.MaskDef, heads: int, chosen_per_head: bool = True) -> np.ndarray:
     """Per head, the id of its pattern: heads whose mask (the arms of ``heads { ... }``
     resolved for them) is the same IR get one id, numbered by their first head. A mask that
     reads ``h`` in ``where``, or whose ``heads`` cannot be resolved outside ``within``, has
     one id per head. Heads of one pattern have equal masks, so equal tables at any size."""
     reads_h = any((isinstance(n, ir.PVar) and n.name == "h") or
-                  isinstance(n, (ir.Select, ir.Keys, ir.Diagonals)) for n in ir.walk(mdef.body))
+                  (chosen_per_head and isinstance(n, (ir.Select, ir.Keys, ir.Diagonals)))
+                  for n in ir.walk(mdef.body))
     if reads_h:
         return np.arange(heads, dtype=np.int32)
     seen: dict = {}
@@ -299,7 +300,11 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
     batch = max([x.shape[0] for x in xs.values()] or [1])
     per_head = uses_head(mdef.body)
     # NOTE: heads of one pattern have one mask: analyse the first head of each pattern once
-    pattern = head_patterns(mdef, heads) if per_head else np.zeros(heads, dtype=np.int32)
+    # NOTE: selections with one row for all heads (Hx = 1) are the same for every head
+    chosen_vary = any(xs[n.input].shape[1] > 1 for n in ir.walk(mdef.body)
+                      if isinstance(n, (ir.Select, ir.Keys, ir.Diagonals)))
+    pattern = head_patterns(mdef, heads, chosen_vary) if per_head else \
+        np.zeros(heads, dtype=np.int32)
     analysed = [int(np.flatnonzero(pattern == g)[0]) for g in range(int(pattern.max()) + 1)]
     nq = -(-q_len // block_q)
     rows: list[list] = []
