@@ -240,7 +240,12 @@ class Checker:
             raise MaskNameError(f"'{name}' is a mask; to reuse it, define it with 'let'", syn.span)
         raise MaskNameError(f"undefined name '{name}'", syn.span)
 
-    def _expand(self, let: S.LetItem, args, syn, env, ctx):
+    def _expand(self, let: S.LetItem, args, syn, env, ctx, bind=None, evaluate=None):
+        """Expand macro ``let`` at ``syn``: its arguments bound with ``bind(arg syntax)``
+        (default: evaluated here), its body evaluated with ``evaluate(body, local, ctx)``
+        (default: :meth:`eval`; scores pass their own lowering)."""
+        bind = bind or (lambda a: self.eval(a, env, ctx))
+        evaluate = evaluate or self.eval
         formals = let.formals or ()
         if len(args) != len(formals):
             raise MaskTypeError(f"'{let.name}' takes {len(formals)} argument"
@@ -255,10 +260,10 @@ class Checker:
         if self._expansions > MAX_EXPANSIONS:
             raise MaskValueError("macro expansion is too large (over "
                                  f"{MAX_EXPANSIONS} expansions)", syn.span)
-        local = {f: self.eval(a.value, env, ctx) for f, a in zip(formals, args)}
+        local = {f: bind(a.value) for f, a in zip(formals, args)}
         self._expanding.append(let.name)
         try:
-            return self.eval(let.body, local, ctx)
+            return evaluate(let.body, local, ctx)
         except MaskError as err:
             if syn.span is None or "(in '" in err.message:
                 raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from maskc import ir
-from maskc.errors import MaskError, MaskNameError, MaskTypeError, MaskValueError
+from maskc.errors import MaskNameError, MaskTypeError, MaskValueError
 from maskc.frontend import syntax as S
 from maskc.frontend.predicates import axis, check_arity, check_bounds, int_call
 from maskc.frontend.values import InputV, a_kind, describe
@@ -213,29 +213,10 @@ def _call(ck, syn: S.Call, env, ctx):
 
 
 def _expand(ck, let: S.LetItem, args, syn, env, ctx):
-    """A macro in a score: its arguments lowered here (an input stays an input)."""
-    formals = let.formals or ()
-    if len(args) != len(formals):
-        raise MaskTypeError(f"'{let.name}' takes {len(formals)} argument"
-                            f"{'' if len(formals) == 1 else 's'}, got {len(args)}", syn.span)
-    if let.name in ck._expanding:
-        raise MaskNameError(f"'{let.name}' refers to itself", syn.span)
-    ck._expansions += 1
-    if ck._expansions > 20_000:
-        raise MaskValueError("macro expansion is too large", syn.span)
-    local = {}
-    for f, a in zip(formals, args):
-        if a.name is not None:
-            raise MaskTypeError(f"macro '{let.name}' takes positional arguments only", a.span)
-        v = env.get(a.value.id) if isinstance(a.value, S.Name) else None
-        local[f] = v if isinstance(v, InputV) else _Lowered(_lower(ck, a.value, env, ctx))
-    ck._expanding.append(let.name)
-    try:
-        return _lower(ck, let.body, local, ctx)
-    except MaskError as err:
-        if syn.span is None or "(in '" in err.message:
-            raise
-        raise type(err)(f"{err.message} (in '{let.name}' used at line {syn.span.line}, "
-                        f"column {syn.span.column})", err.span) from None
-    finally:
-        ck._expanding.pop()
+    """A macro in a score: the checker's expansion, with arguments lowered here (an input
+    stays an input) and the body lowered as a score."""
+    def bind(a):
+        v = env.get(a.id) if isinstance(a, S.Name) else None
+        return v if isinstance(v, InputV) else _Lowered(_lower(ck, a, env, ctx))
+    return ck._expand(let, args, syn, env, ctx, bind=bind,
+                      evaluate=lambda body, local, c: _lower(ck, body, local, c))
