@@ -288,14 +288,6 @@ class Mask:
         grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in (q, k, v, *floats.values()))
         on_cpu = q.device.type == "cpu"
-        if self.ir.score is not None:
-            # NOTE: scores (`with`) run on the reference backend so far (issue 12)
-            if backend == "auto":
-                backend = "reference"
-            elif backend != "reference":
-                raise MaskError(f"mask '{self.name}' has a score ('with ...'), which only the "
-                                f"reference backend runs so far; use backend='reference'",
-                                self._span())
         if backend == "auto":
             # NOTE: FlexAttention on the CPU has no backward, and compiled no log-sum-exp
             backend = "triton" if q.device.type == "cuda" else \
@@ -316,7 +308,7 @@ class Mask:
         if backend == "triton":
             from maskc.backends import triton
             return triton.attention(self, q, k, v, scale=scale, return_lse=return_lse,
-                                    config=config, **inputs)
+                                    config=config, **inputs, **floats)
         if config is not None:
             raise MaskError(f"config= applies to the Triton backend, not {backend!r}")
         if backend in ("flex", "flex-eager"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from maskc import ir
 from maskc.ir.pretty import pretty
 
-from maskc.backends.triton.render import SUFFIXES, Renderer
+from maskc.backends.triton.render import SUFFIXES, Renderer, declare_score_args, render_score
 from maskc.backends.triton.template import BACKWARD, MODULE
 
 __all__ = ["generate", "blocks_chain"]
@@ -14,11 +14,8 @@ __all__ = ["generate", "blocks_chain"]
 
 def generate(mdef: ir.MaskDef) -> tuple[str, list]:
     """``(source, extra_args)`` of the Triton module for ``mdef``. Byte-stable."""
-    if mdef.score is not None:
-        from maskc.errors import MaskError
-        raise MaskError(f"mask '{mdef.name}' has a score ('with ...'), which the Triton "
-                        "backend does not generate yet; use the reference backend", mdef.span)
     r = Renderer(mdef)
+    floats = declare_score_args(r) if mdef.score is not None else {}
     expr = r.render()
     params, varying = "", ""
     for a in r.args:
@@ -29,9 +26,10 @@ def generate(mdef: ir.MaskDef) -> tuple[str, list]:
     name = mdef.name
     spec = pretty(mdef).strip().replace("\n", "\n#   ")
     args = "".join(f", {p}" for p in params.split(", ")[1:]) if params else ""
+    slots = render_score(r, floats, name=name, params=params, args=args)
     src = (MODULE + BACKWARD).format(name=name, spec=spec, params=params, args=args, body=body,
-                                     varying=varying,
-                                     expr=expr, spec_src=pretty(mdef).strip())
+                                     varying=varying, expr=expr, spec_src=pretty(mdef).strip(),
+                                     **slots)
     return src, r.args
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maskc.errors import MaskError
-from maskc.analysis.sizes import check_batch, check_qkv, listed
+from maskc.errors import MaskError, MaskInputError, MaskSizeError
+from maskc.analysis.sizes import check_batch, check_qkv, listed, split_score_inputs
 from maskc.passes.tiles import (KernelConfig, Tiles, aligned, block_alignment,  # noqa: F401
                                 default_config)
 
@@ -119,6 +119,9 @@ class _Tensors:
                 t = _int32(x, self.device)
                 args += [t, t.stride(0) if t.shape[0] > 1 else 0]
                 continue
+            if a.kind == "grad" or a.kind.startswith("float"):
+                args.append(_PerCall(a.source, a.kind))  # the call's score inputs
+                continue
             if a.kind in ("select", "listed") and self.plan.chosen is not None:
                 args.append(_PerCall(a.source, a.kind))  # the call's tensor (arguments())
                 continue
@@ -141,14 +144,21 @@ class _Tensors:
             args += [t, first, table.shape[0], table.shape[1]]
         return args
 
-    def arguments(self, chosen: dict | None) -> list:
-        """The runtime arguments of one call: the plan's, with the call's chosen tensors."""
-        if chosen is None:
-            return self.extra
+    def arguments(self, chosen: dict | None, floats: dict, grads: dict | None = None) -> list:
+        """The runtime arguments of one call: the plan's, with the call's chosen tensors and
+        score inputs (float32, contiguous) and, in the backward, their gradient buffers."""
         out = []
         for a in self.extra:
-            out += self.plan.chosen.arguments(a.input, a.kind, chosen, self.device) \
-                if isinstance(a, _PerCall) else [a]
+            if not isinstance(a, _PerCall):
+                out.append(a)
+            elif a.kind.startswith("float"):
+                out += [floats[a.input], *floats[a.input].shape]
+            elif a.kind == "grad":
+                g = (grads or {}).get(a.input)
+                # NOTE: without a buffer the flag is 0 and the pointer is never written
+                out += [floats[a.input] if g is None else g, int(g is not None)]
+            else:
+                out += self.plan.chosen.arguments(a.input, a.kind, chosen, self.device)
         return out
 
     def tables(self, plan, kernel: str, chosen: dict | None = None, memo: dict | None = None
@@ -205,7 +215,7 @@ class Launch:
     """One attention call's plan, kernels and runtime arguments, shared by forward and backward."""
 
     def __init__(self, mask, q, k, v, scale=None, config: KernelConfig | None = None,
-                 _device_checked: bool = False, module=None, **inputs):
+                 _device_checked: bool = False, module=None, score_inputs=None, **inputs):
         B, Hq, Lq, D = q.shape
         Hkv, Lk, DV = k.shape[1], k.shape[2], v.shape[3]
         gpu = q.device.type == "cuda" or _device_checked
@@ -234,7 +244,8 @@ class Launch:
             # any kernel runs; the tables are merged from them on the device
             self.chosen = {n: inputs[n] for n in self.plan.chosen.shapes}
             self.plan.chosen.check(self.chosen)
-        self.extra = self.tensors.arguments(self.chosen)
+        self.floats = _score_inputs(mask.ir, score_inputs or {}, q.device)
+        self.extra = self.tensors.arguments(self.chosen, self.floats)
         self.device = q.device
         self.dtype = q.dtype
         self.compute = _compute_dtype(getattr(self.module, f"fwd_{self.name}", None), q.dtype)
@@ -287,8 +298,9 @@ class Launch:
         self._run("fwd", q.dtype, launch)
         return out, lse
 
-    def backward(self, q, k, v, out, lse, dout, dlse=None):
-        """``(dq, dk, dv)`` from the saved forward and the output (and lse) gradients."""
+    def backward(self, q, k, v, out, lse, dout, dlse=None, wanted=()):
+        """``(dq, dk, dv, grads)`` from the saved forward and the output (and lse) gradients;
+        ``grads`` of the score inputs named in ``wanted`` (float32)."""
         import torch
         B, Hq, Hkv, Lq, Lk, D, DV = self.shape
         m = self.module
@@ -309,11 +321,15 @@ class Launch:
         common = self._common() + (self.scale,)
         dq = torch.empty_like(q)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
+        grads = {n: torch.zeros_like(self.floats[n]) for n in wanted}
+        extra = self.tensors.arguments(self.chosen, self.floats, grads) if grads else self.extra
 
         def launch_dq(plan, t: Tiles):
+            for g in grads.values():  # a retiled launch starts again
+                g.zero_()
             rows = self.tensors.tables(plan, "dq", self.chosen, self.memo)
             getattr(m, f"bwd_dq_{self.name}")[(plan.block_map("dq").n_q_tiles, B * Hq)](
-                q, k, v, dout, lse, delta, dq, *strides, *rows, *common, *self.extra,
+                q, k, v, dout, lse, delta, dq, *strides, *rows, *common, *extra,
                 BM=t.block_q, BN=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages,
                 **self.dims)
 
@@ -326,7 +342,23 @@ class Launch:
                 num_warps=t.num_warps, num_stages=t.num_stages, **self.dims)
         self._run("dq", q.dtype, launch_dq)
         self._run("dkdv", q.dtype, launch_dkdv)
-        return dq, dk, dv
+        return dq, dk, dv, grads
+
+
+def _score_inputs(mdef, floats: dict, device) -> dict:
+    """The score's float inputs as the kernels read them: float32, contiguous, on ``device``
+    (checked by ``sizes.split_score_inputs``; here only what the kernels add)."""
+    import torch
+    out = {}
+    for name, x in floats.items():
+        if x.device != device:
+            raise MaskInputError(f"input '{name}' is on {x.device}, but q is on {device}",
+                                 mdef.span)
+        if x.numel() >= 1 << 31:
+            raise MaskSizeError(f"input '{name}' has {x.numel():,} entries; the Triton kernels "
+                                "index float inputs with 32 bits", mdef.span)
+        out[name] = x.detach().to(torch.float32).contiguous()
+    return out
 
 
 def _precision(dtype) -> str:
@@ -361,7 +393,10 @@ def attention(mask, q, k, v, scale=None, return_lse=False, block_q=None, block_k
     """
     check_qkv(mask.ir, q, k, v)
     config = _config(config, block_q, block_k)
-    out, lse = _function().apply(q, k, v, (mask, scale, config, module, inputs))
+    inputs, floats = split_score_inputs(mask.ir, inputs)
+    names = tuple(floats)
+    out, lse = _function().apply(q, k, v, (mask, scale, config, module, inputs, names),
+                                 *(floats[n] for n in names))
     return (out, lse) if return_lse else out
 
 
@@ -384,9 +419,12 @@ def _make_function():
 
     class TritonAttention(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, q, k, v, call):
-            mask, scale, config, module, inputs = call
-            launch = Launch(mask, q, k, v, scale, config, module=module, **inputs)
+        def forward(ctx, q, k, v, call, *floats):
+            mask, scale, config, module, inputs, names = call
+            launch = Launch(mask, q, k, v, scale, config, module=module,
+                            score_inputs=dict(zip(names, floats)), **inputs)
+            ctx.names = names
+            ctx.float_dtypes = tuple(x.dtype for x in floats)
             t = launch.tensors  # a tiled token layout reorders the tokens around the kernels
             ctx.dtypes = tuple(x.dtype for x in (q, k, v))
             q, k, v = (t.to_layout(x).to(launch.compute).contiguous() for x in (q, k, v))
@@ -401,8 +439,11 @@ def _make_function():
             t = ctx.launch.tensors
             dout = torch.zeros_like(out) if dout is None else t.to_layout(dout).to(out.dtype)
             dlse = None if dlse is None else t.to_layout(dlse)
-            grads = ctx.launch.backward(q, k, v, out, lse, dout, dlse)
-            return (*(t.from_layout(g).to(d) for g, d in zip(grads, ctx.dtypes)), None)
+            wanted = [n for n, need in zip(ctx.names, ctx.needs_input_grad[4:]) if need]
+            *grads, dfloats = ctx.launch.backward(q, k, v, out, lse, dout, dlse, wanted)
+            return (*(t.from_layout(g).to(d) for g, d in zip(grads, ctx.dtypes)), None,
+                    *(dfloats[n].to(d) if n in dfloats else None
+                      for n, d in zip(ctx.names, ctx.float_dtypes)))
 
     return TritonAttention
 
@@ -410,7 +451,9 @@ def _make_function():
 def forward(mask, q, k, v, scale=None, block_q: int | None = None, block_k: int | None = None,
             config: KernelConfig | None = None, **inputs):
     """Run the generated forward kernel once: ``(out, lse)``."""
-    launch = Launch(mask, q, k, v, scale, _config(config, block_q, block_k), **inputs)
+    inputs, floats = split_score_inputs(mask.ir, inputs)
+    launch = Launch(mask, q, k, v, scale, _config(config, block_q, block_k),
+                    score_inputs=floats, **inputs)
     t = launch.tensors
     out, lse = launch.forward(*(t.to_layout(x).to(launch.compute).contiguous()
                                 for x in (q, k, v)))

@@ -18,11 +18,11 @@ from maskc import ir
 from maskc.errors import MaskError
 from maskc.ir import Op
 
-from maskc.backends.constructs import LOWERINGS, Env, coord, in_set, value
+from maskc.backends.constructs import LOWERINGS, Env, coord, in_set, pred, value
 from maskc.ir.grid import tile_counts
 from maskc.backends.emit import TRITON, Emitter, Namespace, w
 
-__all__ = ["Renderer", "ExtraArg", "SUFFIXES"]
+__all__ = ["Renderer", "ExtraArg", "SUFFIXES", "declare_score_args", "render_score"]
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,14 @@ class Renderer:
     args: list[ExtraArg] = field(default_factory=list)
 
     def __post_init__(self):
-        from maskc.backends.triton.template import BACKWARD, MODULE
+        from maskc.backends.triton.template import (BACKWARD, GRAD_CALL, GRAD_FUNC, MODULE,
+                                                    SCORE_FUNCS, SCORE_LINES)
         self.e = Emitter(TRITON, _PARAMS + _GLOBALS)
         # NOTE: runtime arguments travel through every kernel and helper of the template,
         # so their names avoid all of the template's identifiers.
-        self._arg_names = Namespace(_identifiers(MODULE + BACKWARD) | set(_PARAMS))
+        text = MODULE + BACKWARD + SCORE_FUNCS + GRAD_FUNC + GRAD_CALL + "".join(
+            SCORE_LINES.values())
+        self._arg_names = Namespace(_identifiers(text) | set(_PARAMS) | set(_SCORE_PARAMS))
 
     @property
     def lines(self) -> list[str]:
@@ -266,3 +269,102 @@ _MASKS = {
     ir.Random: lambda r, n, env: _table(r, n, env, "random"),
     ir.Layout: lambda r, n, env: _table(r, n, env, "layout"),
 }
+
+
+# ---------------------------------------------------------------- scores (`with`)
+
+MAX_SCORE_RANK = 8
+SUFFIXES.update({f"float{r}": tuple(f"n{a}" for a in range(r))
+                 for r in range(1, MAX_SCORE_RANK + 1)})
+SUFFIXES["grad"] = ("on",)   # the input's gradient buffer, and whether to fill it
+_SCORE_PARAMS = ("s", "P", "Q", "K", "h", "b", "Lq", "Lk", "ds")
+
+
+class _ScoreFn:
+    """One score function's emitter (``r.e``, as the shared renderings expect)."""
+
+    def __init__(self, reserved):
+        self.e = Emitter(TRITON, reserved)
+
+
+def declare_score_args(r: Renderer) -> dict:
+    """The kernel arguments of the score's float inputs (a pointer and its sizes, a gradient
+    buffer and its flag), declared before the mask renders so that no local takes a name."""
+    from maskc.ir.scores import float_inputs
+    out = {}
+    for name, rank in float_inputs(r.mdef.score).items():
+        if rank > MAX_SCORE_RANK:
+            raise MaskError(f"input '{name}' has {rank} indices; the Triton backend reads "
+                            f"float inputs of at most {MAX_SCORE_RANK}", r.mdef.score.span)
+        out[name] = (r.arg(f"float{rank}", name, name), r.arg("grad", name, f"grad_{name}"))
+    return out
+
+
+def _flat(e: Emitter, x: str, idx: list, hint: str):
+    """The flat offset of ``x[idx]`` (row-major, contiguous), each index clamped to its axis."""
+    flat = 0
+    for a, i in enumerate(idx):
+        ci = e.let(e.clamp(i, 0, f"{x}_n{a} - 1"), f"{hint}_{a}")
+        flat = ci if a == 0 else e.add(e.mul(w(flat), f"{x}_n{a}"), ci)
+    return e.let(flat, f"at_{hint}")
+
+
+def render_score(r: Renderer, floats: dict, **names) -> dict:
+    """The template's score slots for ``r.mdef`` (all empty without a score); ``names`` are
+    the template's ``name``, ``params`` and ``args``."""
+    from maskc.backends import scores as S
+    from maskc.ir.scores import pretty_score
+    from maskc.backends.triton.template import GRAD_CALL, GRAD_FUNC, SCORE_FUNCS, SCORE_LINES
+    mdef = r.mdef
+    slots = dict.fromkeys(["score_funcs", *SCORE_LINES], "")
+    if mdef.score is None:
+        return slots
+    reserved = set(_SCORE_PARAMS) | set(_GLOBALS) | {"LOG2E"} | {
+        n for a in r.args for n in (a.name, *(f"{a.name}_{x}" for x in SUFFIXES[a.kind]))}
+    env = Env(P="P", Q="Q", K="K", h="h", Lq="Lq", Lk="Lk", p_nonneg=mdef.grid is not None,
+              grid=mdef.grid, extra="Lk")
+
+    def load(f, node: ir.SIndex, idx):
+        x = floats[node.input][0]
+        at = _flat(f.e, x, idx, node.input)
+        return f.e.let(f"tl.load({x} + {w(at)})", f"{node.input}_v")
+
+    def body(f):
+        return "\n".join(f"    {line}" for line in f.e.lines) or "    pass"
+
+    fwd = _ScoreFn(reserved)
+    value = S.render(fwd, mdef.score, env, "s", S.TRITON_SCORES, load)
+    bwd = _ScoreFn(reserved)
+    value2 = S.render(bwd, mdef.score, env, "s", S.TRITON_SCORES, load)
+    d_s, d_inputs = S.derivatives(mdef.score)
+    dvalue = S.render(bwd, d_s, env, "s", S.TRITON_SCORES, load)
+
+    grad_func, grad_call = "", ""
+    if d_inputs:
+        g = _ScoreFn(reserved)
+        for name in dict.fromkeys(x.input for x, _ in d_inputs):
+            with g.e.block() as inner:
+                for x, d in d_inputs:
+                    if x.input != name:
+                        continue
+                    dx = S.render(g, d, env, "s", S.TRITON_SCORES, load)
+                    at = _flat(g.e, floats[name][0], [pred(g, i, env) for i in x.index], name)
+                    contrib = "ds" if dx == "1.0" else f"ds * {w(dx)}"
+                    buf = floats[name][1]
+                    g.e.note(f"d score / d {pretty_score(x)}")
+                    if S.tile_constant(x):   # one entry for the whole tile: one atomic
+                        g.e.line(f"tl.atomic_add({buf} + {w(at)}, tl.sum(tl.sum("
+                                 f"tl.where(ds != 0.0, {contrib}, 0.0), 1), 0))")
+                    else:
+                        g.e.line(f"tl.atomic_add({buf} + ({at} + 0 * P + 0 * K), {contrib}, "
+                                 "mask=ds != 0.0)")
+            g.e.line(f"if {floats[name][1]}_on != 0:  # {name} requires grad")
+            g.e.lines.extend(f"    {line}" for line in inner)
+        grad_func = GRAD_FUNC.format(grad_body=body(g), **names)
+        grad_call = GRAD_CALL.format(**names)
+    slots["score_funcs"] = SCORE_FUNCS.format(
+        grad_func=grad_func, score_body=body(fwd), score_expr=value, dscore_body=body(bwd),
+        score_expr2=value2, dscore_expr=dvalue, **names)
+    for k, text in SCORE_LINES.items():
+        slots[k] = text.format(grad_call=grad_call, **names)
+    return slots

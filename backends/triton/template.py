@@ -3,7 +3,10 @@
 Slots: ``name``, ``spec`` (the mask as `.mask` source), ``params`` (extra runtime arguments
 of the mask function, with a leading comma), ``args`` (the same names, passed on),
 ``body`` (the mask function's statements, indented), ``expr`` (its result) and
-``varying`` (the extra arguments that change with the length, quoted, leading comma).
+``varying`` (the extra arguments that change with the length, quoted, leading comma);
+for a mask with a score, ``score_funcs`` (its functions, from :data:`SCORE_FUNCS`) and the
+lines that call them in each kernel (``score_fwd``, ``score_dq``, ``dscore_dq``,
+``score_dkdv``, ``dscore_dkdv``: :data:`SCORE_LINES`), all empty for a mask without one.
 
 Everything the kernels read at run time (lengths, strides, block tables, runtime inputs)
 is an argument; tile sizes, warps and pipelining depth are launch options (constexprs), so
@@ -67,7 +70,7 @@ def mask_{name}(P, Q, K, h, b, Lq, Lk, live{params}):
     return {expr}
 
 
-@triton.jit
+{score_funcs}@triton.jit
 def _batch_head(bh, H, REP):
     """Batch, query head and kv head (GQA: REP query heads per kv head) of a program."""
     bh = bh.to(tl.int64)  # base offsets of large tensors overflow 32 bits
@@ -118,7 +121,7 @@ def _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc, offs_
     if MASKED:
         Kp = _positions(perm, kk, Lk, PERMUTED)[None, :]
         keep = keep & mask_{name}(P, Qi, Kp, h, b, Lq, Lk, live{args})
-    s = tl.where(keep, s, float("-inf"))
+{score_fwd}    s = tl.where(keep, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays empty
     alpha = tl.exp2(m_i - m_safe)
@@ -211,10 +214,10 @@ def _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, 
     if MASKED:
         Kp = _positions(perm, kk, Lk, PERMUTED)[None, :]
         keep = keep & mask_{name}(P, Qi, Kp, h, b, Lq, Lk, live{args})
-    p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
+{score_dq}    p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)
     ds = p * (dp - delta[:, None])
-    return tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
+{dscore_dq}    return tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
 
 
 @triton.jit(do_not_specialize=VARYING)
@@ -269,11 +272,11 @@ def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b, Lq
         Qp = _positions(perm, offs_m, Lq, PERMUTED)[None, :]
         # -1: every term (the live bits are per query tile, not per key tile)
         keep = keep & mask_{name}(Qp + (Lk - Lq), Qp, Kp, h, b, Lq, Lk, -1{args})
-    pt = tl.where(keep, tl.exp2(st - lse2[None, :]), 0.0)
+{score_dkdv}    pt = tl.where(keep, tl.exp2(st - lse2[None, :]), 0.0)
     dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PREC)
     dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
     dst = pt * (dpt - delta[None, :])
-    dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=PREC)
+{dscore_dkdv}    dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=PREC)
     return dk, dv
 
 
@@ -322,3 +325,63 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
     _store_rows(DK_ptr + b * sdkb + kvh * sdkh, offs_n, Lk, offs_d, D, sdkn, dk * scale, EVEN_D)
     _store_rows(DV_ptr + b * sdvb + kvh * sdvh, offs_n, Lk, offs_dv, DV, sdvn, dv, EVEN_D)
 '''
+
+# ------------------------------------------------------------------ scores (`with`)
+# The score functions of a mask with a score (`score_funcs`). They see the language's s
+# (natural-log units: scale * q.k); the kernels keep log2 units, so they convert around them.
+SCORE_FUNCS = '''LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def score_{name}(s, P, Q, K, h, b, Lq, Lk{params}):
+    """The score of each pair (float32): the mask's `with` expression."""
+{score_body}
+    return {score_expr}
+
+
+@triton.jit
+def dscore_{name}(s, P, Q, K, h, b, Lq, Lk{params}):
+    """The score and its derivative by s (for the backward kernels)."""
+{dscore_body}
+    return {score_expr2}, {dscore_expr}
+
+{grad_func}
+'''
+
+GRAD_FUNC = '''
+@triton.jit
+def grad_{name}(ds, s, P, Q, K, h, b, Lq, Lk{params}):
+    """Adds the gradient of each float input that requires grad: ds (the gradient of the
+    pair's score, 0 where the pair is dropped) times the score's derivative by the entry."""
+{grad_body}
+
+'''
+
+# the lines each kernel tile runs around its score
+SCORE_LINES = {
+    "score_fwd": """\
+    Kp = _positions(perm, kk, Lk, PERMUTED)[None, :]
+    s = score_{name}(s * LN2, P, Qi, Kp, h, b, Lq, Lk{args}) * LOG2E
+""",
+    "score_dq": """\
+    Kp = _positions(perm, kk, Lk, PERMUTED)[None, :]
+    sn = s * LN2  # the language's s
+    s, dsn = dscore_{name}(sn, P, Qi, Kp, h, b, Lq, Lk{args})
+    s = s * LOG2E
+""",
+    "dscore_dq": """\
+{grad_call}    ds = tl.where(p == 0.0, 0.0, ds * dsn)
+""",
+    "score_dkdv": """\
+    Qp = _positions(perm, offs_m, Lq, PERMUTED)[None, :]
+    sn = st * LN2  # the language's s
+    st, dsn = dscore_{name}(sn, Qp + (Lk - Lq), Qp, Kp, h, b, Lq, Lk{args})
+    st = st * LOG2E
+""",
+    "dscore_dkdv": """\
+    dst = tl.where(pt == 0.0, 0.0, dst * dsn)
+""",
+}
+GRAD_CALL = """\
+    grad_{name}(ds, sn, P, Qi, Kp, h, b, Lq, Lk{args})  # float inputs that require grad
+"""
