@@ -316,7 +316,7 @@ class Mask:
             plan = self.plan(*lengths, Hq, Hkv, target="flex", device=q.device, **inputs)
             sizes.check_batch(self.ir, plan.batch, B)
             return flex.attention(plan, q, k, v, scale=scale, return_lse=return_lse,
-                                  compiled=backend != "flex-eager")
+                                  compiled=backend != "flex-eager", score_inputs=floats)
         from maskc.backends import reference
         sizes.check_size(self.ir, (B, Hq, Lq, Lk), "reference score matrix")
         plan = self.plan(*lengths, Hq, Hkv, target="reference", **inputs)

@@ -354,9 +354,6 @@ def plan(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, kv_heads=Non
     block analysis resolves undecided tiles with (exact tables; without it they stay partial).
     """
     opts = normalize_options(target, target_options)
-    if mdef.score is not None and target not in ("reference", "triton"):
-        raise MaskError(f"mask '{mdef.name}' has a score ('with ...'), which only the reference "
-                        f"backend runs so far, not {target!r}", mdef.span)
     inputs = dict(inputs or {})
     chosen = None
     if chosen_mode(mdef, target, inputs) == "device":                         # 1. bind

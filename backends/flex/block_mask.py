@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from maskc.errors import MaskError
+from maskc.errors import MaskError, MaskInputError
 from maskc.analysis.sizes import check_batch, check_elements
 
 __all__ = ["to_block_mask", "block_mask", "check_device", "attention", "flex_attention_fn",
@@ -63,10 +63,10 @@ _COMPILED_LOCK = threading.Lock()
 _NAMES = itertools.count()
 
 
-def _flex_entry(q, k, v, block_mask, scale, enable_gqa, return_lse):
+def _flex_entry(q, k, v, block_mask, scale, enable_gqa, return_lse, score_mod=None):
     from torch.nn.attention.flex_attention import flex_attention
-    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa,
-                          return_lse=return_lse)
+    return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                          enable_gqa=enable_gqa, return_lse=return_lse)
 
 
 def flex_attention_fn(compiled: bool = True, key=None):
@@ -129,9 +129,19 @@ def block_mask(plan):
     return plan.cache["block_mask"]
 
 
-def attention(plan, q, k, v, scale=None, return_lse=False, compiled=True):
-    """Run ``flex_attention`` with a ``"flex"`` plan's block mask and generated ``mask_mod``."""
+def attention(plan, q, k, v, scale=None, return_lse=False, compiled=True, score_inputs=None):
+    """Run ``flex_attention`` with a ``"flex"`` plan's block mask and generated ``mask_mod``
+    (and, for a mask with a score, its generated ``score_mod`` over ``score_inputs``)."""
     bm_mask = block_mask(plan)
+    score_mod = None
+    if plan.mdef.score is not None:
+        from maskc.backends.flex.mask_mod import make_score_mod
+        for name, x in (score_inputs or {}).items():
+            if x.device != q.device:
+                raise MaskInputError(f"input '{name}' is on {x.device}, but q is on "
+                                     f"{q.device}", plan.mdef.span)
+        score_mod = make_score_mod(plan.mdef, plan.q_len, plan.kv_len, score_inputs or {},
+                                   q.device)
     check_batch(plan.mdef, plan.batch, q.shape[0])  # inputs' batch
     gqa = q.shape[1] != k.shape[1]
     # NOTE: what the compiled kernel specializes on besides lengths and batch (which become
@@ -139,7 +149,8 @@ def attention(plan, q, k, v, scale=None, return_lse=False, compiled=True):
     # counts, dtype, head dims, tile sizes, return_lse, device.
     key = (getattr(bm_mask.mask_mod, "source", None) or id(bm_mask.mask_mod.__code__),
            q.shape[1], k.shape[1], str(q.dtype), q.shape[-1], v.shape[-1],
-           tuple(bm_mask.BLOCK_SIZE), bool(return_lse), q.device.type)
+           tuple(bm_mask.BLOCK_SIZE), bool(return_lse), q.device.type,
+           score_mod.source if score_mod is not None else None)
     fn = flex_attention_fn(compiled, key)
     import torch
     if q.device.type == "cpu" and not torch.is_grad_enabled():
@@ -147,9 +158,9 @@ def attention(plan, q, k, v, scale=None, return_lse=False, compiled=True):
         q, k, v = q.detach(), k.detach(), v.detach()
     try:
         if compiled:
-            return fn(q, k, v, bm_mask, scale, gqa, return_lse)
-        return fn(q, k, v, block_mask=bm_mask, scale=scale, enable_gqa=gqa,
-                  return_lse=return_lse)
+            return fn(q, k, v, bm_mask, scale, gqa, return_lse, score_mod)
+        return fn(q, k, v, score_mod=score_mod, block_mask=bm_mask, scale=scale,
+                  enable_gqa=gqa, return_lse=return_lse)
     except Exception as err:  # torch wraps it (InternalTorchDynamoError)
         if (isinstance(err, RecursionError) or isinstance(err.__cause__, RecursionError)
                 or "RecursionError" in str(err).split("\n", 1)[0]):
