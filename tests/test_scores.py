@@ -1,7 +1,7 @@
 """Scores, ``mask NAME = MASK with SCORE`` (LANGUAGE.md section 9): the language, the IR
 (printing, simplification, symbolic derivatives) and the float64 reference, against
-formulas written here from the text. The kernels (Triton, FlexAttention) do not run scores
-yet: they refuse them with a clear error, tested here too."""
+formulas written here from the text. The kernels (Triton, FlexAttention) are tested against
+the same formulas in tests/test_scores_kernels.py."""
 
 import math
 
@@ -186,16 +186,6 @@ def test_bad_float_inputs_are_mask_input_errors(x, message):
         m.attention(q, k, v, backend="reference", b=x)
     with pytest.raises(maskc.MaskInputError, match="needs the runtime input 'b'"):
         m.attention(q, k, v, backend="reference")
-
-
-@pytest.mark.parametrize("backend", ["triton", "flex-eager"])
-def test_kernels_refuse_scores_for_now(backend):
-    m = maskc.compile("mask m = causal with softcap(20.0)")
-    q, k, v = (t.detach().float() for t in qkv(1, 1, 1, 16, 16))
-    with pytest.raises(maskc.MaskError, match="only the reference backend"):
-        m.attention(q, k, v, backend=backend)
-    out = m.attention(q, k, v)  # auto: the reference
-    assert out.shape == (1, 1, 16, 16 // 2)
 
 
 def test_alibi_slopes_follow_the_paper():
