@@ -290,7 +290,10 @@ class Mask:
         on_cpu = q.device.type == "cpu"
         if backend == "auto":
             # NOTE: FlexAttention on the CPU has no backward, and compiled no log-sum-exp
-            backend = "triton" if q.device.type == "cuda" else \
+            # and the Triton kernels take float16, bfloat16 and float32 (float64: the reference)
+            kernels = str(q.dtype).removeprefix("torch.") in ("float16", "bfloat16", "float32")
+            backend = "reference" if not kernels and on_cpu else \
+                "triton" if q.device.type == "cuda" else \
                 "flex" if not (grad or return_lse) else \
                 "triton" if os.environ.get("TRITON_INTERPRET") == "1" else "reference"
         if backend in ("flex", "flex-eager") and on_cpu and (grad or (

@@ -131,10 +131,17 @@ def shapes(draw, max_len: int = 96, dtypes=("float32",), max_heads: int = 4) -> 
 def runtime_inputs(mask: Mask, kv_len: int, seed: int = 0) -> dict:
     """Inputs for every ``input`` of ``mask``: packed-document ids of random lengths; for a
     selection, 3 random key blocks (or padding) per query block, and 5 random keys or
-    diagonals for a list (LANGUAGE.md section 8), the same for every head."""
+    diagonals for a list (LANGUAGE.md section 8), the same for every head; for a float input
+    of the score (section 9), a float32 torch tensor of 8 random entries per axis (indices
+    past them are clamped)."""
     from maskc.ir.inputs import input_kinds
+    from maskc.ir.scores import float_inputs
     rng = np.random.default_rng(seed)
     out = {}
+    if mask.ir.score is not None:
+        import torch
+        for name, rank in float_inputs(mask.ir.score).items():
+            out[name] = torch.from_numpy(rng.standard_normal((8,) * rank).astype(np.float32) * 0.5)
     for name, kind in input_kinds(mask.ir).items():
         if kind.kind == "select":
             nb = kind.rows(kv_len, mask.ir.grid)
@@ -181,10 +188,17 @@ def assert_attention_matches(fn, mask, batch: int = 1, heads: int = 2, kv_heads:
     q64, k64 = rand(batch, heads, q_len, head_dim), rand(batch, kv_heads, kv_len, head_dim)
     v64 = rand(batch, kv_heads, kv_len, head_dim)
     leaves = [t.to(device=device, dtype=tdtype).requires_grad_(grad) for t in (q64, k64, v64)]
-    got = fn(*leaves, **inputs)
+    # float inputs of a score: their gradients are checked too
+    floats = {n: x for n, x in inputs.items() if isinstance(x, torch.Tensor)
+              and x.is_floating_point()}
+    f_leaves = {n: x.detach().to(device=device, dtype=torch.float32).requires_grad_(grad)
+                for n, x in floats.items()}
+    f_refs = {n: x.detach().double().requires_grad_(grad) for n, x in floats.items()}
+    got = fn(*leaves, **{**inputs, **f_leaves})
     got_out, got_lse = (got if isinstance(got, tuple) else (got, None))
     refs = [t.clone().requires_grad_(grad) for t in (q64, k64, v64)]
-    ref_out, ref_lse = mask.attention(*refs, backend="reference", return_lse=True, **inputs)
+    ref_out, ref_lse = mask.attention(*refs, backend="reference", return_lse=True,
+                                      **{**inputs, **f_refs})
 
     def close(name, a, b):
         a = a.detach().double().cpu()
@@ -208,6 +222,10 @@ def assert_attention_matches(fn, mask, batch: int = 1, heads: int = 2, kv_heads:
         (ref_out * w).sum().backward()
         for name, a, b in zip(("dq", "dk", "dv"), leaves, refs):
             close(name, a.grad, b.grad)
+        for name in floats:
+            a, b = f_leaves[name].grad, f_refs[name].grad
+            close(f"d{name}", a if a is not None else torch.zeros_like(b),
+                  b if b is not None else torch.zeros_like(a))
 
 
 def _status(field: str) -> float | None:

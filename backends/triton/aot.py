@@ -118,11 +118,14 @@ def record_calls(mask, dtype: str = "bfloat16", head_dim: int = 128, q_len: int 
     q = torch.zeros(1, heads, q_len, head_dim, dtype=tdtype)
     k = torch.zeros(1, kv_heads, kv_len, head_dim, dtype=tdtype)
     # NOTE: config None: the plan's tile rule for a CUDA device, as a real launch would get
-    launch = tb.Launch(mask, q, k, k, None, config, _device_checked=True, **inputs)
+    from maskc.analysis.sizes import split_score_inputs
+    inputs, floats = split_score_inputs(mask.ir, inputs)
+    launch = tb.Launch(mask, q, k, k, None, config, _device_checked=True, score_inputs=floats,
+                       **inputs)
     calls: list = []
     launch.module = _Module(launch.module, calls)
     out, lse = launch.forward(q, k, k)
-    launch.backward(q, k, k, out, lse, torch.zeros_like(out))
+    launch.backward(q, k, k, out, lse, torch.zeros_like(out), wanted=tuple(floats))
     return calls
 
 
