@@ -110,6 +110,10 @@ def _bin(c: _Ctx, op: str, a, b):
             v = None
         if v is not None:
             return v
+    if op == "/" and isinstance(b, float) and b != 0 and math.isfinite(1.0 / b):
+        # NOTE: by the reciprocal, as softcap renders s / c: the derivative's tanh(s / c) is
+        # then the same expression as the score's and is computed once
+        return _bin(c, "*", a, 1.0 / b)
     return _let(c, f"{w(_text(a))} {op} {w(_text(b))}")
 
 

@@ -220,12 +220,12 @@ def assert_attention_matches(fn, mask, batch: int = 1, heads: int = 2, kv_heads:
         w = rand(*ref_out.shape)
         (got_out.double().cpu() * w).sum().backward()
         (ref_out * w).sum().backward()
-        for name, a, b in zip(("dq", "dk", "dv"), leaves, refs):
-            close(name, a.grad, b.grad)
-        for name in floats:
-            a, b = f_leaves[name].grad, f_refs[name].grad
-            close(f"d{name}", a if a is not None else torch.zeros_like(b),
-                  b if b is not None else torch.zeros_like(a))
+        # NOTE: a leaf the output does not depend on (a score without s) has no gradient
+        pairs = [(name, a, b) for name, a, b in zip(("dq", "dk", "dv"), leaves, refs)]
+        pairs += [(f"d{n}", f_leaves[n], f_refs[n]) for n in floats]
+        for name, a, b in pairs:
+            close(name, a.grad if a.grad is not None else torch.zeros_like(a),
+                  b.grad if b.grad is not None else torch.zeros_like(b))
 
 
 def _status(field: str) -> float | None:

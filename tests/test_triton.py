@@ -27,6 +27,8 @@ GOLDEN_CASES = {  # golden name -> (example file, mask name)
     "bigbird": ("bigbird.mask", "bigbird"),
     "natten2d": ("natten.mask", "natten2d"),
     "moa": ("moa.mask", "moa"),
+    "gemma2_local": ("gemma2.mask", "gemma2_local"),   # scores: softcap
+    "t5_encoder": ("t5.mask", "t5_encoder"),           # scores: a float input with a gradient
 }
 DTYPES = ("float32", "float16") + (("bfloat16",) if GPU_RUN else ())  # NOTES: bf16 is garbage
 # a GPU run compiles each example, so it draws few
