@@ -204,6 +204,9 @@ def render(r, score: ir.Score, env: Env, s: str, target: Target, load) -> str:
     """Source of ``score`` at the pair ``env`` with the score variable ``s``; statements go
     to ``r.e``. ``load(r, node, indices)`` reads a float input at clamped indices."""
     out = go(_Ctx(r, env, s, target, load), score)
+    if isinstance(out, float) and target is TORCH_SCORES:
+        # NOTE: a constant score: FlexAttention's score_mod must return a tensor
+        return f"torch.full_like({s}, {_num(out)})"
     return _text(out)
 
 

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import traceback
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -906,10 +907,51 @@ def case_cli(rng: random.Random, w: "Worker"):
 
 # ================================================================ (e) backend agreement
 
+def gen_score(rng: random.Random, depth: int = 3) -> str:
+    """A random score expression (LANGUAGE.md section 9) whose values stay finite."""
+    leaves = ["s", "0.5", "-1.25", "(p - k) * 0.1", "bias[h, abs(p - k)]", "q * 0.05"]
+    kind = rng.choice(["leaf", "bin", "bin", "fn"]) if depth else "leaf"
+    if kind == "leaf":
+        return rng.choice(leaves)
+    a = gen_score(rng, depth - 1)
+    if kind == "bin":
+        return f"({a} {rng.choice('+-*')} {gen_score(rng, depth - 1)})"
+    fn = rng.choice(["tanh", "sigmoid", "abs", "min", "max", "clamp", "softcap", "exp"])
+    if fn in ("min", "max"):
+        return f"{fn}({a}, {gen_score(rng, depth - 1)})"
+    if fn == "clamp":
+        return f"clamp({a}, -2.0, 1.5)"
+    if fn == "softcap":
+        return f"softcap({rng.choice(['2.0', '30.0'])})"
+    if fn == "exp":
+        return f"exp(tanh({a}))"
+    return f"{fn}({a})"
+
+
+def with_score(text: str, expr: str) -> str:
+    """``text`` (one mask) with ``with expr``, and the float input ``bias`` declared if read."""
+    depth, eq = 0, None
+    for i, ch in enumerate(text):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if depth == 0 and text.startswith(" = ", i):
+            eq = i
+            break
+    header, body = text[:eq], text[eq + 3:].rstrip()
+    if "bias[" in expr:
+        head, _, rest = header.partition(" over ")
+        head = head[:-1] + ", input bias)" if head.endswith(")") else head + "(input bias)"
+        header = head + (f" over {rest}" if rest else "")
+    return f"{header} = {body} with {expr}\n"
+
+
 def case_backends(rng: random.Random, w: "Worker"):
     import maskc
     import torch
     spec = gen_spec(rng, random_ok=True, max_grid=24)
+    scored = rng.random() < 0.4
+    if scored:  # a score composed with the random mask, on every backend
+        spec = dataclasses.replace(spec, text=with_score(spec.text, gen_score(rng)))
     q_len, kv_len, heads, docs = gen_sizes(rng, spec, max_len=20)
     B, Hkv = rng.randint(1, 2), rng.randint(1, 2)
     Hq = Hkv * rng.randint(1, 2)
@@ -918,6 +960,9 @@ def case_backends(rng: random.Random, w: "Worker"):
     lse = rng.random() < 0.3
     params = "".join(f", {k}={v}" for k, v in spec.params.items())
     ins = "".join(f", {x}=torch.tensor({v})" for x, v in docs.items())
+    bias = scored and "input bias" in spec.text
+    if bias:
+        ins += f", bias=torch.randn(({Hq}, 7), generator=torch.Generator().manual_seed(1))"
     repro = (f"m = maskc.compile({spec.text!r}{params}); g = torch.Generator().manual_seed(0)\n"
              f"q = torch.randn(({B}, {Hq}, {q_len}, {D}), generator=g); "
              f"k = torch.randn(({B}, {Hkv}, {kv_len}, {D}), generator=g); "
@@ -938,7 +983,9 @@ def case_backends(rng: random.Random, w: "Worker"):
         for b in ("reference", "flex-eager", "triton"):
             try:
                 with w.quiet():
-                    outs[b] = m.attention(q, k, v, backend=b, return_lse=lse,
+                    extra = {"bias": torch.randn((Hq, 7), generator=torch.Generator()
+                                                 .manual_seed(1))} if bias else {}
+                    outs[b] = m.attention(q, k, v, backend=b, return_lse=lse, **extra,
                                           **{x: torch.tensor(d) for x, d in docs.items()})
             except maskc.MaskError as err:
                 outs[b] = type(err).__name__ + ": " + str(err).splitlines()[0]

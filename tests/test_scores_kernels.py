@@ -128,7 +128,7 @@ def test_triton_forward_lse_and_gradients_match_the_formula(name):
 def test_flex_score_mod_matches_the_formula(name, backend):
     if backend == "flex" and name not in ("softcap", "alibi", "swin"):
         pytest.skip("compiled FlexAttention on the CPU costs seconds per mask: three suffice")
-    m, q, k, v, floats, want = setup(name, Hq=4, Hkv=4)
+    m, q, k, v, floats, want = setup(name)   # GQA: 4 query heads, 2 kv heads
     out = m.attention(q, k, v, backend=backend, **floats)
     torch.testing.assert_close(out.double(), want(q, k, v, floats)[0], atol=2e-5, rtol=1e-4)
 
@@ -270,3 +270,22 @@ def test_random_scores_with_random_masks_on_triton_match_the_float64_reference(
             inputs=inputs, seed=seed, tolerances=(2e-4, 1e-3))
     except maskc.MaskError as err:  # e.g. a head that no arm of heads { ... } covers
         assert "head" in str(err) or "key blocks" in str(err), err
+
+
+def test_compiled_flex_does_not_recompile_for_new_values_of_a_float_input():
+    from torch._dynamo.utils import counters
+    m = maskc.compile("mask m(input rel) = causal with s + rel[h, clamp(p - k, 0, 15)]")
+    q, k, v = (leaf(1, 2, 40, 16, seed=i) for i in range(3))
+    outs = []
+    for seed in (1, 2, 3):
+        rel = leaf(2, 16, seed=seed)
+        outs.append(m.attention(q, k, v, backend="flex", rel=rel))
+        want = m.attention(q.double(), k.double(), v.double(), backend="reference",
+                           rel=rel.double())
+        torch.testing.assert_close(outs[-1].double(), want, atol=2e-5, rtol=1e-4)
+        if seed == 1:
+            frames = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == frames   # the second and third: no compile
+    assert not torch.allclose(outs[0], outs[1])
+    m.attention(q, k, v, backend="flex", rel=leaf(2, 9, seed=4))  # new sizes: new source
+    assert counters["stats"]["unique_graphs"] > frames    # (so the counter does count)
