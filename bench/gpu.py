@@ -32,6 +32,15 @@ PATTERNS = {
                                  None, 24, 128, None, None),
     "natten3d-30x48x80-w18x24x24": ("mask m over grid(30, 48, 80) = neighborhood((18, 24, 24))",
                                     None, 24, 128, None, None),
+    # scores (with ...): against torch.compile(flex_attention) with maskc's score_mod
+    "gemma2-swa4096-softcap-32K": ("mask m = causal & window(before = 4095, after = 0) with "
+                                   "softcap(50.0)", 32768, 16, 128, None, None),
+    "gemma2-swa4096-softcap-8K-d256": ("mask m = causal & window(before = 4095, after = 0) "
+                                       "with softcap(50.0)", 8192, 8, 256, None, None),
+    "alibi-8K": ("mask m(input slopes) = causal with alibi(slopes)", 8192, 16, 128, "slopes",
+                 None),
+    "alibi-32K": ("mask m(input slopes) = causal with alibi(slopes)", 32768, 16, 128, "slopes",
+                  None),
 }
 # --smoke: the same script at toy sizes on the CPU (Triton's interpreter, eager flex), so a
 # test can run it end to end; its timings mean nothing
@@ -42,6 +51,9 @@ SMOKE = {
     "packed-32K": ("mask m(input doc) = causal & same(doc)", 150, 2, 32, "docs", None),
     "natten2d-256x256-w80": ("mask m over grid(16, 16) = neighborhood(5)", None, 2, 32, None,
                              None),
+    "gemma2-swa4096-softcap-32K": ("mask m = causal & window(before = 31, after = 0) with "
+                                   "softcap(5.0)", 96, 2, 32, None, None),
+    "alibi-8K": ("mask m(input slopes) = causal with alibi(slopes)", 96, 2, 32, "slopes", None),
 }
 SWEEP = ((128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 4), (64, 64, 4, 3))
 QUICK = ("swa2048-32K", "bigbird-16K")
@@ -81,6 +93,7 @@ def run(name, args):
     m = maskc.compile(src)
     n = n or int(math.prod(m.grid))
     inputs = {"doc": _docs(n)} if inputs_kind == "docs" else {}
+    floats = {"slopes": maskc.alibi_slopes(H).to(dev)} if inputs_kind == "slopes" else {}
     dtype = torch.float32 if args.smoke else torch.bfloat16
     q, k, v = (torch.randn(1, H, n, D, device=dev, dtype=dtype, requires_grad=True)
                for _ in range(3))
@@ -95,10 +108,10 @@ def run(name, args):
         t_b = _bench(lambda: torch.autograd.grad(fwd(), (q, k, v), grad), dev)
         results[label] = (t_f, t_b)
 
-    measure("maskc", lambda: m.attention(q, k, v, backend="triton", **inputs))
+    measure("maskc", lambda: m.attention(q, k, v, backend="triton", **inputs, **floats))
     from maskc.backends.triton import Launch
     from maskc.passes.layoutmap import visited_tiles
-    bm = Launch(m, q, k, v, **inputs).bm  # the cached plan of the calls above
+    bm = Launch(m, q, k, v, score_inputs=floats, **inputs).bm  # the cached plan of the calls above
     tiles = {"maskc": visited_tiles(bm)[0] / bm.stats["tiles"]}
     if name in args.sweep:  # other forward tiles (block_q, block_k, warps, stages); backward as chosen
         from maskc.backends.triton import Tiles, aligned, block_alignment, default_config
@@ -106,15 +119,19 @@ def run(name, args):
         for t in SWEEP:
             cfg = type(base)(Tiles(*t), base.dq, base.dkdv)
             if cfg != base:
-                measure(f"maskc fwd {t}", lambda cfg=cfg: m.attention(q, k, v, backend="triton",
-                                                                     config=cfg, **inputs))
+                measure(f"maskc fwd {t}", lambda cfg=cfg: m.attention(
+                    q, k, v, backend="triton", config=cfg, **inputs, **floats))
     block_mask = m.flex_block_mask(n, heads=1, block_size=128, device=dev, **inputs)
     visits = int(block_mask.kv_num_blocks.sum()) + int(block_mask.full_kv_num_blocks.sum())
     tiles["flex"] = visits / (-(-n // 128)) ** 2
+    score_mod = None
+    if m.ir.score is not None:  # the same score as FlexAttention's score_mod (generated)
+        from maskc.backends.flex import make_score_mod
+        score_mod = make_score_mod(m.ir, n, n, floats, dev)
     if not args.smoke:  # flex has no backward on the CPU
         flex = torch.compile(flex_attention)
-        measure("flex", lambda: flex(q, k, v, block_mask=block_mask))
-    try:
+        measure("flex", lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask))
+    try:  # dense, no mask and no score: the speed a sparse kernel is measured against
         measure("sdpa-dense", lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
     except torch.OutOfMemoryError:
         pass

@@ -349,6 +349,11 @@ def _score_inputs(mdef, floats: dict, device) -> dict:
     """The score's float inputs as the kernels read them: float32, contiguous, on ``device``
     (checked by ``sizes.split_score_inputs``; here only what the kernels add)."""
     import torch
+    from maskc.ir.scores import float_inputs
+    for name in float_inputs(mdef.score) if mdef.score is not None else ():
+        if name not in floats:
+            raise MaskInputError(f"mask '{mdef.name}' needs the runtime input '{name}' (a "
+                                 "float tensor, read by the score)", mdef.span)
     out = {}
     for name, x in floats.items():
         if x.device != device:
