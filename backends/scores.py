@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from maskc import ir
 from maskc.errors import MaskError
-from maskc.ir.scores import diff, expand, simplify
+from maskc.ir.scores import diff, expand, simplify, tile_constant  # noqa: F401 (re-export)
 
 from maskc.backends.constructs import Env, pred
 from maskc.backends.emit import w
@@ -230,13 +230,3 @@ def derivatives(score: ir.Score) -> tuple[ir.Score, list[tuple[ir.SIndex, ir.Sco
         if d != ir.SConst(0.0):
             out.append((x, d))
     return ds, out
-
-
-def tile_constant(x: ir.SIndex) -> bool:
-    """Whether an entry's indices are the same for every pair of a tile: they read neither
-    positions nor grid coordinates (only heads, lengths and constants)."""
-    for i in x.index:
-        for n in ir.walk(i):
-            if isinstance(n, ir.PAxis) or (isinstance(n, ir.PVar) and n.name in ("p", "q", "k")):
-                return False
-    return True

@@ -289,3 +289,17 @@ def test_compiled_flex_does_not_recompile_for_new_values_of_a_float_input():
     assert not torch.allclose(outs[0], outs[1])
     m.attention(q, k, v, backend="flex", rel=leaf(2, 9, seed=4))  # new sizes: new source
     assert counters["stats"]["unique_graphs"] > frames    # (so the counter does count)
+
+
+def test_a_score_that_gathers_per_pair_pipelines_one_stage_less_on_a_gpu():
+    # measured with maskc compile --arch sm_90: t5's dq at 3 stages needs 256 KiB of shared
+    # memory (more than Hopper has), at 2 stages 192 KiB; softcap and alibi gather nothing
+    # per pair and keep the default
+    from maskc.passes.tiles import kernel_tiles
+    t5 = maskc.compile("mask m(input rel) = causal with s + rel[h, abs(p - k)]").ir
+    cap = maskc.compile("mask m(input sl) = causal with softcap(30.0) + alibi(sl)").ir
+    plain = kernel_tiles(cap, "triton", "cuda", "bfloat16", 128)
+    tiles = kernel_tiles(t5, "triton", "cuda", "bfloat16", 128)
+    assert plain["fwd"].num_stages == plain["dq"].num_stages == 3
+    assert tiles["fwd"].num_stages == tiles["dq"].num_stages == 2
+    assert tiles["dkdv"] == plain["dkdv"]

@@ -15,7 +15,8 @@ import math
 
 from maskc.ir import nodes as ir
 
-__all__ = ["pretty_score", "expand", "diff", "simplify", "float_inputs", "uses_s"]
+__all__ = ["pretty_score", "expand", "diff", "simplify", "float_inputs", "uses_s",
+           "tile_constant"]
 
 _ADD, _MUL, _NEG, _ATOM = ir.Op.ADD.prec, ir.Op.MUL.prec, ir.Op.NEG.prec, 9
 
@@ -65,6 +66,16 @@ def float_inputs(score: ir.Score) -> dict[str, int]:
         elif isinstance(n, ir.Alibi):
             out.setdefault(n.slopes, 1)
     return out
+
+
+def tile_constant(x: ir.SIndex) -> bool:
+    """Whether an entry's indices are the same for every pair of a kernel tile: they read
+    neither positions nor grid coordinates (only heads, lengths and constants)."""
+    for i in x.index:
+        for n in ir.walk(i):
+            if isinstance(n, ir.PAxis) or (isinstance(n, ir.PVar) and n.name in ("p", "q", "k")):
+                return False
+    return True
 
 
 def uses_s(score: ir.Score) -> bool:

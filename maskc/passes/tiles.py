@@ -158,6 +158,20 @@ def check_block(size, what: str, mdef: ir.MaskDef, on_gpu: bool) -> None:
                             mdef.span)
 
 
+def score_stages(config: KernelConfig, mdef: ir.MaskDef) -> KernelConfig:
+    """One pipeline stage fewer for the forward and dq kernels when the score gathers a float
+    input that varies within a tile (``rel[h, p - k]``): Triton pipelines that gather through
+    shared memory like the key tiles (a (128, 64) float32 tile per stage), and at Hopper's
+    bfloat16 tiles for D = 128 the dq kernel then needs 256 KiB, more than the GPU has
+    (measured with ``maskc compile --arch sm_90``: 196 KiB at 2 stages)."""
+    from maskc.ir.scores import expand, tile_constant
+    if mdef.score is None or all(tile_constant(n) for n in ir.walk(expand(mdef.score))
+                                 if isinstance(n, ir.SIndex)):
+        return config
+    less = lambda t: replace(t, num_stages=max(1, t.num_stages - 1))  # noqa: E731
+    return replace(config, fwd=less(config.fwd), dq=less(config.dq))
+
+
 def kernel_tiles(mdef: ir.MaskDef, target: str, device: str, dtype: str, head_dim: int,
                  config: KernelConfig | None = None, block_size=(128, 128)) -> dict:
     """Per kernel of ``target`` (:data:`KERNELS`), its :class:`Tiles`; see the module docstring."""
@@ -169,7 +183,7 @@ def kernel_tiles(mdef: ir.MaskDef, target: str, device: str, dtype: str, head_di
     if config is None:
         config = default_config(device, dtype, head_dim)
         if gpu:
-            config = aligned(config, block_alignment(mdef))
+            config = score_stages(aligned(config, block_alignment(mdef)), mdef)
     for kind in KERNELS["triton"]:
         for what in ("block_q", "block_k"):
             check_block(getattr(getattr(config, kind), what), what, mdef, gpu)
