@@ -288,7 +288,15 @@ def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -
     Evaluated a block of query rows (and, for long rows, of keys and heads) at a time: the
     peak memory is the result's size plus :data:`CHUNK` elements of temporaries.
     """
+    return dense_at(mdef, q_len, kv_len, heads, None, 0, inputs)
+
+
+def dense_at(mdef: ir.MaskDef, q_len, kv_len, heads: int, q_offset: int | None,
+             kv_offset: int, inputs: dict) -> np.ndarray:
+    """:func:`dense` with the query at absolute position ``q + q_offset`` and the key at
+    ``k + kv_offset`` (LANGUAGE.md section 10; ``None``: ``kv_len - q_len``)."""
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
+    q_offset = kv_len - q_len if q_offset is None else q_offset
     heads = check_heads(mdef, heads)
     xs = prepare_inputs(mdef, kv_len, inputs, heads=heads)
     batch = max([x.shape[0] for x in xs.values()] or [1])
@@ -310,7 +318,7 @@ def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -
                 q = np.arange(r0, min(r0 + rows, q_len), dtype=np.int64).reshape(1, 1, -1, 1)
                 for c0 in range(0, kv_len, cols):
                     k = np.arange(c0, min(c0 + cols, kv_len), dtype=np.int64).reshape(1, 1, 1, -1)
-                    env = _Env(P=q + (kv_len - q_len), Q=q, K=k, Hh=hh, Lq=q_len, Lk=kv_len,
+                    env = _Env(P=q + q_offset, Q=q, K=k + kv_offset, Hh=hh, Lq=q_len, Lk=kv_len,
                                Lk_outer=kv_len, inputs=xb, grid=mdef.grid, cache=cache)
                     got = np.asarray(_eval(mdef.body, env))
                     got = got.reshape((1,) * (4 - got.ndim) + got.shape)  # where(true): 0-D
@@ -347,9 +355,10 @@ def attention(mask: np.ndarray, q, k, v, scale=None, return_lse: bool = False,
     rows = max(1, CHUNK // max(B * Hq * kd.shape[2], 1))
     mod = None
     if score is not None and score[0].score is not None:
-        mdef, tensors = score
+        mdef, tensors, *offsets = score   # offsets: (q_offset, kv_offset), section 10
         tensors = {n: t.to(device=q.device, dtype=torch.float64) for n, t in tensors.items()}
-        mod = functools.partial(score_values, mdef, Lq=Lq, Lk=kd.shape[2], tensors=tensors)
+        mod = functools.partial(score_values, mdef, Lq=Lq, Lk=kd.shape[2], tensors=tensors,
+                                offsets=offsets[0] if offsets else None)
     if rows >= Lq:
         out, lse = _attend(qd, kd, vd, keep, scale, mod, 0)
     else:
@@ -387,14 +396,18 @@ def _attend(qd, kd, vd, keep, scale, mod=None, r0=0):
     return out, lse
 
 
-def score_values(mdef: ir.MaskDef, s, r0: int, Lq: int, Lk: int, tensors: dict):
+def score_values(mdef: ir.MaskDef, s, r0: int, Lq: int, Lk: int, tensors: dict,
+                 offsets: tuple | None = None):
     """The score of ``mdef`` on float64 scores ``s`` ``(B, H, rows, Lk)`` of query rows
-    ``r0, ...``: the IR evaluated with torch, indices clamped to each input's axes."""
+    ``r0, ...``: the IR evaluated with torch, indices clamped to each input's axes.
+    ``offsets``: ``(q_offset, kv_offset)``, the absolute positions of the first query and key
+    (default: ``Lk - Lq`` and 0)."""
     import torch
 
     B, H, rows, _ = s.shape
+    qo, ko = offsets if offsets is not None else (Lk - Lq, 0)
     Q = np.arange(r0, r0 + rows, dtype=np.int64).reshape(1, 1, -1, 1)
-    env = _Env(P=Q + (Lk - Lq), Q=Q, K=np.arange(Lk, dtype=np.int64).reshape(1, 1, 1, -1),
+    env = _Env(P=Q + qo, Q=Q, K=np.arange(Lk, dtype=np.int64).reshape(1, 1, 1, -1) + ko,
                Hh=np.arange(H, dtype=np.int64).reshape(1, -1, 1, 1), Lq=Lq, Lk=Lk,
                Lk_outer=Lk, inputs={}, grid=mdef.grid)
 
@@ -492,3 +505,41 @@ def dense_from_plan(plan, kernel: str = "fwd") -> np.ndarray:
                                             inputs=xs, grid=b.mdef.grid)[0, 0]
                         out[bi, h, qt[:, None], kt[None, :]] = keep
     return out
+
+
+def run_sequences(mdef: ir.MaskDef, seqs, q, k, v, scale=None, return_lse: bool = False,
+                  inputs: dict | None = None, score_inputs: dict | None = None):
+    """Reference attention with per-sequence lengths, offsets, key validity and paged caches
+    (LANGUAGE.md section 10): each sequence is the mask at its own lengths and offsets,
+    attended in float64; query rows past its length give zeros (lse ``-inf``)."""
+    import torch
+
+    B, Hq, Lq, _ = q.shape
+    DV = v.shape[-1]
+    outs, lses = [], []
+    for b in range(B):
+        lq, lk, qo, ko = seqs.q_lens[b], seqs.kv_lens[b], seqs.q_offset[b], seqs.kv_offset[b]
+        if seqs.page_table is not None:   # key t is row t % page_size of its page
+            pages = torch.as_tensor(seqs.page_table[b, :-(-lk // seqs.page_size)],
+                                    device=k.device, dtype=torch.long)
+            kb, vb = (x[pages].permute(1, 0, 2, 3).reshape(x.shape[1], -1, x.shape[3])[:, :lk]
+                      .unsqueeze(0) for x in (k, v))
+        else:
+            kb, vb = k[b:b + 1, :, :lk], v[b:b + 1, :, :lk]
+        out = q.new_zeros((1, Hq, Lq, DV))
+        lse = torch.full((1, Hq, Lq), float("-inf"), dtype=torch.float64, device=q.device)
+        if lq > 0 and lk > 0:
+            xs = {n: (x[min(b, x.shape[0] - 1)] if x.ndim == 2 else x)[..., :lk]
+                  for n, x in (inputs or {}).items()}
+            keep = dense_at(mdef, lq, lk, Hq, qo, ko, xs)
+            if seqs.kv_valid is not None:
+                keep = keep & seqs.kv_valid[b, :lk].numpy()
+            check_size(mdef, (1, Hq, lq, lk), "reference score matrix")
+            o, l_ = attention(keep, q[b:b + 1, :, :lq], kb, vb, scale, True,
+                              score=(mdef, score_inputs or {}, (qo, ko)))
+            out = torch.cat([o, out[:, :, lq:]], dim=2)
+            lse = torch.cat([l_, lse[:, :, lq:]], dim=2)
+        outs.append(out)
+        lses.append(lse)
+    out, lse = torch.cat(outs), torch.cat(lses)
+    return (out, lse) if return_lse else out

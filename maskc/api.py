@@ -259,7 +259,8 @@ class Mask:
         return flex.block_mask(plan)
 
     def attention(self, q, k, v, scale: float | None = None, backend: str = "auto",
-                  return_lse: bool = False, config=None, **inputs):
+                  return_lse: bool = False, config=None, *, q_lens=None, kv_lens=None,
+                  q_offset=None, kv_offset=None, kv_valid=None, page_table=None, **inputs):
         """``softmax(scale * q k^T + bias) v`` with this mask, on torch tensors.
 
         ``q: (B, Hq, Lq, D)``, ``k: (B, Hkv, Lk, D)``, ``v: (B, Hkv, Lk, Dv)``, with
@@ -273,6 +274,12 @@ class Mask:
         ``config`` (Triton only) is a ``maskc.backends.triton.KernelConfig`` of tile sizes,
         warps and stages for the three kernels; by default they are chosen by device, dtype,
         head dim and the mask's block structure.
+
+        Serving (LANGUAGE.md section 10): ``q_lens``/``kv_lens`` (int tensors ``(B,)``) give
+        each sequence its own lengths, ``q_offset``/``kv_offset`` the absolute positions of
+        its first query and key, ``kv_valid`` (bool ``(B, Lk)``) the keys it may attend, and
+        ``page_table`` (int ``(B, P)``) reads ``k``/``v`` as paged caches ``(num_pages, Hkv,
+        page_size, D)``. So far only the reference backend runs them.
         """
         backends = ("auto", "reference", "flex", "flex-eager", "triton")
         if not isinstance(backend, str) or backend not in backends:
@@ -280,8 +287,24 @@ class Mask:
                             + ", ".join(repr(b) for b in backends))
         if not isinstance(return_lse, (bool, np.bool_)):
             raise MaskTypeError(f"return_lse must be True or False, got {return_lse!r:.60}")
-        sizes.check_qkv(self.ir, q, k, v)
+        from maskc.analysis.sequences import bind_sequences
+        if page_table is not None and all(hasattr(t, "as_strided") for t in (q, k, v)) \
+                and k.dim() == 4 and v.dim() == 4 and k.shape[:3] == v.shape[:3]:
+            # the paged caches' logical shape (B, Hkv, P * page_size, D), as zero-stride views
+            # (nothing allocated), for the checks of q, k and v
+            P = np.asarray(getattr(page_table, "shape", (0, 0)))[-1] if np.ndim(
+                getattr(page_table, "shape", ())) else 0
+            logical = (q.shape[0], k.shape[1], int(P) * k.shape[2])
+            sizes.check_qkv(self.ir, q, k.as_strided(logical + (k.shape[3],), (0, 0, 0, 1)),
+                            v.as_strided(logical + (v.shape[3],), (0, 0, 0, 1)))
+        else:
+            sizes.check_qkv(self.ir, q, k, v)
+        seqs = bind_sequences(self.ir, q, k, q_lens=q_lens, kv_lens=kv_lens, q_offset=q_offset,
+                              kv_offset=kv_offset, kv_valid=kv_valid, page_table=page_table)
         inputs, floats = sizes.split_score_inputs(self.ir, inputs)
+        if seqs is not None:
+            return self._attention_sequences(seqs, q, k, v, scale, backend, return_lse,
+                                             config, inputs, floats)
         # NOTE: a 0-d tensor or numpy scalar is a number (models keep their scale as one)
         scale = None if scale is None else validate.real(scale, "scale")
         import torch
@@ -325,6 +348,36 @@ class Mask:
         plan = self.plan(*lengths, Hq, Hkv, target="reference", **inputs)
         sizes.check_batch(self.ir, plan.batch, B)
         return reference.run(plan, q, k, v, scale, return_lse, score_inputs=floats)
+
+    def _attention_sequences(self, seqs, q, k, v, scale, backend, return_lse, config, inputs,
+                             floats):
+        """Per-sequence lengths, offsets, key validity, paged caches: the reference so far."""
+        from maskc.ir.inputs import input_kinds
+        scale = None if scale is None else validate.real(scale, "scale")
+        if backend not in ("auto", "reference"):
+            raise MaskError(f"per-sequence lengths, offsets, kv_valid and page_table run on the "
+                            f"reference backend so far, not {backend!r} (issue 13); use "
+                            f"backend='reference'", self._span())
+        if config is not None:
+            raise MaskError("config= applies to the Triton backend, not 'reference'")
+        kinds = input_kinds(self.ir)
+        chosen = [n for n in self.ir.inputs if kinds[n].kind != "ids"]
+        if chosen:
+            raise MaskError(f"input '{chosen[0]}' ({kinds[chosen[0]].kind}) with per-sequence "
+                            "lengths is not supported yet: its blocks and keys would be "
+                            "per sequence", self._span())
+        shifted = [b for b in range(seqs.batch) if seqs.kv_offset[b] != 0 or
+                   seqs.q_offset[b] != seqs.kv_lens[b] - seqs.q_lens[b]]
+        if self.ir.inputs and shifted:
+            raise MaskError(f"runtime inputs ({', '.join(self.ir.inputs)}) with offsets other "
+                            "than the default alignment are not supported yet", self._span())
+        Lk = seqs.page_table.shape[1] * seqs.page_size if seqs.page_table is not None \
+            else k.shape[2]
+        xs = sizes.prepare_inputs(self.ir, Lk, inputs) if self.ir.inputs else {}
+        if not self.ir.inputs and inputs:
+            sizes.prepare_inputs(self.ir, Lk, inputs)  # its error for an unknown input
+        from maskc.backends import reference
+        return reference.run_sequences(self.ir, seqs, q, k, v, scale, return_lse, xs, floats)
 
     def _span(self) -> Span | None:
         return self.ir.span
