@@ -9,6 +9,7 @@ import pathlib
 import re
 
 import pytest
+import torch
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
@@ -41,3 +42,17 @@ def test_the_section_on_scores_runs():
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the project's own README
     assert scope["rel"].grad is not None and scope["rel"].grad.abs().sum() > 0
     assert scope["slopes"].shape == (4,)
+
+
+def test_the_section_on_serving_runs():
+    (code,) = blocks_after("## Serving: lengths per sequence, offsets, padding, paged caches")
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the project's own README
+    out, lens = scope["out"], scope["lens"]
+    assert out.shape == (2, 4, 1, 16) and lens.tolist() == [8, 12]
+    # the last step against attention over the cached keys of sequence 1 (12 keys, all kept)
+    m, kc, vc, pages = scope["m"], scope["k_cache"], scope["v_cache"], scope["pages"]
+    keys = kc[pages[1]].permute(1, 0, 2, 3).reshape(4, -1, 16)[None, :, :12]
+    vals = vc[pages[1]].permute(1, 0, 2, 3).reshape(4, -1, 16)[None, :, :12]
+    want = m.attention(scope["q"][1:2], keys, vals, backend="reference")
+    torch.testing.assert_close(out[1:2], want)
