@@ -14,6 +14,7 @@ from pathlib import Path
 from maskc.errors import MaskError, MaskInputError, MaskSizeError
 from maskc.ir.inputs import input_kinds
 from maskc.ir.pretty import pretty_mask
+from maskc.ir.scores import pretty_score
 from maskc.analysis.sizes import check_heads, dense_limit, document_ids, resolve_lengths
 
 __all__ = ["main", "parse_param", "segments"]
@@ -211,7 +212,8 @@ def cmd_show(args) -> int:
     else:  # too large to draw from the dense mask: draw the block analysis instead
         states = m.block_map(q_len, kv_len, args.heads, block, block, **inputs).states()[0]
         notes.append("the dense mask is over the limit: the picture comes from block analysis")
-    print(f"mask {m.name}: {pretty_mask(m.ir.body)}")
+    score = f" with {pretty_score(m.ir.score)}" if m.ir.score is not None else ""
+    print(f"mask {m.name}: {pretty_mask(m.ir.body)}{score}")
     shape = f"grid {' x '.join(map(str, m.grid))}, " if m.grid else ""
     print(f"{shape}q_len {Lq}, kv_len {Lk}, heads {args.heads}, tiles {block} x {block}"
           f"   ({FULL} full  {PARTIAL} partial  {EMPTY} empty)")

@@ -190,6 +190,13 @@ def test_show_causal_picture(capsys, tmp_path):
     assert out.splitlines()[0] == "mask c: causal"
 
 
+def test_show_prints_the_score(capsys, tmp_path):
+    spec = write(tmp_path, "mask c(cap = 30.0) = causal with softcap(cap)\n")
+    code, out, err = run(capsys, "show", spec, "--q-len", 64, "--block", 16)
+    assert code == 0, err
+    assert out.splitlines()[0] == "mask c: causal with softcap(30.0)"
+
+
 def test_show_q_len_differs_from_kv_len(capsys, tmp_path):
     spec = write(tmp_path, "mask c = causal & window(before = 20, after = 0)\n")
     code, out, err = run(capsys, "show", spec, "--q-len", 48, "--kv-len", 80, "--block", 16)
