@@ -31,6 +31,9 @@ def bucket(relative: torch.Tensor, bidirectional: bool = True, num_buckets: int 
     else:
         dist = (-relative).clamp(min=0)                    # only keys before the query
     exact = num_buckets // 2
+    if max_distance <= exact:
+        raise ValueError(f"max_distance ({max_distance}) must exceed the exact buckets "
+                         f"({exact}): T5's log-spaced buckets lie between them")
     # log-spaced buckets from `exact` to `max_distance`, then the last one
     far = exact + (torch.log(dist.float().clamp(min=1) / exact) / math.log(max_distance / exact)
                    * (num_buckets - exact)).long()

@@ -185,9 +185,10 @@ class Mask:
         known = pipeline.target_options(target)
         for k in options:
             if k not in self.ir.inputs and k not in known:
+                names = [*self.ir.inputs, *self.ir.score_inputs]
                 raise MaskInputError(
                     f"mask '{self.name}' has no runtime input '{k}' (its inputs: "
-                    f"{', '.join(self.ir.inputs) or 'none'}), and '{k}' is no option of "
+                    f"{', '.join(names) or 'none'}), and '{k}' is no option of "
                     f"target {target!r} (its options: {', '.join(known) or 'none'})",
                     self._span())
         inputs = {k: options.pop(k) for k in list(options) if k in self.ir.inputs}
@@ -302,6 +303,10 @@ class Mask:
         seqs = bind_sequences(self.ir, q, k, q_lens=q_lens, kv_lens=kv_lens, q_offset=q_offset,
                               kv_offset=kv_offset, kv_valid=kv_valid, page_table=page_table)
         inputs, floats = sizes.split_score_inputs(self.ir, inputs)
+        for name, x in floats.items():   # every backend: the score's inputs live with q
+            if x.device != q.device:
+                raise MaskInputError(f"input '{name}' is on {x.device}, but q is on "
+                                     f"{q.device}", self._span())
         if seqs is not None:
             return self._attention_sequences(seqs, q, k, v, scale, backend, return_lse,
                                              config, inputs, floats)

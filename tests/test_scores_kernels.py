@@ -303,3 +303,21 @@ def test_a_score_that_gathers_per_pair_pipelines_one_stage_less_on_a_gpu():
     assert plain["fwd"].num_stages == plain["dq"].num_stages == 3
     assert tiles["fwd"].num_stages == tiles["dq"].num_stages == 2
     assert tiles["dkdv"] == plain["dkdv"]
+
+
+def test_a_cap_of_zero_or_less_is_refused_where_it_is_written():
+    for src, col in [("mask m = causal with softcap(0.0)", 30),
+                     ("mask m(c = 50.0) = causal with softcap(c)", 40)]:
+        with pytest.raises(maskc.MaskValueError, match="needs a cap c > 0") as err:
+            maskc.compile(src, **({"c": -1.0} if "c =" in src else {}))
+        assert f":1:{col}:" in str(err.value)
+
+
+def test_score_input_errors_name_them_on_every_backend():
+    m = maskc.compile("mask m(input rel) = causal with s + rel[h, abs(p - k)]")
+    q = torch.randn(1, 2, 8, 8)
+    with pytest.raises(maskc.MaskInputError, match=r"its inputs: rel\)"):
+        m.attention(q, q, q, rel=torch.zeros(2, 8), bogus=1)
+    for backend in ("reference", "flex-eager", "triton"):
+        with pytest.raises(maskc.MaskInputError, match="input 'rel' is on meta, but q is on cpu"):
+            m.attention(q, q, q, backend=backend, rel=torch.zeros(2, 8, device="meta"))

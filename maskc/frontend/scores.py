@@ -190,7 +190,12 @@ def _call(ck, syn: S.Call, env, ctx):
         return _expand(ck, ck.lets[func], syn.args, syn, env, ctx)
     if func == "softcap":
         check_arity(syn, (1, 1))
-        return ir.Softcap(_float(_lower(ck, syn.args[0].value, env, ctx), sp), span=sp)
+        cap = _float(_lower(ck, syn.args[0].value, env, ctx), sp)
+        if isinstance(cap, ir.SConst) and not cap.value > 0:
+            # NOTE: c * tanh(s / c) is 0 / 0 at c = 0, and c < 0 flips the scores' order
+            raise MaskValueError(f"softcap(c) needs a cap c > 0, got {cap.value}",
+                                 syn.args[0].value.span)
+        return ir.Softcap(cap, span=sp)
     if func == "alibi":
         check_arity(syn, (1, 1))
         arg = syn.args[0].value
