@@ -293,9 +293,9 @@ class Mask:
                 and k.dim() == 4 and v.dim() == 4 and k.shape[:3] == v.shape[:3]:
             # the paged caches' logical shape (B, Hkv, P * page_size, D), as zero-stride views
             # (nothing allocated), for the checks of q, k and v
-            P = np.asarray(getattr(page_table, "shape", (0, 0)))[-1] if np.ndim(
-                getattr(page_table, "shape", ())) else 0
-            logical = (q.shape[0], k.shape[1], int(P) * k.shape[2])
+            shape = tuple(getattr(page_table, "shape", ()))
+            P = int(shape[-1]) if len(shape) == 2 else 0   # bind_sequences names a bad table
+            logical = (q.shape[0], k.shape[1], P * k.shape[2])
             sizes.check_qkv(self.ir, q, k.as_strided(logical + (k.shape[3],), (0, 0, 0, 1)),
                             v.as_strided(logical + (v.shape[3],), (0, 0, 0, 1)))
         else:

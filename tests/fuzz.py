@@ -783,7 +783,21 @@ def gen_api(rng: random.Random) -> tuple[str, str]:
     opts = ["backend=" + _pick(rng, "backend", pj / 3)]
     opts += [f"{n}={_pick(rng, n, pj)}" for n in ("scale", "return_lse") if rng.random() < 0.4]
     opts += _doc_opt(rng, doc, pj)
+    if rng.random() < 0.3:  # serving arguments (LANGUAGE.md section 10), right or wrong
+        for n in rng.sample(["q_lens", "kv_lens", "q_offset", "kv_offset", "kv_valid",
+                             "page_table"], rng.randint(1, 3)):
+            good = {"q_lens": f"torch.full(({B},), {rng.randint(0, Lq)})",
+                    "kv_lens": f"torch.full(({B},), {rng.randint(0, Lk)})",
+                    "q_offset": str(rng.randint(-3, 9)), "kv_offset": str(rng.randint(0, 9)),
+                    "kv_valid": f"torch.rand({B}, {Lk}) < 0.7",
+                    "page_table": f"torch.zeros({B}, 1, dtype=torch.long)"}[n]
+            opts.append(f"{n}={good if rng.random() > pj else rng.choice(JUNK + SEQ_JUNK)}")
     return spec, _attention_stmt(rng, shapes, dt, junk, opts)
+
+
+SEQ_JUNK = ["torch.tensor([1])", "torch.tensor([0, 1, 2])", "torch.tensor([-1, 5])", "3",
+            "torch.ones(1, 5, dtype=torch.bool)", "torch.tensor([[0, 99]])",
+            "torch.tensor([1.5])", "[1, 2]", "torch.zeros(2, 3)"]
 
 
 def _doc_opt(rng, doc: bool, pj: float) -> list[str]:

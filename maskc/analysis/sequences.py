@@ -124,7 +124,12 @@ def bind_sequences(mdef: ir.MaskDef, q, k, *, q_lens=None, kv_lens=None, q_offse
     ko = _ints(kv_offset, "kv_offset", B, span, True) if kv_offset is not None else (0,) * B
     if kv_valid is not None:
         if not isinstance(kv_valid, torch.Tensor):
-            kv_valid = torch.as_tensor(np.asarray(kv_valid))
+            arr = np.asarray(kv_valid) if isinstance(kv_valid, (np.ndarray, list, tuple)) \
+                else None
+            if arr is None or arr.dtype != np.bool_:
+                raise MaskInputError(f"kv_valid must be a bool tensor (B, Lk), got "
+                                     f"{type(kv_valid).__name__}", span)
+            kv_valid = torch.from_numpy(arr)
         if kv_valid.dtype != torch.bool:
             raise MaskInputError(f"kv_valid must be a bool tensor, got {kv_valid.dtype}", span)
         if tuple(kv_valid.shape) != (B, Lk):
