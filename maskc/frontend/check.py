@@ -394,7 +394,7 @@ def check(module: S.Module, name: str | None = None, **params) -> ir.MaskDef:
         raise MaskNameError("the file defines no mask (add 'mask NAME = ...')", span)
     if name is None:
         if len(names) > 1:
-            raise MaskNameError("the file defines several masks; pick one with name=: "
+            raise MaskNameError("the file defines several masks; pick one with name= (--name on the command line): "
                                 + ", ".join(names), span)
         name = names[0]
     elif name not in names:
