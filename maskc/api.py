@@ -240,6 +240,25 @@ class Mask:
                                   flex.torch_inputs(self.ir, kv_len, inputs, device),
                                   device=device)
 
+    def score_mod(self, q_len: int | None = None, kv_len: int | None = None, device=None,
+                  **floats):
+        """The score as a FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)`` (generated
+        from the IR, ``.source``), reading the float inputs given (captured: their gradients
+        flow where FlexAttention's do); a :class:`MaskError` for a mask without a score."""
+        from maskc.backends import flex
+        if self.ir.score is None:
+            raise MaskError(f"mask '{self.name}' has no score ('with ...'), so no score_mod",
+                            self._span())
+        q_len, kv_len = sizes.resolve_lengths(self.ir, q_len, kv_len)
+        rest, floats = sizes.split_score_inputs(self.ir, floats)
+        if rest:
+            raise MaskInputError(f"mask '{self.name}' reads no float input "
+                                 f"'{next(iter(rest))}' in its score (its float inputs: "
+                                 f"{', '.join(self.ir.score_inputs) or 'none'})", self._span())
+        if device is not None:
+            flex.check_device(device)
+        return flex.make_score_mod(self.ir, q_len, kv_len, floats, device or "cpu")
+
     def flex_block_mask(self, q_len: int | None = None, kv_len: int | None = None,
                         heads: int = 1, block_size=128, device=None, **inputs):
         """A FlexAttention ``BlockMask`` built from the block analysis, not from N² evaluations.

@@ -321,3 +321,18 @@ def test_score_input_errors_name_them_on_every_backend():
     for backend in ("reference", "flex-eager", "triton"):
         with pytest.raises(maskc.MaskInputError, match="input 'rel' is on meta, but q is on cpu"):
             m.attention(q, q, q, backend=backend, rel=torch.zeros(2, 8, device="meta"))
+
+
+def test_mask_score_mod_is_the_generated_score_for_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+    m = maskc.compile("mask m(input rel) = causal with s + rel[h, abs(p - k)]")
+    rel = leaf(2, 20, seed=3)
+    q, k, v = (leaf(1, 2, 20, 8, seed=i) for i in range(3))
+    out = flex_attention(q, k, v, score_mod=m.score_mod(20, 20, rel=rel),
+                         block_mask=m.flex_block_mask(20, 20, block_size=16))
+    want = m.attention(q.double(), k.double(), v.double(), backend="reference", rel=rel.double())
+    torch.testing.assert_close(out.double(), want, atol=2e-5, rtol=1e-4)
+    with pytest.raises(maskc.MaskInputError, match="reads no float input 'x'"):
+        m.score_mod(20, 20, rel=rel, x=rel)
+    with pytest.raises(maskc.MaskError, match="has no score"):
+        maskc.compile("mask m = causal").score_mod(8)
