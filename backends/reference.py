@@ -391,7 +391,10 @@ def _attend(qd, kd, vd, keep, scale, mod=None, r0=0):
     e = torch.exp(s - m)
     denom = e.sum(dim=-1, keepdim=True)
     out = torch.matmul(e, vd) / torch.where(denom > 0, denom, torch.ones_like(denom))
-    lse = torch.where(denom > 0, torch.log(denom) + m,
+    # NOTE: log of a safe denominator: where a score (not the mask) empties a row, log(0)'s
+    # derivative would reach the gradients as 0 * inf = NaN
+    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+    lse = torch.where(denom > 0, torch.log(safe) + m,
                       torch.full_like(denom, float("-inf"))).squeeze(-1)
     return out, lse
 
@@ -441,7 +444,8 @@ def score_values(mdef: ir.MaskDef, s, r0: int, Lq: int, Lk: int, tensors: dict,
                 return torch.minimum(torch.maximum(args[0], args[1]), args[2])
             if n.func.startswith("select_"):  # derivatives of min/max (maskc.ir.scores)
                 a, b, x, y = args
-                return torch.where(a < b if n.func == "select_lt" else a > b, x, y)
+                first, second = (a < b, a > b) if n.func == "select_lt" else (a > b, a < b)
+                return torch.where(first, x, torch.where(second, y, (x + y) * 0.5))
             return getattr(torch, n.func)(args[0])
         if isinstance(n, ir.Softcap):
             c = go(n.cap)

@@ -133,14 +133,19 @@ def _call(c: _Ctx, func: str, args: list):
         return out
     if func == "clamp":
         return _minmax(c, "min", _minmax(c, "max", args[0], args[1]), args[2])
-    if func in ("select_lt", "select_gt"):
+    if func in ("select_lt", "select_gt"):  # min/max's derivative: half each on a tie
         a, b, x, y = args
-        cond = f"{_text(a)} {'<' if func == 'select_lt' else '>'} {_text(b)}"
-        if isinstance(a, float) and isinstance(b, float):
-            return x if (a < b if func == "select_lt" else a > b) else y
         if x == y:
             return x
-        return _let(c, c.t.where.format(cond, _text(x), _text(y)))
+        first, second = ("<", ">") if func == "select_lt" else (">", "<")
+        if isinstance(a, float) and isinstance(b, float):
+            return x if (a < b if first == "<" else a > b) else \
+                y if a != b else _bin(c, "*", _bin(c, "+", x, y), 0.5)
+        half = _bin(c, "*", _bin(c, "+", x, y), 0.5)
+        tie = _let(c, c.t.where.format(f"{_text(a)} {second} {_text(b)}", _text(y),
+                                       _text(half)))
+        return _let(c, c.t.where.format(f"{_text(a)} {first} {_text(b)}", _text(x),
+                                        _text(tie)))
     fmt = c.t.funcs.get(func)
     if fmt is None:
         raise MaskError(f"the {c.t.name} backend cannot render the score function {func}")

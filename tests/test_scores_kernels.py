@@ -336,3 +336,38 @@ def test_mask_score_mod_is_the_generated_score_for_flex_attention():
         m.score_mod(20, 20, rel=rel, x=rel)
     with pytest.raises(maskc.MaskError, match="has no score"):
         maskc.compile("mask m = causal").score_mod(8)
+
+
+@pytest.mark.parametrize("score", ["max(s, 0.0)", "clamp(s, 0.0, 1.0)", "clamp(s, -1.0, 0.0)",
+                                   "min(s, -s)", "max(s, 0.0, -s)"])
+def test_ties_of_min_and_max_split_the_gradient_on_every_backend(score):
+    # a zero query (a padding token) scores s = 0 exactly: the tie of max(s, 0.0); as torch's
+    # maximum, maskc's derivative gives each tied argument half (the reference is torch's)
+    m = maskc.compile(f"mask m = all with {score}")
+    q = torch.cat([torch.zeros(1, 1, 8, 8), leaf(1, 1, 8, 8, seed=1)], dim=2)
+    k, v = leaf(1, 1, 16, 8, seed=2), leaf(1, 1, 16, 8, seed=3)
+    got, want = [], []
+    for backend, out in (("triton", got), ("reference", want)):
+        xs = [(x.double() if backend == "reference" else x).clone().requires_grad_(True)
+              for x in (q, k, v)]
+        o = m.attention(*xs, backend=backend)
+        out.extend(torch.autograd.grad((o * o.detach()).sum(), xs[:2]))
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g.double(), e, atol=1e-5, rtol=1e-4)
+
+
+def test_a_row_that_a_score_empties_has_finite_gradients_through_lse():
+    m = maskc.compile("mask m(input b) = all with s + b[q]")
+    b = torch.zeros(16, dtype=torch.float64)
+    b[3] = -math.inf   # every pair of query 3 scores -inf
+    grads = {}
+    for backend in ("reference", "triton"):
+        dt = torch.float64 if backend == "reference" else torch.float32
+        xs = [leaf(1, 1, 16, 8, seed=i).to(dt).requires_grad_(True) for i in range(3)]
+        o, lse = m.attention(*xs, backend=backend, return_lse=True, b=b.to(dt))
+        assert torch.all(o[0, 0, 3] == 0) and lse[0, 0, 3] == -math.inf
+        loss = o.sum() + torch.where(torch.isfinite(lse), lse, 0.0).sum()
+        grads[backend] = torch.autograd.grad(loss, xs)
+    for g, e in zip(grads["triton"], grads["reference"]):
+        assert torch.isfinite(e).all()
+        torch.testing.assert_close(g.double(), e, atol=5e-5, rtol=2e-4)

@@ -165,7 +165,8 @@ def diff(n: ir.Score, wrt: ir.Score) -> ir.Score:
 
 
 # NOTE: differentiation also uses two functions the language does not have: sign(x), and
-# select_lt(a, b, x, y) = x if a < b else y (select_gt likewise), the derivative of min/max.
+# select_lt(a, b, x, y) = x if a < b, y if a > b, (x + y) / 2 on a tie (select_gt likewise),
+# the derivative of min/max: at a tie each argument gets half, as torch.minimum/maximum give.
 INTERNAL_FUNCS = {"sign": 1, "select_lt": 4, "select_gt": 4}
 
 
