@@ -126,8 +126,10 @@ def test_triton_forward_lse_and_gradients_match_the_formula(name):
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("backend", ["flex-eager", "flex"])
 def test_flex_score_mod_matches_the_formula(name, backend):
-    if backend == "flex" and name not in ("softcap", "alibi", "swin"):
-        pytest.skip("compiled FlexAttention on the CPU costs seconds per mask: three suffice")
+    if backend == "flex" and name not in ("alibi", "swin"):
+        # NOTE: the two that hit Inductor's CPU bugs (a captured shift, a captured table);
+        # compiled FlexAttention on a cold CPU cache costs seconds per mask
+        pytest.skip("compiled FlexAttention on the CPU costs seconds per mask: two suffice")
     m, q, k, v, floats, want = setup(name)   # GQA: 4 query heads, 2 kv heads
     out = m.attention(q, k, v, backend=backend, **floats)
     torch.testing.assert_close(out.double(), want(q, k, v, floats)[0], atol=2e-5, rtol=1e-4)
@@ -255,7 +257,7 @@ def with_score(src: str, expr: str) -> str:
     return f"{header} = {body} with {expr}"
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(mask=specs(), expr=score_exprs(), Lq=st.integers(1, 24), Lk=st.integers(1, 24),
        heads=st.sampled_from([(2, 2), (4, 1)]), seed=st.integers(0, 3))
 def test_random_scores_with_random_masks_on_triton_match_the_float64_reference(
