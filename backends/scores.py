@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from maskc import ir
 from maskc.errors import MaskError
-from maskc.ir.scores import diff, expand, simplify, tile_constant  # noqa: F401 (re-export)
+from maskc.ir.scores import diff, expand, simplify
 
 from maskc.backends.constructs import Env, pred
 from maskc.backends.emit import w

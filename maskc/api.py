@@ -321,11 +321,7 @@ class Mask:
             sizes.check_qkv(self.ir, q, k, v)
         seqs = bind_sequences(self.ir, q, k, q_lens=q_lens, kv_lens=kv_lens, q_offset=q_offset,
                               kv_offset=kv_offset, kv_valid=kv_valid, page_table=page_table)
-        inputs, floats = sizes.split_score_inputs(self.ir, inputs)
-        for name, x in floats.items():   # every backend: the score's inputs live with q
-            if x.device != q.device:
-                raise MaskInputError(f"input '{name}' is on {x.device}, but q is on "
-                                     f"{q.device}", self._span())
+        inputs, floats = sizes.split_score_inputs(self.ir, inputs, q.device)
         if seqs is not None:
             return self._attention_sequences(seqs, q, k, v, scale, backend, return_lse,
                                              config, inputs, floats)
@@ -397,9 +393,7 @@ class Mask:
                             "than the default alignment are not supported yet", self._span())
         Lk = seqs.page_table.shape[1] * seqs.page_size if seqs.page_table is not None \
             else k.shape[2]
-        xs = sizes.prepare_inputs(self.ir, Lk, inputs) if self.ir.inputs else {}
-        if not self.ir.inputs and inputs:
-            sizes.prepare_inputs(self.ir, Lk, inputs)  # its error for an unknown input
+        xs = sizes.prepare_inputs(self.ir, Lk, inputs)
         from maskc.backends import reference
         return reference.run_sequences(self.ir, seqs, q, k, v, scale, return_lse, xs, floats)
 

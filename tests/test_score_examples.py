@@ -12,6 +12,8 @@ import torch
 
 import maskc
 
+from formulas import attention64
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -28,15 +30,6 @@ T5 = _t5_module()
 def rand(*shape, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=g)
-
-
-def attention64(q, k, v, logits, scale):
-    """softmax(logits(s)) v in float64; logits(s) gives -inf where a pair is masked."""
-    s = (q.double() @ k.double().transpose(-1, -2)) * scale
-    z = logits(s)
-    m = z.amax(-1, keepdim=True).clamp(min=-1e300)
-    e = torch.exp(z - m)
-    return (e / e.sum(-1, keepdim=True).clamp(min=1e-300)) @ v.double()
 
 
 def where(keep, x):
@@ -108,7 +101,9 @@ def run(name, backend, grad):
     q, k, v = (x.requires_grad_(grad) for x in (q, k, v))
     floats = {n: f(leaves) for n, f in make.items()}
     out = m.attention(q, k, v, scale=scale, backend=backend, **floats)
-    want = attention64(q, k, v, lambda s: logits(s, leaves), scale or 1 / math.sqrt(D))
+    # logits(s) gives -inf where a pair is masked: every pair is "kept" for attention64
+    want, _ = attention64(q, k, v, torch.tensor(True), lambda s: logits(s, leaves),
+                          scale or 1 / math.sqrt(D))
     torch.testing.assert_close(out.double(), want, atol=3e-5, rtol=1e-4)
     if grad:
         wts = rand(*out.shape, seed=5)

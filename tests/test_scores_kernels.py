@@ -12,20 +12,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import maskc
 from maskc.backends.flex.mask_mod import make_score_mod
 from maskc.testing import assert_attention_matches, runtime_inputs, specs
+
+from formulas import attention64
 from maskc.backends.triton.codegen import generate
-
-
-def dense(q, k, v, keep, score):
-    """Attention in float64 from a boolean ``keep (B|1, H, Lq, Lk)`` and ``score(s)``."""
-    s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    s = torch.where(keep, score(s), torch.tensor(-math.inf, dtype=torch.float64))
-    m = s.amax(-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    e = torch.exp(s - m)
-    z = e.sum(-1, keepdim=True)
-    out = (e / torch.where(z > 0, z, torch.ones_like(z))) @ v.double()
-    lse = torch.where(z > 0, torch.log(z) + m, torch.full_like(z, -math.inf)).squeeze(-1)
-    return out, lse
 
 
 def positions(Lq, Lk):
@@ -97,7 +86,7 @@ def setup(name, Hq=4, Hkv=2, B=2, D=16, grad=False):
     def want(q, k, v, floats):
         f = {n: x.double() for n, x in floats.items()}
         kq, vq = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        return dense(q, kq, vq, keep(p, kk, qi), lambda s: score(s, f, p, kk, h, qi))
+        return attention64(q, kq, vq, keep(p, kk, qi), lambda s: score(s, f, p, kk, h, qi))
     return maskc.compile(src), q, k, v, floats, want
 
 

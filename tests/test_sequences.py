@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import maskc
 
+from formulas import attention64 as attend
+
 # spec -> keep(p, k, Lq, Lk) at absolute positions (p: query, k: key), from LANGUAGE.md
 SPECS = {
     "mask m = causal": lambda p, k, lq, lk: k <= p,
@@ -24,19 +26,6 @@ SPECS = {
         lambda p, k, lq, lk: (p == 0) | (p == 6) | (k == 0) | (k == 6) | ((p - k).abs() <= 1),
     "mask m = where k + 2 >= p and k <= p": lambda p, k, lq, lk: (k + 2 >= p) & (k <= p),
 }
-
-
-def attend(q, k, v, keep, scale=None):
-    """float64 softmax attention of one sequence; rows with no key give zeros, lse -inf."""
-    s = (q.double() @ k.double().transpose(-1, -2)) * (scale or 1 / math.sqrt(q.shape[-1]))
-    s = torch.where(keep, s, torch.tensor(-math.inf, dtype=torch.float64))
-    m = s.amax(-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    e = torch.exp(s - m)
-    z = e.sum(-1, keepdim=True)
-    out = (e / torch.where(z > 0, z, torch.ones_like(z))) @ v.double()
-    lse = torch.where(z > 0, torch.log(z) + m, torch.full_like(z, -math.inf)).squeeze(-1)
-    return out, lse
 
 
 def expected(keep_fn, q, ks, vs, lq, lk, qo, ko, valid=None, Hkv=None):

@@ -347,18 +347,14 @@ class Launch:
 
 def _score_inputs(mdef, floats: dict, device) -> dict:
     """The score's float inputs as the kernels read them: float32, contiguous, on ``device``
-    (checked by ``sizes.split_score_inputs``; here only what the kernels add)."""
+    (checked by ``sizes.split_score_inputs``, then what the kernels add)."""
     import torch
-    from maskc.ir.scores import float_inputs
-    for name in float_inputs(mdef.score) if mdef.score is not None else ():
-        if name not in floats:
-            raise MaskInputError(f"mask '{mdef.name}' needs the runtime input '{name}' (a "
-                                 "float tensor, read by the score)", mdef.span)
+    rest, floats = split_score_inputs(mdef, floats, device)
+    if rest:
+        raise MaskInputError(f"mask '{mdef.name}' reads no float input '{next(iter(rest))}' "
+                             "in its score", mdef.span)
     out = {}
     for name, x in floats.items():
-        if x.device != device:
-            raise MaskInputError(f"input '{name}' is on {x.device}, but q is on {device}",
-                                 mdef.span)
         if x.numel() >= 1 << 31:
             raise MaskSizeError(f"input '{name}' has {x.numel():,} entries; the Triton kernels "
                                 "index float inputs with 32 bits", mdef.span)
@@ -398,7 +394,7 @@ def attention(mask, q, k, v, scale=None, return_lse=False, block_q=None, block_k
     """
     check_qkv(mask.ir, q, k, v)
     config = _config(config, block_q, block_k)
-    inputs, floats = split_score_inputs(mask.ir, inputs)
+    inputs, floats = split_score_inputs(mask.ir, inputs, q.device)
     names = tuple(floats)
     out, lse = _function().apply(q, k, v, (mask, scale, config, module, inputs, names),
                                  *(floats[n] for n in names))

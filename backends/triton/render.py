@@ -313,7 +313,7 @@ def render_score(r: Renderer, floats: dict, **names) -> dict:
     """The template's score slots for ``r.mdef`` (all empty without a score); ``names`` are
     the template's ``name``, ``params`` and ``args``."""
     from maskc.backends import scores as S
-    from maskc.ir.scores import pretty_score
+    from maskc.ir.scores import pretty_score, tile_constant
     from maskc.backends.triton.template import GRAD_CALL, GRAD_FUNC, SCORE_FUNCS, SCORE_LINES
     mdef = r.mdef
     slots = dict.fromkeys(["score_funcs", *SCORE_LINES], "")
@@ -352,7 +352,7 @@ def render_score(r: Renderer, floats: dict, **names) -> dict:
                     contrib = "ds" if dx == "1.0" else f"ds * {w(dx)}"
                     buf = floats[name][1]
                     g.e.note(f"d score / d {pretty_score(x)}")
-                    if S.tile_constant(x):   # one entry for the whole tile: one atomic
+                    if tile_constant(x):   # one entry for the whole tile: one atomic
                         g.e.line(f"tl.atomic_add({buf} + {w(at)}, tl.sum(tl.sum("
                                  f"tl.where(ds != 0.0, {contrib}, 0.0), 1), 0))")
                     else:

@@ -72,10 +72,11 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, copy: bool = Fal
     return out
 
 
-def split_score_inputs(mdef: ir.MaskDef, inputs: dict) -> tuple[dict, dict]:
+def split_score_inputs(mdef: ir.MaskDef, inputs: dict, device=None) -> tuple[dict, dict]:
     """``(mask inputs, score inputs)``: the float inputs of the score (LANGUAGE.md section 9)
     checked -- each a floating torch tensor with one axis per index the score reads it with,
-    no axis empty -- and the rest left for :func:`prepare_inputs`."""
+    no axis empty, on ``device`` (q's) when given -- and the rest left for
+    :func:`prepare_inputs`."""
     import torch
 
     from maskc.ir.scores import float_inputs
@@ -101,6 +102,9 @@ def split_score_inputs(mdef: ir.MaskDef, inputs: dict) -> tuple[dict, dict]:
                                  f"{'ex' if rank == 1 else 'ices'}, so it must have {rank} "
                                  f"non-empty ax{'is' if rank == 1 else 'es'}; got shape "
                                  f"{tuple(x.shape)}", mdef.span)
+        if device is not None and x.device != torch.device(device):
+            raise MaskInputError(f"input '{name}' is on {x.device}, but q is on {device}",
+                                 mdef.span)
         out[name] = x
     return {k: v for k, v in inputs.items() if k not in ranks}, out
 
