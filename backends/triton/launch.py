@@ -23,6 +23,8 @@ from maskc.analysis.sizes import check_batch, check_qkv, listed, split_score_inp
 from maskc.passes.tiles import (KernelConfig, Tiles, aligned, block_alignment,  # noqa: F401
                                 default_config)
 
+from maskc.passes.sequences import sequence_info, sequence_map
+
 from maskc.backends.triton.cache import load
 from maskc.backends.triton.codegen import generate
 
@@ -101,6 +103,7 @@ class _Tensors:
         layout = plan.layout
         self.perm = _int32(layout.perm, device) if layout is not None else None
         self.inv = _int32(layout.inv, device) if layout is not None else None
+        self.placeholder = _int32(np.zeros(1), device)  # an argument a kernel never reads
         self._rows: dict = {}
 
     def _extra(self, extras) -> list:
@@ -161,13 +164,21 @@ class _Tensors:
                 out += self.plan.chosen.arguments(a.input, a.kind, chosen, self.device)
         return out
 
-    def tables(self, plan, kernel: str, chosen: dict | None = None, memo: dict | None = None
-               ) -> tuple:
+    def tables(self, plan, kernel: str, chosen: dict | None = None, memo: dict | None = None,
+               sequences=None) -> tuple:
         """``kernel``'s tables as its arguments: forward ones (query tile -> key tiles) for
-        ``fwd``/``dq``, transposed ones (key tile -> query tiles) for ``dkdv``."""
-        import torch
+        ``fwd``/``dq``/``decode``, transposed ones (key tile -> query tiles) for ``dkdv``;
+        with ``sequences`` (a :class:`~.SequenceArgs`), each sequence's own (memo: the
+        call's)."""
         t = plan.tiles[kernel]
         key = (kernel == "dkdv", t.block_q, t.block_k)
+        if sequences is not None:
+            if key not in memo:
+                bm = sequence_map(plan, sequences.seqs, sequences.q_len, sequences.kv_len,
+                                  t.block_q, t.block_k)
+                memo[key] = self._rows_of(kernel, bm, bm.transposed() if kernel == "dkdv"
+                                          else None)
+            return memo[key]
         if plan.chosen is not None:  # merged from this call's tensors (memo: the call's)
             if key not in memo:
                 rows = list(plan.chosen.tables(plan.block_map(kernel), chosen, kernel,
@@ -177,24 +188,31 @@ class _Tensors:
                 memo[key] = tuple(rows)
             return memo[key]
         if key not in self._rows:
-            bm = plan.block_map(kernel)
-            i32 = lambda a: _int32(a, self.device)  # noqa: E731
-            head_group = i32(bm.head_group)
-            perm = self.perm if self.perm is not None else head_group  # any int32 tensor
-            if kernel == "dkdv":
-                pn, pi, fn, fi = plan.transposed(kernel)
-                TB, G, NK = pn.shape
-                off = lambda w: torch.arange(TB * G * NK, device=self.device,  # noqa: E731
-                                             dtype=torch.int64).reshape(TB, G, NK) * w
-                self._rows[key] = (i32(fn), i32(fi), off(fi.shape[-1]), i32(pn), i32(pi),
-                                   off(pi.shape[-1]), head_group, perm, TB, G, NK)
-            else:
-                TB, G, NQ = bm.kv_num_blocks.shape
-                self._rows[key] = (
-                    i32(bm.full_kv_num_blocks), i32(bm.full_kv_indices), i32(bm.kv_num_blocks),
-                    i32(bm.kv_indices), i32(bm.live), head_group, perm,
-                    TB, G, NQ, bm.full_kv_indices.shape[-1], bm.kv_indices.shape[-1])
+            self._rows[key] = self._rows_of(kernel, plan.block_map(kernel),
+                                            plan.transposed(kernel) if kernel == "dkdv" else None)
         return self._rows[key]
+
+    def _rows_of(self, kernel: str, bm, transposed) -> tuple:
+        """One block map's tables as kernel arguments (``transposed`` for dk/dv)."""
+        import torch
+        i32 = lambda a: _int32(a, self.device)  # noqa: E731
+        head_group = i32(bm.head_group)
+        perm = self.perm if self.perm is not None else head_group  # any int32 tensor
+        if kernel == "dkdv":
+            pn, pi, fn, fi = transposed
+            TB, G, NK = pn.shape
+            off = lambda w: torch.arange(TB * G * NK, device=self.device,  # noqa: E731
+                                         dtype=torch.int64).reshape(TB, G, NK) * w
+            return (i32(fn), i32(fi), off(fi.shape[-1]), i32(pn), i32(pi), off(pi.shape[-1]),
+                    head_group, perm, TB, G, NK)
+        TB, G, NQ = bm.kv_num_blocks.shape
+        rows = (i32(bm.full_kv_num_blocks), i32(bm.full_kv_indices), i32(bm.kv_num_blocks),
+                i32(bm.kv_indices), i32(bm.live), head_group, perm,
+                TB, G, NQ, bm.full_kv_indices.shape[-1], bm.kv_indices.shape[-1])
+        if kernel == "decode":  # the most tiles a row visits: how the splits are sized
+            visited = bm.full_kv_num_blocks.astype(np.int64) + bm.kv_num_blocks
+            rows += (int(visited.max(initial=0)), bm.head_group)
+        return rows
 
     def to_layout(self, x):
         """``x`` (tokens on dim 2) in the kernels' token order."""
@@ -202,6 +220,36 @@ class _Tensors:
 
     def from_layout(self, x):
         return x if self.inv is None else x.index_select(2, self.inv)
+
+
+class SequenceArgs:
+    """One call's sequences (LANGUAGE.md section 10) as kernel arguments: ``info`` (int32
+    ``(B, 4)``: lengths and offsets), ``valid`` (int8 ``(B, Lk)``, the keys ``kv_valid``
+    keeps) and ``pages`` (int32 ``(B, P)``, the page table), each with its batch stride;
+    absent ones are a placeholder the kernels never read (their flag is off)."""
+
+    def __init__(self, seqs, q_len: int, kv_len: int, device):
+        import torch
+        self.seqs, self.q_len, self.kv_len = seqs, q_len, kv_len
+        self.info = _int32(sequence_info(seqs), device)
+        self.has_valid = seqs.kv_valid is not None
+        self.paged = seqs.page_table is not None
+        self.valid, self.svlb = self.info, 0
+        if self.has_valid:
+            self.valid = seqs.kv_valid.to(device=device, dtype=torch.int8).contiguous()
+            self.svlb = self.valid.stride(0)
+        self.pages, self.spb, self.page_size = self.info, 0, 1
+        if self.paged:
+            self.pages = _int32(seqs.page_table, device)
+            self.spb, self.page_size = self.pages.stride(0), seqs.page_size
+
+    def args(self) -> tuple:
+        return self.info, self.valid, self.svlb, self.pages, self.spb
+
+    @staticmethod
+    def none(device_tensor) -> tuple:
+        """The arguments of a call without sequences (``device_tensor``: any int32 tensor)."""
+        return device_tensor, device_tensor, 0, device_tensor, 0
 
 
 def _tensors(plan, device) -> _Tensors:
@@ -215,9 +263,12 @@ class Launch:
     """One attention call's plan, kernels and runtime arguments, shared by forward and backward."""
 
     def __init__(self, mask, q, k, v, scale=None, config: KernelConfig | None = None,
-                 _device_checked: bool = False, module=None, score_inputs=None, **inputs):
+                 _device_checked: bool = False, module=None, score_inputs=None, sequences=None,
+                 **inputs):
         B, Hq, Lq, D = q.shape
         Hkv, Lk, DV = k.shape[1], k.shape[2], v.shape[3]
+        if sequences is not None and sequences.page_table is not None:
+            Lk = sequences.page_table.shape[1] * sequences.page_size  # the pages' keys
         gpu = q.device.type == "cuda" or _device_checked
         try:
             import triton  # noqa: F401
@@ -254,10 +305,34 @@ class Launch:
                          EVEN_D=_pow2(D) == D and _pow2(DV) == DV,
                          PERMUTED=self.plan.layout is not None)
         self.bm = self.plan.block_map("fwd")
+        self.seq = None if sequences is None else SequenceArgs(sequences, Lq, Lk, q.device)
+        self.seq_args = SequenceArgs.none(self.tensors.placeholder) if self.seq is None else \
+            self.seq.args()
+        self.page_size = 1 if self.seq is None else self.seq.page_size
+        self.flags = dict(SEQ=self.seq is not None,
+                          VALID=self.seq is not None and self.seq.has_valid)
+        self.paged = self.seq is not None and self.seq.paged
 
     def _common(self):
         B, Hq, Hkv, Lq, Lk, D, DV = self.shape
         return (Lq, Lk, Hq, Hq // Hkv, D, DV, self.scale / math.log(2))
+
+    def _kv_strides(self, k, v) -> tuple:
+        """``(skb, skh, skn, svb, svh, svn)`` and the page strides ``(skp, svp)``: a paged
+        cache ``(num_pages, Hkv, page_size, D)`` has no batch stride, its pages one."""
+        if self.paged:
+            return (0, k.stride(1), k.stride(2), 0, v.stride(1), v.stride(2)), \
+                (k.stride(0), v.stride(0))
+        return (k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2)), \
+            (0, 0)
+
+    def _empty(self, shape, dtype, like, fill=None):
+        """An output buffer: rows past a sequence's length are never written, so with
+        sequences they start as zeros (``fill``: lse's -inf)."""
+        import torch
+        if self.seq is None:
+            return torch.empty(shape, dtype=dtype, device=like.device)
+        return torch.full(shape, 0.0 if fill is None else fill, dtype=dtype, device=like.device)
 
     def _run(self, kind: str, dtype, launch):
         """Launch ``kind`` at the plan's tiles, retiling the plan when the GPU lacks the shared
@@ -282,19 +357,19 @@ class Launch:
         """``(out, lse)``; lse in natural log, float32, ``-inf`` on rows that keep nothing."""
         import torch
         B, Hq, Hkv, Lq, Lk, D, DV = self.shape
-        out = torch.empty((B, Hq, Lq, DV), dtype=q.dtype, device=q.device)
-        lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+        out = self._empty((B, Hq, Lq, DV), q.dtype, q)
+        lse = self._empty((B, Hq, Lq), torch.float32, q, float("-inf"))
         kernel = getattr(self.module, f"fwd_{self.name}")
+        kv, (skp, svp) = self._kv_strides(k, v)
 
         def launch(plan, t: Tiles):
-            rows = self.tensors.tables(plan, "fwd", self.chosen, self.memo)
-            kernel[(plan.block_map("fwd").n_q_tiles, B * Hq)](
-                q, k, v, out, lse,
-                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
-                out.stride(2), lse.stride(0), lse.stride(1), *rows, *self._common(),
+            rows = self.tensors.tables(plan, "fwd", self.chosen, self.memo, self.seq)
+            kernel[(-(-Lq // t.block_q), B * Hq)](
+                q, k, v, out, lse, q.stride(0), q.stride(1), q.stride(2), *kv,
+                out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+                *rows, *self._common(), *self.seq_args, skp, svp, self.page_size,
                 *self.extra, BM=t.block_q, BN=t.block_k, num_warps=t.num_warps,
-                num_stages=t.num_stages, **self.dims)
+                num_stages=t.num_stages, PAGED=self.paged, **self.flags, **self.dims)
         self._run("fwd", q.dtype, launch)
         return out, lse
 
@@ -319,27 +394,28 @@ class Launch:
                    v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1),
                    dout.stride(2), lse.stride(0), lse.stride(1))
         common = self._common() + (self.scale,)
-        dq = torch.empty_like(q)
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        dq = self._empty(q.shape, q.dtype, q)
+        dk, dv = self._empty(k.shape, k.dtype, k), self._empty(v.shape, v.dtype, v)
+        seq = self.seq_args[:3]  # the backward reads no paged cache
         grads = {n: torch.zeros_like(self.floats[n]) for n in wanted}
         extra = self.tensors.arguments(self.chosen, self.floats, grads) if grads else self.extra
 
         def launch_dq(plan, t: Tiles):
             for g in grads.values():  # a retiled launch starts again
                 g.zero_()
-            rows = self.tensors.tables(plan, "dq", self.chosen, self.memo)
-            getattr(m, f"bwd_dq_{self.name}")[(plan.block_map("dq").n_q_tiles, B * Hq)](
-                q, k, v, dout, lse, delta, dq, *strides, *rows, *common, *extra,
+            rows = self.tensors.tables(plan, "dq", self.chosen, self.memo, self.seq)
+            getattr(m, f"bwd_dq_{self.name}")[(-(-Lq // t.block_q), B * Hq)](
+                q, k, v, dout, lse, delta, dq, *strides, *rows, *common, *seq, *extra,
                 BM=t.block_q, BN=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages,
-                **self.dims)
+                **self.flags, **self.dims)
 
         def launch_dkdv(plan, t: Tiles):
-            cols = self.tensors.tables(plan, "dkdv", self.chosen, self.memo)
-            getattr(m, f"bwd_dkdv_{self.name}")[(plan.block_map("dkdv").n_k_tiles, B * Hkv)](
+            cols = self.tensors.tables(plan, "dkdv", self.chosen, self.memo, self.seq)
+            getattr(m, f"bwd_dkdv_{self.name}")[(-(-Lk // t.block_k), B * Hkv)](
                 q, k, v, dout, lse, delta, dk, dv, *strides,
                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1),
-                dv.stride(2), *cols, *common, *self.extra, BM=t.block_q, BN=t.block_k,
-                num_warps=t.num_warps, num_stages=t.num_stages, **self.dims)
+                dv.stride(2), *cols, *common, *seq, *self.extra, BM=t.block_q, BN=t.block_k,
+                num_warps=t.num_warps, num_stages=t.num_stages, **self.flags, **self.dims)
         self._run("dq", q.dtype, launch_dq)
         self._run("dkdv", q.dtype, launch_dkdv)
         return dq, dk, dv, grads

@@ -35,7 +35,7 @@ SPEC = """{spec_src}"""
 # compiles a variant for each. Lengths, tile counts, table widths and the strides that
 # follow them change from call to call, so the kernels never specialize on them: a new
 # length runs the kernel already compiled.
-VARYING = ("TB", "G", "NQ", "NK", "FW", "PW", "Lq", "Lk", "slb", "slh"{varying})
+VARYING = ("TB", "G", "NQ", "NK", "FW", "PW", "Lq", "Lk", "slb", "slh", "svlb", "spb"{varying})
 
 
 _MASK = []  # the compiled mask, once: it caches the block tables of each size
@@ -98,6 +98,41 @@ def _positions(perm, offs, L, PERMUTED: tl.constexpr):
 
 
 @triton.jit
+def _sequence(info, b, Lq, Lk, SEQ: tl.constexpr):
+    """``(Lq, Lk, q_offset, kv_offset)`` of sequence ``b``: its own (a row of ``info``) when
+    the batch has lengths per sequence, else the tensors' with the bottom-right alignment."""
+    if SEQ:
+        return (tl.load(info + b * 4), tl.load(info + b * 4 + 1), tl.load(info + b * 4 + 2),
+                tl.load(info + b * 4 + 3))
+    return Lq, Lk, Lk - Lq, 0
+
+
+@triton.jit
+def _kv_rows(ptr, pages, kk, Lk, offs_d, D, sp, sn, PS, EVEN_D: tl.constexpr,
+             PAGED: tl.constexpr):
+    """Keys/values ``kk`` of one sequence: rows of its (Lk, D) matrix, or, from a paged cache,
+    row ``kk % PS`` of page ``pages[kk // PS]`` (``sp``: the page stride)."""
+    if PAGED:
+        page = tl.load(pages + kk // PS, mask=kk < Lk, other=0).to(tl.int64)
+        rows = page * sp + (kk % PS) * sn
+        if EVEN_D:
+            return tl.load(ptr + rows[:, None] + offs_d[None, :], mask=kk[:, None] < Lk,
+                           other=0.0)
+        return tl.load(ptr + rows[:, None] + offs_d[None, :],
+                       mask=(kk[:, None] < Lk) & (offs_d[None, :] < D), other=0.0)
+    return _rows(ptr, kk, Lk, offs_d, D, sn, EVEN_D)
+
+
+@triton.jit
+def _kept_keys(valid, kk, Lk, VALID: tl.constexpr):
+    """Keys ``kk`` that exist (``< Lk``) and that ``kv_valid`` keeps."""
+    keep = kk < Lk
+    if VALID:
+        keep = keep & (tl.load(valid + kk, mask=keep, other=0) != 0)
+    return keep
+
+
+@triton.jit
 def _store_rows(ptr, offs, L, offs_d, D, stride, x, EVEN_D: tl.constexpr):
     """Store ``x`` into rows ``offs`` (columns ``offs_d``) of a (L, D) matrix."""
     x = x.to(ptr.dtype.element_ty)
@@ -109,24 +144,25 @@ def _store_rows(ptr, offs, L, offs_d, D, stride, x, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc, offs_n, offs_d,
-              offs_dv, D, DV, skn, svn, qk_scale, perm{params},
+def _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, ko, live, m_i, l_i, acc, offs_n, offs_d,
+              offs_dv, D, DV, skp, skn, svp, svn, qk_scale, perm, pages, PS, valid{params},
               BN: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
-              EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
+              EVEN_D: tl.constexpr, PERMUTED: tl.constexpr, VALID: tl.constexpr,
+              PAGED: tl.constexpr):
     """One key tile of the online softmax (FlashAttention-2), masked or not."""
     kk = kt * BN + offs_n
-    k = _rows(K_bh, kk, Lk, offs_d, D, skn, EVEN_D)
+    k = _kv_rows(K_bh, pages, kk, Lk, offs_d, D, skp, skn, PS, EVEN_D, PAGED)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-    keep = kk[None, :] < Lk
+    keep = _kept_keys(valid, kk, Lk, VALID)[None, :]
     if MASKED:
-        Kp = _positions(perm, kk, Lk, PERMUTED)[None, :]
+        Kp = _positions(perm, kk, Lk, PERMUTED)[None, :] + ko
         keep = keep & mask_{name}(P, Qi, Kp, h, b, Lq, Lk, live{args})
 {score_fwd}    s = tl.where(keep, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays empty
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
-    v = _rows(V_bh, kk, Lk, offs_dv, DV, svn, EVEN_D)
+    v = _kv_rows(V_bh, pages, kk, Lk, offs_dv, DV, svp, svn, PS, EVEN_D, PAGED)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
     return m_new, l_i * alpha + tl.sum(p, 1), acc
 
@@ -135,35 +171,45 @@ def _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc, offs_
 def fwd_{name}(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                full_num, full_idx, part_num, part_idx, part_live, head_group, perm,
-               TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale{params},
+               TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale,
+               info, valid, svlb, pages, spb, skp, svp, PS{params},
                BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-               PREC: tl.constexpr, EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
+               PREC: tl.constexpr, EVEN_D: tl.constexpr, PERMUTED: tl.constexpr,
+               SEQ: tl.constexpr, VALID: tl.constexpr, PAGED: tl.constexpr):
+    # one program per query tile and query head; with lengths per sequence (SEQ) a batch
+    # entry is one sequence: its own lengths and offsets, its own tables, its valid keys
+    # (VALID) and, from a paged cache (PAGED), its keys through its page table
     i = tl.program_id(0)
     b, h, kvh = _batch_head(tl.program_id(1), H, REP)
+    Lq, Lk, qo, ko = _sequence(info, b, Lq, Lk, SEQ)
     row = ((b % TB) * G + tl.load(head_group + h)) * NQ + i
     offs_m = i * BM + tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     q = _rows(Q_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm, EVEN_D)
-    K_bh = K_ptr + b * skb + kvh * skh
+    K_bh = K_ptr + b * skb + kvh * skh  # skb = 0 for a paged cache (pages: skp)
     V_bh = V_ptr + b * svb + kvh * svh
+    pages_b = pages + b * spb
+    valid_b = valid + b * svlb
     Qi = _positions(perm, offs_m, Lq, PERMUTED)[:, None]
-    P = Qi + (Lk - Lq)
+    P = Qi + qo
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, BDV], tl.float32)
     for j in range(0, tl.load(full_num + row)):  # full tiles: no mask
         kt = tl.load(full_idx + row * FW + j)
-        m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, 0, m_i, l_i, acc,
-                                  offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm{args},
-                                  BN, False, PREC, EVEN_D, PERMUTED)
+        m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, ko, 0, m_i, l_i, acc,
+                                  offs_n, offs_d, offs_dv, D, DV, skp, skn, svp, svn, qk_scale,
+                                  perm, pages_b, PS, valid_b{args},
+                                  BN, False, PREC, EVEN_D, PERMUTED, VALID, PAGED)
     for j in range(0, tl.load(part_num + row)):  # partial tiles: the mask decides
         kt = tl.load(part_idx + row * PW + j)
         live = tl.load(part_live + row * PW + j)  # which terms of the mask matter here
-        m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, m_i, l_i, acc,
-                                  offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm{args},
-                                  BN, True, PREC, EVEN_D, PERMUTED)
+        m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, ko, live, m_i, l_i,
+                                  acc, offs_n, offs_d, offs_dv, D, DV, skp, skn, svp, svn,
+                                  qk_scale, perm, pages_b, PS, valid_b{args},
+                                  BN, True, PREC, EVEN_D, PERMUTED, VALID, PAGED)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
@@ -201,18 +247,18 @@ def _query_rows(Q_bh, DO_bh, LSE_bh, DELTA_bh, offs_m, Lq, offs_d, offs_dv, D, D
 
 
 @triton.jit
-def _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, offs_n,
-             offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm{params},
+def _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, ko, live, offs_n,
+             offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm, valid{params},
              BN: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
-             EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
+             EVEN_D: tl.constexpr, PERMUTED: tl.constexpr, VALID: tl.constexpr):
     """dq += dS k over one key tile, dS = P * (dO v^T - delta)."""
     kk = kt * BN + offs_n
     k = _rows(K_bh, kk, Lk, offs_d, D, skn, EVEN_D)
     v = _rows(V_bh, kk, Lk, offs_dv, DV, svn, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-    keep = kk[None, :] < Lk
+    keep = _kept_keys(valid, kk, Lk, VALID)[None, :]
     if MASKED:
-        Kp = _positions(perm, kk, Lk, PERMUTED)[None, :]
+        Kp = _positions(perm, kk, Lk, PERMUTED)[None, :] + ko
         keep = keep & mask_{name}(P, Qi, Kp, h, b, Lq, Lk, live{args})
 {score_dq}    p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)
@@ -224,12 +270,16 @@ def _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, 
 def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                   full_num, full_idx, part_num, part_idx, part_live, head_group, perm,
-                  TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
+                  TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale, scale,
+                  info, valid, svlb{params},
                   BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                  PREC: tl.constexpr, EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
+                  PREC: tl.constexpr, EVEN_D: tl.constexpr, PERMUTED: tl.constexpr,
+                  SEQ: tl.constexpr, VALID: tl.constexpr):
     # one program per query tile and query head, over the forward tables
     i = tl.program_id(0)
     b, h, kvh = _batch_head(tl.program_id(1), H, REP)
+    Lq, Lk, qo, ko = _sequence(info, b, Lq, Lk, SEQ)
+    valid_b = valid + b * svlb
     row = ((b % TB) * G + tl.load(head_group + h)) * NQ + i
     offs_m = i * BM + tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
@@ -241,25 +291,25 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
     K_bh = K_ptr + b * skb + kvh * skh
     V_bh = V_ptr + b * svb + kvh * svh
     Qi = _positions(perm, offs_m, Lq, PERMUTED)[:, None]
-    P = Qi + (Lk - Lq)
+    P = Qi + qo
     dq = tl.zeros([BM, BD], tl.float32)
     for j in range(0, tl.load(full_num + row)):
         kt = tl.load(full_idx + row * FW + j)
-        dq = _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, 0, offs_n,
-                      offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm{args}, BN, False, PREC,
-                      EVEN_D, PERMUTED)
+        dq = _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, ko, 0,
+                      offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm, valid_b{args},
+                      BN, False, PREC, EVEN_D, PERMUTED, VALID)
     for j in range(0, tl.load(part_num + row)):
         kt = tl.load(part_idx + row * PW + j)
         live = tl.load(part_live + row * PW + j)
-        dq = _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, live, offs_n,
-                      offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm{args}, BN, True, PREC,
-                      EVEN_D, PERMUTED)
+        dq = _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, ko, live,
+                      offs_n, offs_d, offs_dv, D, DV, skn, svn, qk_scale, perm, valid_b{args},
+                      BN, True, PREC, EVEN_D, PERMUTED, VALID)
     _store_rows(DQ_ptr + b * sqb + h * sqh, offs_m, Lq, offs_d, D, sqm, dq * scale, EVEN_D)
 
 
 @triton.jit
-def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b, Lq, Lk, offs_m0,
-               offs_d, offs_dv, D, DV, sqm, som, qk_scale, perm{params},
+def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, keep_k, Kp, h, b, Lq, Lk, qo,
+               offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale, perm{params},
                BM: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
                EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
     """dv += P^T dO and dk += dS^T q over one query tile, computed key-major (BN, BM)."""
@@ -267,11 +317,11 @@ def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b, Lq
     q, do, lse2, delta = _query_rows(Q_bh, DO_bh, LSE_bh, DELTA_bh, offs_m, Lq, offs_d, offs_dv,
                                      D, DV, sqm, som, EVEN_D)
     st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
-    keep = Kc < Lk
+    keep = keep_k
     if MASKED:
         Qp = _positions(perm, offs_m, Lq, PERMUTED)[None, :]
         # -1: every term (the live bits are per query tile, not per key tile)
-        keep = keep & mask_{name}(Qp + (Lk - Lq), Qp, Kp, h, b, Lq, Lk, -1{args})
+        keep = keep & mask_{name}(Qp + qo, Qp, Kp, h, b, Lq, Lk, -1{args})
 {score_dkdv}    pt = tl.where(keep, tl.exp2(st - lse2[None, :]), 0.0)
     dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PREC)
     dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
@@ -285,14 +335,17 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh,
                     sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
                     full_num, full_idx, full_off, part_num, part_idx, part_off, head_group,
-                    perm, TB, G, NK, Lq, Lk, H, REP, D, DV, qk_scale, scale{params},
+                    perm, TB, G, NK, Lq, Lk, H, REP, D, DV, qk_scale, scale,
+                    info, valid, svlb{params},
                     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                    PREC: tl.constexpr, EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
+                    PREC: tl.constexpr, EVEN_D: tl.constexpr, PERMUTED: tl.constexpr,
+                    SEQ: tl.constexpr, VALID: tl.constexpr):
     # one program per key tile and kv head; it sums over the REP query heads of that kv
     # head (GQA), walking per key tile the query tiles that visit it (the transposed tables:
     # row r's query tiles are idx[off[r]], ..., idx[off[r] + num[r] - 1])
     j = tl.program_id(0)
     b, kvh, _ = _batch_head(tl.program_id(1), H // REP, 1)
+    Lq, Lk, qo, ko = _sequence(info, b, Lq, Lk, SEQ)
     offs_n = j * BN + tl.arange(0, BN)
     offs_m0 = tl.arange(0, BM)
     offs_d = tl.arange(0, BD)
@@ -301,8 +354,8 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
     v = _rows(V_ptr + b * svb + kvh * svh, offs_n, Lk, offs_dv, DV, svn, EVEN_D)
     dk = tl.zeros([BN, BD], tl.float32)
     dv = tl.zeros([BN, BDV], tl.float32)
-    Kc = offs_n[:, None]
-    Kp = _positions(perm, offs_n, Lk, PERMUTED)[:, None]
+    keep_k = _kept_keys(valid + b * svlb, offs_n, Lk, VALID)[:, None]
+    Kp = _positions(perm, offs_n, Lk, PERMUTED)[:, None] + ko
     for g in range(0, REP):
         h = kvh * REP + g
         row = ((b % TB) * G + tl.load(head_group + h)) * NK + j
@@ -313,14 +366,16 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
         first = tl.load(full_off + row)
         for t in range(0, tl.load(full_num + row)):
             qt = tl.load(full_idx + first + t)
-            dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b,
-                                Lq, Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale,
+            dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, keep_k, Kp, h,
+                                b, Lq, Lk, qo, offs_m0, offs_d, offs_dv, D, DV, sqm, som,
+                                qk_scale,
                                 perm{args}, BM, False, PREC, EVEN_D, PERMUTED)
         first = tl.load(part_off + row)
         for t in range(0, tl.load(part_num + row)):
             qt = tl.load(part_idx + first + t)
-            dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, Kc, Kp, h, b,
-                                Lq, Lk, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale,
+            dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, keep_k, Kp, h,
+                                b, Lq, Lk, qo, offs_m0, offs_d, offs_dv, D, DV, sqm, som,
+                                qk_scale,
                                 perm{args}, BM, True, PREC, EVEN_D, PERMUTED)
     _store_rows(DK_ptr + b * sdkb + kvh * sdkh, offs_n, Lk, offs_d, D, sdkn, dk * scale, EVEN_D)
     _store_rows(DV_ptr + b * sdvb + kvh * sdvh, offs_n, Lk, offs_dv, DV, sdvn, dv, EVEN_D)
@@ -360,11 +415,11 @@ def grad_{name}(ds, s, P, Q, K, h, b, Lq, Lk{params}):
 # the lines each kernel tile runs around its score
 SCORE_LINES = {
     "score_fwd": """\
-    Kp = _positions(perm, kk, Lk, PERMUTED)[None, :]
+    Kp = _positions(perm, kk, Lk, PERMUTED)[None, :] + ko
     s = score_{name}(s * LN2, P, Qi, Kp, h, b, Lq, Lk{args}) * LOG2E
 """,
     "score_dq": """\
-    Kp = _positions(perm, kk, Lk, PERMUTED)[None, :]
+    Kp = _positions(perm, kk, Lk, PERMUTED)[None, :] + ko
     sn = s * LN2  # the language's s
     s, dsn = dscore_{name}(sn, P, Qi, Kp, h, b, Lq, Lk{args})
     s = s * LOG2E
@@ -375,7 +430,7 @@ SCORE_LINES = {
     "score_dkdv": """\
     Qp = _positions(perm, offs_m, Lq, PERMUTED)[None, :]
     sn = st * LN2  # the language's s
-    st, dsn = dscore_{name}(sn, Qp + (Lk - Lq), Qp, Kp, h, b, Lq, Lk{args})
+    st, dsn = dscore_{name}(sn, Qp + qo, Qp, Kp, h, b, Lq, Lk{args})
     st = st * LOG2E
 """,
     "dscore_dkdv": """\

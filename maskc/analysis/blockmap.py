@@ -56,6 +56,7 @@ class Analysis:
     inputs: dict[str, np.ndarray]   # 1-D int64 arrays of length Lk
     head: int
     trace: dict | None = None       # node path -> states, for live-term reduction
+    shifted: bool = False           # offsets put keys outside positions 0..Lk-1
     _cache: dict = field(default_factory=dict)
 
     def cached(self, key, make):
@@ -441,28 +442,35 @@ def _pruned(pieces: list[tuple]) -> list[tuple]:
     return [(np.where(hi < 0, 0, lo), hi)]
 
 
+_UNBOUNDED = 1 << 40  # "any position", still safe to scale by a block size in int64
+
+
 def support(node: ir.Node, p_lo, p_hi, Lk: int, an: Analysis) -> list[tuple]:
     """Key-position intervals ``[(lo, hi), ...]`` (arrays over query rows) ``node`` may keep.
 
     A superset: every kept key of a query in ``p_lo..p_hi`` lies in one of the intervals.
     """
-    everything = [(np.zeros_like(p_lo), np.full_like(p_lo, Lk - 1))]
+    # NOTE: with offsets keys sit at any position: "every key" is then unbounded (the
+    # caller clips the intervals to its key rows)
+    top = _UNBOUNDED if an.shifted else Lk - 1
+    everything = [(np.full_like(p_lo, -_UNBOUNDED if an.shifted else 0), np.full_like(p_lo, top))]
     nothing = [(np.zeros_like(p_lo), np.full_like(p_lo, -1))]
     if isinstance(node, ir.Const):
         return everything if node.keep else nothing
+    zero = everything[0][0]  # the first key position there may be
     if isinstance(node, ir.Causal):
-        return [(np.zeros_like(p_lo), p_hi)]
+        return [(zero, p_hi)]
     if isinstance(node, ir.Window):
         return [(p_lo - node.before * node.dilation, p_hi + node.after * node.dilation)]
     if isinstance(node, ir.Sink):
-        return [(np.zeros_like(p_lo), np.full_like(p_lo, node.n - 1))]
+        return [(zero, np.full_like(p_lo, node.n - 1))]
     if isinstance(node, ir.Prefix):
-        return [(np.zeros_like(p_lo), np.where(p_lo < node.n, node.n - 1, -1))]
+        return [(np.where(p_lo < node.n, zero, 0), np.where(p_lo < node.n, node.n - 1, -1))]
     if isinstance(node, ir.Chunk):
         return [((p_lo // node.n) * node.n, (p_hi // node.n) * node.n + node.n - 1)]
     if isinstance(node, ir.Global):
         hit = _count_in(node.positions, p_lo, p_hi) > 0
-        out = [(np.zeros_like(p_lo), np.where(hit, Lk - 1, -1))]
+        out = [(np.where(hit, zero, 0), np.where(hit, top, -1))]
         return out + [(np.full_like(p_lo, a), np.full_like(p_lo, b - 1))
                       for a, b in node.positions.intervals]
     if isinstance(node, (ir.Same, ir.Within)):
@@ -500,7 +508,7 @@ def support(node: ir.Node, p_lo, p_hi, Lk: int, an: Analysis) -> list[tuple]:
         return grid_support(node, p_lo, p_hi, an)
     if isinstance(node, ir.TileBlocks):
         return tile_blocks_support(node, p_lo, p_hi, Lk, an)
-    if isinstance(node, ir.Random) and len(p_lo) and node.r <= Lk:
+    if isinstance(node, ir.Random) and len(p_lo) and node.r <= Lk and not an.shifted:
         width = int((p_hi - p_lo).max(initial=0)) + 1
         if width * node.r <= 64:  # each query block keeps r key blocks: list them
             chosen, base = _random_rows(node, Lk, int(p_lo.min()), int(p_hi.max()), an)

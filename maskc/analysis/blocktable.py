@@ -96,23 +96,26 @@ class BlockMap:
         return out[:, self.head_group, :, :nk]
 
 
-def _tile_rects(qt, kt, q_len, kv_len, bq, bk, head, grid) -> Rects:
-    off = kv_len - q_len
+def _tile_rects(qt, kt, q_len, kv_len, bq, bk, head, grid, offsets=None) -> Rects:
+    """The tiles' position ranges: query ``q`` at ``q + q_offset``, key ``k`` at
+    ``k + kv_offset`` (``offsets``; by default ``kv_len - q_len`` and 0)."""
+    off, ko = offsets if offsets is not None else (kv_len - q_len, 0)
     q_lo = qt.astype(np.int64) * bq
     q_hi = np.minimum(q_lo + bq, q_len) - 1
     k_lo = kt.astype(np.int64) * bk
-    return Rects(q_lo + off, q_hi + off, k_lo, np.minimum(k_lo + bk, kv_len) - 1, q_lo, q_hi,
+    k_hi = np.minimum(k_lo + bk, kv_len) - 1
+    return Rects(q_lo + off, q_hi + off, k_lo + ko, k_hi + ko, q_lo, q_hi,
                  q_len, kv_len, kv_len, head, grid)
 
 
 _SUPPORT_CHUNK = 1 << 14  # query tiles whose supports are computed at once
 
 
-def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None):
+def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None, offsets=None):
     nq, nk = -(-q_len // bq), -(-kv_len // bk)
     qt_all = np.arange(nq, dtype=np.int64) if q_tiles is None else \
         np.asarray(q_tiles, dtype=np.int64)
-    off = kv_len - q_len
+    off, ko = offsets if offsets is not None else (kv_len - q_len, 0)
     # NOTE: supports a chunk of query tiles at a time (a grid's support looks at every query
     # of a tile), counting candidates as they come: memory stays bounded, and too many
     # candidates are refused once the count passes the limit, not after all of them.
@@ -127,8 +130,9 @@ def _candidates(body, q_len, kv_len, bq, bk, an, q_tiles=None, span=None):
         p_hi = np.minimum(qt * bq + bq, q_len) - 1 + off
         chunk = []
         for lo, hi in support(body, p_lo, p_hi, kv_len, an):
-            lo = np.broadcast_to(np.maximum(lo, 0), qt.shape)
-            hi = np.broadcast_to(np.minimum(hi, kv_len - 1), qt.shape)
+            # key positions -> key rows (a key offset shifts them)
+            lo = np.broadcast_to(np.maximum(lo - ko, 0), qt.shape)
+            hi = np.broadcast_to(np.minimum(hi - ko, kv_len - 1), qt.shape)
             ok = lo <= hi
             t0 = lo[ok] // bk
             counts = hi[ok] // bk - t0 + 1
@@ -282,13 +286,16 @@ def head_patterns(mdef: ir.MaskDef, heads: int, chosen_per_head: bool = True) ->
 
 
 def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: int = 128,
-          block_k: int | None = None, evaluate=None, q_tiles=None, **inputs) -> BlockMap:
+          block_k: int | None = None, evaluate=None, q_tiles=None, offsets=None,
+          **inputs) -> BlockMap:
     """Classify every tile of ``mdef`` at this size; see :class:`BlockMap`.
 
     ``evaluate`` (the reference evaluator) resolves tiles that composition leaves undecided;
     without it they stay partial (sound, not exact); so do tiles over ``RESOLVE_MAX_AREA``
     elements. ``q_tiles`` restricts the analysis to some query tiles, for cost estimates on
-    a sample: the tables then have one row per sampled tile.
+    a sample: the tables then have one row per sampled tile. ``offsets`` = ``(q_offset,
+    kv_offset)`` puts query ``q`` at position ``q + q_offset`` and key ``k`` at ``k +
+    kv_offset`` (LANGUAGE.md section 10; the default is ``(kv_len - q_len, 0)``).
     """
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
     block_k = block_q if block_k is None else block_k
@@ -307,6 +314,11 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
         np.zeros(heads, dtype=np.int32)
     analysed = [int(np.flatnonzero(pattern == g)[0]) for g in range(int(pattern.max()) + 1)]
     nq = -(-q_len // block_q)
+    if offsets is not None:
+        offsets = (int(offsets[0]), int(offsets[1]))
+    # NOTE: keys at other positions than 0..kv_len-1: supports stop bounding "every key" by
+    # kv_len (they may keep keys at any position; the rows clip them)
+    shifted = offsets is not None and offsets != (kv_len - q_len, 0)
     rows: list[list] = []
     variants: dict[ir.Node, int] = {}
     stats = {"tiles": 0, "full": 0, "partial": 0, "unproven": 0, "resolved": 0,
@@ -315,9 +327,9 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
         row = []
         for h in analysed:
             an = Analysis(mdef.grid, {k: v[min(b, v.shape[0] - 1)] for k, v in xs.items()}, h,
-                          trace={})
+                          trace={}, shifted=shifted)
             qt, kt = _candidates(mdef.body, q_len, kv_len, block_q, block_k, an, q_tiles,
-                                 mdef.span)
+                                 mdef.span, offsets)
             stats["candidates"] += len(qt)
             pieces = []
             # NOTE: candidates come sorted by (query tile, key tile); a slice at a time keeps
@@ -326,7 +338,7 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
                 pieces.append(_classify_slice(mdef, qt[s:s + _BUILD_CHUNK],
                                               kt[s:s + _BUILD_CHUNK], q_len, kv_len, block_q,
                                               block_k, h, an, evaluate, q_tiles, variants,
-                                              stats))
+                                              stats, offsets))
             row.append(_tables(pieces, nq if q_tiles is None else len(q_tiles)))
         rows.append(row)
     *tables, live = _stack(rows)
@@ -342,18 +354,19 @@ _BUILD_CHUNK = 1 << 22  # candidate tiles classified at once
 
 
 def _classify_slice(mdef, qt, kt, q_len, kv_len, block_q, block_k, h, an, evaluate, q_tiles,
-                    variants, stats):
+                    variants, stats, offsets=None):
     """States of some candidate tiles, as ``(partial (qt, kt, variant, live bits), full
     (qt, kt))``, each sorted as the candidates are."""
     an.trace = {}
-    rects = _tile_rects(qt, kt, q_len, kv_len, block_q, block_k, h, mdef.grid)
+    rects = _tile_rects(qt, kt, q_len, kv_len, block_q, block_k, h, mdef.grid, offsets)
     st = classify(mdef.body, rects, an).copy()
     del rects
     # NOTE: a tile too large to evaluate stays partial (sound): only `show` at huge
     # sizes draws such tiles; kernels use tiles of at most 128 x 128.
     todo = np.flatnonzero(st == R) if block_q * block_k <= RESOLVE_MAX_AREA else []
     if len(todo) and evaluate is not None:
-        sub = _tile_rects(qt[todo], kt[todo], q_len, kv_len, block_q, block_k, h, mdef.grid)
+        sub = _tile_rects(qt[todo], kt[todo], q_len, kv_len, block_q, block_k, h, mdef.grid,
+                          offsets)
         any_, all_ = _resolve(mdef.body, sub, an, evaluate)
         st[todo] = np.where(~any_, E, np.where(all_, F, P))
         stats["resolved"] += len(todo)

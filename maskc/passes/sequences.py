@@ -1,0 +1,126 @@
+"""Per-sequence tables (LANGUAGE.md section 10): the plan's stage for a batch of sequences.
+
+Requires: a :class:`~maskc.pipeline.KernelPlan` at the tensors' lengths (its tiles) and the
+call's checked :class:`~maskc.analysis.sequences.Sequences`.
+Guarantees: :func:`sequence_map` returns one :class:`~maskc.analysis.blocktable.BlockMap`
+whose batch row ``b`` is the block analysis of sequence ``b`` alone (the mask at lengths
+``(q_lens[b], kv_lens[b])``, its queries at ``q + q_offset[b]`` and keys at ``k +
+kv_offset[b]``), padded to the tensors' tile counts; key tiles whose keys ``kv_valid`` marks
+all invalid are dropped from the rows that visit them. Table rows are per head pattern
+(``head_group``), the same for every sequence. Each sequence's analysis costs what the
+analysis of one sequence of that size costs (O(visited tiles)) and is cached on the plan
+per distinct lengths and offsets (and input row), so a decode loop analyses each length
+once; tensors never change with the lengths, so nothing is recompiled.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from maskc.analysis.blocktable import BlockMap, build
+from maskc.analysis.sizes import check_elements
+
+__all__ = ["sequence_map", "sequence_info", "tiles_of_valid"]
+
+_CACHED = 4096  # per-sequence analyses kept per plan (least recently used dropped)
+
+
+def sequence_info(seqs) -> np.ndarray:
+    """``(B, 4)`` int32 rows ``(q_len, kv_len, q_offset, kv_offset)``, the kernels' view of
+    each sequence."""
+    info = np.array([seqs.q_lens, seqs.kv_lens, seqs.q_offset, seqs.kv_offset],
+                    dtype=np.int64).T.reshape(-1, 4)
+    if info.size and (info.min() < -(1 << 31) or info.max() >= 1 << 31):
+        from maskc.errors import MaskInputError
+        raise MaskInputError("q_offset and kv_offset must fit in 32 bits (the kernels' "
+                             "positions)")
+    return np.ascontiguousarray(info, dtype=np.int32)
+
+
+def tiles_of_valid(kv_valid, kv_lens, block_k: int, n_k_tiles: int) -> np.ndarray:
+    """``(B, n_k_tiles)`` bool: whether a key tile holds a key that is valid and within its
+    sequence's length."""
+    valid = kv_valid.numpy() if hasattr(kv_valid, "numpy") else np.asarray(kv_valid)
+    B, Lk = valid.shape
+    within = np.arange(Lk)[None, :] < np.asarray(kv_lens)[:, None]
+    pad = n_k_tiles * block_k - Lk
+    v = np.pad(valid & within, ((0, 0), (0, max(pad, 0))))[:, :n_k_tiles * block_k]
+    return v.reshape(B, n_k_tiles, block_k).any(axis=2)
+
+
+def _one(plan, b: int, seqs, block_q: int, block_k: int) -> BlockMap | None:
+    """Sequence ``b``'s tables (cached), or ``None`` when it has no query or no key."""
+    lq, lk = seqs.q_lens[b], seqs.kv_lens[b]
+    if lq == 0 or lk == 0:
+        return None
+    qo, ko = seqs.q_offset[b], seqs.kv_offset[b]
+    bound = plan.bound
+    inputs = {n: x[min(b, x.shape[0] - 1)][:lk] for n, x in bound.inputs.items()}
+    row = tuple(x.tobytes() for x in inputs.values())
+    key = ("sequence", block_q, block_k, lq, lk, qo, ko, row)
+    cache = plan.cache.setdefault("sequences", OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    bm = build(plan.mdef, lq, lk, bound.heads, block_q, block_k, evaluate=plan.evaluate,
+               offsets=(qo, ko), **inputs)
+    cache[key] = bm
+    if len(cache) > _CACHED:
+        cache.popitem(last=False)
+    return bm
+
+
+def _pad(a: np.ndarray, shape: tuple, fill) -> np.ndarray:
+    out = np.full(shape, fill, dtype=a.dtype)
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out
+
+
+def _drop(num, idx, extra, keep_tile):
+    """Rows ``(num, idx[, extra])`` without the entries whose tile ``keep_tile`` rejects
+    (``keep_tile``: ``(B, n_k_tiles)``), kept in order."""
+    B = num.shape[0]
+    used = np.arange(idx.shape[-1]) < num[..., None]
+    b = np.arange(B).reshape((B,) + (1,) * (idx.ndim - 1))
+    ok = used & keep_tile[b, np.clip(idx, 0, keep_tile.shape[1] - 1)]
+    order = np.argsort(~ok, axis=-1, kind="stable")  # kept entries first, in their order
+    new_num = ok.sum(axis=-1).astype(np.int32)
+    pad = np.arange(idx.shape[-1]) >= new_num[..., None]
+    out = [np.where(pad, -1, np.take_along_axis(x, order, axis=-1)) for x in (idx, *extra)]
+    return new_num, out[0], out[1:]
+
+
+def sequence_map(plan, seqs, q_len: int, kv_len: int, block_q: int, block_k: int) -> BlockMap:
+    """The stacked per-sequence tables at ``block_q x block_k``, over the tensors' ``q_len``
+    queries and ``kv_len`` keys; see the module docstring."""
+    B = seqs.batch
+    Lq, Lk = q_len, kv_len
+    maps = [_one(plan, b, seqs, block_q, block_k) for b in range(B)]
+    some = next((m for m in maps if m is not None), None)
+    head_group = some.head_group if some is not None else np.zeros(plan.heads, np.int32)
+    G = int(head_group.max()) + 1
+    nq, nk = max(-(-Lq // block_q), 1), max(-(-Lk // block_k), 1)
+    fw = max([m.full_kv_indices.shape[-1] for m in maps if m is not None] + [1])
+    pw = max([m.kv_indices.shape[-1] for m in maps if m is not None] + [1])
+    check_elements(B * G * nq * (fw + 2 * pw), "the per-sequence tables")
+    num, idx = np.zeros((B, G, nq), np.int32), np.full((B, G, nq, pw), -1, np.int32)
+    live = np.full((B, G, nq, pw), -1, np.int32)
+    fnum, fidx = np.zeros((B, G, nq), np.int32), np.full((B, G, nq, fw), -1, np.int32)
+    for b, m in enumerate(maps):
+        if m is None:
+            continue
+        num[b] = _pad(m.kv_num_blocks[0], (G, nq), 0)
+        idx[b] = _pad(m.kv_indices[0], (G, nq, pw), -1)
+        fnum[b] = _pad(m.full_kv_num_blocks[0], (G, nq), 0)
+        fidx[b] = _pad(m.full_kv_indices[0], (G, nq, fw), -1)
+        if m.live is not None:
+            live[b] = _pad(m.live[0], (G, nq, pw), -1)
+    if seqs.kv_valid is not None:  # tiles with no valid key are never visited
+        keep = tiles_of_valid(seqs.kv_valid, seqs.kv_lens, block_k, nk)
+        num, idx, (live,) = _drop(num, idx, (live,), keep)
+        fnum, fidx, _ = _drop(fnum, fidx, (), keep)
+    variant = np.zeros_like(idx)
+    return BlockMap(nq * block_q, nk * block_k, plan.heads, block_q, block_k, head_group,
+                    num, idx, fnum, fidx, variant, (), {}, live)
