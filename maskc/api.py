@@ -371,15 +371,14 @@ class Mask:
 
     def _attention_sequences(self, seqs, q, k, v, scale, backend, return_lse, config, inputs,
                              floats):
-        """Per-sequence lengths, offsets, key validity, paged caches: the reference so far."""
+        """Per-sequence lengths, offsets, key validity, paged caches: the Triton kernels (on
+        a GPU, or through the interpreter) or the reference."""
         from maskc.ir.inputs import input_kinds
         scale = None if scale is None else validate.real(scale, "scale")
-        if backend not in ("auto", "reference"):
+        if backend in ("flex", "flex-eager"):
             raise MaskError(f"per-sequence lengths, offsets, kv_valid and page_table run on the "
-                            f"reference backend so far, not {backend!r} (issue 13); use "
-                            f"backend='reference'", self._span())
-        if config is not None:
-            raise MaskError("config= applies to the Triton backend, not 'reference'")
+                            f"Triton and reference backends, not {backend!r} yet (issue 13)",
+                            self._span())
         kinds = input_kinds(self.ir)
         chosen = [n for n in self.ir.inputs if kinds[n].kind != "ids"]
         if chosen:
@@ -391,6 +390,18 @@ class Mask:
         if self.ir.inputs and shifted:
             raise MaskError(f"runtime inputs ({', '.join(self.ir.inputs)}) with offsets other "
                             "than the default alignment are not supported yet", self._span())
+        if backend == "auto":
+            # NOTE: the kernels take float16, bfloat16 and float32 (float64: the reference)
+            kernels = str(q.dtype).removeprefix("torch.") in ("float16", "bfloat16", "float32")
+            backend = "triton" if kernels and (q.device.type == "cuda" or
+                                               os.environ.get("TRITON_INTERPRET") == "1") \
+                else "reference"
+        if backend == "triton":
+            from maskc.backends import triton
+            return triton.attention(self, q, k, v, scale=scale, return_lse=return_lse,
+                                    config=config, sequences=seqs, **inputs, **floats)
+        if config is not None:
+            raise MaskError("config= applies to the Triton backend, not 'reference'")
         Lk = seqs.page_table.shape[1] * seqs.page_size if seqs.page_table is not None \
             else k.shape[2]
         xs = sizes.prepare_inputs(self.ir, Lk, inputs)

@@ -7,7 +7,7 @@ from maskc import ir
 from maskc.ir.pretty import pretty
 
 from maskc.backends.triton.render import SUFFIXES, Renderer, declare_score_args, render_score
-from maskc.backends.triton.template import BACKWARD, MODULE
+from maskc.backends.triton.template import BACKWARD, DECODE, MODULE
 
 __all__ = ["generate", "blocks_chain"]
 
@@ -27,7 +27,7 @@ def generate(mdef: ir.MaskDef) -> tuple[str, list]:
     spec = pretty(mdef).strip().replace("\n", "\n#   ")
     args = "".join(f", {p}" for p in params.split(", ")[1:]) if params else ""
     slots = render_score(r, floats, name=name, params=params, args=args)
-    src = (MODULE + BACKWARD).format(name=name, spec=spec, params=params, args=args, body=body,
+    src = (MODULE + BACKWARD + DECODE).format(name=name, spec=spec, params=params, args=args, body=body,
                                      varying=varying, expr=expr, spec_src=pretty(mdef).strip(),
                                      **slots)
     return src, r.args

@@ -21,7 +21,7 @@ import numpy as np
 from maskc.errors import MaskError, MaskInputError, MaskSizeError
 from maskc.analysis.sizes import check_batch, check_qkv, listed, split_score_inputs
 from maskc.passes.tiles import (KernelConfig, Tiles, aligned, block_alignment,  # noqa: F401
-                                default_config)
+                                decode_packing, decode_splits, default_config, use_decode)
 
 from maskc.passes.sequences import sequence_info, sequence_map
 
@@ -373,6 +373,46 @@ class Launch:
         self._run("fwd", q.dtype, launch)
         return out, lse
 
+    def decodes(self, grad: bool) -> bool:
+        """Whether this call runs the decode kernel (the plan's rule, ``use_decode``)."""
+        return use_decode(self.shape[3], grad, self.plan.layout is not None,
+                          self.plan.chosen is not None)
+
+    def decode(self, q, k, v):
+        """``(out, lse)`` from the decode kernel (flash-decoding, GQA packing) and its
+        log-sum-exp combine; forward only."""
+        import torch
+        B, Hq, Hkv, Lq, Lk, D, DV = self.shape
+        out = self._empty((B, Hq, Lq, DV), q.dtype, q)
+        lse = self._empty((B, Hq, Lq), torch.float32, q, float("-inf"))
+        kernel = getattr(self.module, f"decode_{self.name}")
+        combine = getattr(self.module, f"decode_combine_{self.name}")
+        kv, (skp, svp) = self._kv_strides(k, v)
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count \
+            if q.device.type == "cuda" else 1
+        dims = {n: x for n, x in self.dims.items() if n != "PERMUTED"}
+
+        def launch(plan, t: Tiles):
+            *rows, visited, head_rows = self.tensors.tables(plan, "decode", None, self.memo,
+                                                            self.seq)
+            gp = decode_packing(np.asarray(head_rows), Hkv, Lq)
+            programs = B * (Hq // gp)
+            splits, per = decode_splits(visited, programs, self.gpu, sms)
+            po = torch.empty((B, Hq, splits, Lq, DV), dtype=torch.float32, device=q.device)
+            pl = torch.empty((B, Hq, splits, Lq), dtype=torch.float32, device=q.device)
+            kernel[(splits, programs)](
+                q, k, v, po, pl, q.stride(0), q.stride(1), q.stride(2), *kv, *rows,
+                *self._common(), *self.seq_args, skp, svp, self.page_size, gp, splits, per,
+                *self.extra, BM=max(16, _pow2(gp * Lq)), BN=t.block_k, num_warps=t.num_warps,
+                num_stages=t.num_stages, PAGED=self.paged, **self.flags, **dims)
+            with _serialized(combine):
+                combine[(B * Hq, Lq)](po, pl, out, lse, out.stride(0), out.stride(1),
+                                      out.stride(2), lse.stride(0), lse.stride(1), Hq, Lq,
+                                      splits, DV, BS=max(2, 1 << (splits - 1).bit_length()),
+                                      BDV=self.dims["BDV"])
+        self._run("decode", q.dtype, launch)
+        return out, lse
+
     def backward(self, q, k, v, out, lse, dout, dlse=None, wanted=()):
         """``(dq, dk, dv, grads)`` from the saved forward and the output (and lse) gradients;
         ``grads`` of the score inputs named in ``wanted`` (float32)."""
@@ -460,20 +500,30 @@ def _config(config, block_q, block_k):
 
 
 def attention(mask, q, k, v, scale=None, return_lse=False, block_q=None, block_k=None,
-              config: KernelConfig | None = None, module=None, **inputs):
+              config: KernelConfig | None = None, module=None, sequences=None, **inputs):
     """Attention through the generated kernels, differentiable (``torch.autograd``).
 
     ``config`` (a :class:`KernelConfig`) or ``block_q``/``block_k`` (one tile size for all
     three kernels) override :func:`default_config`. ``module`` is the generated module whose
     kernels run (by default the cached one for ``mask``; a module written by ``maskc compile
-    -o`` passes itself).
+    -o`` passes itself). ``sequences`` (:class:`maskc.analysis.sequences.Sequences`, checked
+    by ``Mask.attention``) gives each sequence its lengths, offsets, valid keys and pages;
+    ``k``/``v`` are then paged caches when it has a page table.
     """
-    check_qkv(mask.ir, q, k, v)
+    import torch
+    if sequences is None or sequences.page_table is None:
+        check_qkv(mask.ir, q, k, v)
     config = _config(config, block_q, block_k)
     inputs, floats = split_score_inputs(mask.ir, inputs, q.device)
     names = tuple(floats)
-    out, lse = _function().apply(q, k, v, (mask, scale, config, module, inputs, names),
-                                 *(floats[n] for n in names))
+    if sequences is not None and sequences.page_table is not None and \
+            torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise MaskError("gradients through a paged cache are not supported (the paged "
+                        "kernels are forward only); pass the keys and values as "
+                        "(B, Hkv, L, D) tensors to train", mask.ir.span)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *floats.values()))
+    out, lse = _function().apply(q, k, v, (mask, scale, config, module, inputs, names,
+                                           sequences, grad), *(floats[n] for n in names))
     return (out, lse) if return_lse else out
 
 
@@ -497,14 +547,22 @@ def _make_function():
     class TritonAttention(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v, call, *floats):
-            mask, scale, config, module, inputs, names = call
+            mask, scale, config, module, inputs, names, sequences, grad = call
             launch = Launch(mask, q, k, v, scale, config, module=module,
-                            score_inputs=dict(zip(names, floats)), **inputs)
+                            score_inputs=dict(zip(names, floats)), sequences=sequences,
+                            **inputs)
             ctx.names = names
             ctx.float_dtypes = tuple(x.dtype for x in floats)
             t = launch.tensors  # a tiled token layout reorders the tokens around the kernels
             ctx.dtypes = tuple(x.dtype for x in (q, k, v))
-            q, k, v = (t.to_layout(x).to(launch.compute).contiguous() for x in (q, k, v))
+            q = t.to_layout(q).to(launch.compute).contiguous()
+            # NOTE: a paged cache is read through its strides (a (pages, page_size, Hkv, D)
+            # view needs no copy); only its head dim must be contiguous
+            k, v = (x.to(launch.compute) if launch.paged and x.stride(-1) == 1 else
+                    t.to_layout(x).to(launch.compute).contiguous() for x in (k, v))
+            if launch.decodes(grad):  # a few queries per sequence, no gradient
+                out, lse = launch.decode(q, k, v)
+                return out.to(launch.dtype), lse
             out, lse = launch.forward(q, k, v)
             ctx.launch = launch
             ctx.save_for_backward(q, k, v, out, lse)

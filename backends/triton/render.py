@@ -52,12 +52,12 @@ class Renderer:
     args: list[ExtraArg] = field(default_factory=list)
 
     def __post_init__(self):
-        from maskc.backends.triton.template import (BACKWARD, GRAD_CALL, GRAD_FUNC, MODULE,
-                                                    SCORE_FUNCS, SCORE_LINES)
+        from maskc.backends.triton.template import (BACKWARD, DECODE, GRAD_CALL, GRAD_FUNC,
+                                                    MODULE, SCORE_FUNCS, SCORE_LINES)
         self.e = Emitter(TRITON, _PARAMS + _GLOBALS)
         # NOTE: runtime arguments travel through every kernel and helper of the template,
         # so their names avoid all of the template's identifiers.
-        text = MODULE + BACKWARD + SCORE_FUNCS + GRAD_FUNC + GRAD_CALL + "".join(
+        text = MODULE + BACKWARD + DECODE + SCORE_FUNCS + GRAD_FUNC + GRAD_CALL + "".join(
             SCORE_LINES.values())
         self._arg_names = Namespace(_identifiers(text) | set(_PARAMS) | set(_SCORE_PARAMS))
 

@@ -381,6 +381,104 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
     _store_rows(DV_ptr + b * sdvb + kvh * sdvh, offs_n, Lk, offs_dv, DV, sdvn, dv, EVEN_D)
 '''
 
+DECODE = '''
+
+@triton.jit(do_not_specialize=VARYING + ("NS", "TPS"))
+def decode_{name}(Q_ptr, K_ptr, V_ptr, PO_ptr, PL_ptr,
+                  sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+                  full_num, full_idx, part_num, part_idx, part_live, head_group, perm,
+                  TB, G, NQ, FW, PW, Lq, Lk, H, REP, D, DV, qk_scale,
+                  info, valid, svlb, pages, spb, skp, svp, PS, GP, NS, TPS{params},
+                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                  PREC: tl.constexpr, EVEN_D: tl.constexpr, SEQ: tl.constexpr,
+                  VALID: tl.constexpr, PAGED: tl.constexpr):
+    # Decoding (flash-decoding): at most 16 queries per sequence. A program holds the Lq
+    # queries of GP query heads that share one kv head and one table row (GQA packing:
+    # tile row r is head r // Lq, query r % Lq), and walks split s of NS of the key tiles
+    # that row visits (TPS tiles each: full ones, then partial ones). Its partial softmax
+    # (normalized output and log2-domain log-sum-exp) goes to PO/PL; decode_combine merges
+    # the splits.
+    s = tl.program_id(0)
+    bg = tl.program_id(1).to(tl.int64)
+    b = bg // (H // GP)
+    h0 = (bg % (H // GP)) * GP
+    kvh = h0 // REP
+    Lq_b, Lk, qo, ko = _sequence(info, b, Lq, Lk, SEQ)
+    r = tl.arange(0, BM)
+    qi = r % Lq
+    hh = tl.minimum(r // Lq, GP - 1)  # rows past the heads repeat the last (never stored)
+    h = (h0 + hh)[:, None]
+    ok = (r < GP * Lq) & (qi < Lq_b)
+    offs_n = tl.arange(0, BN)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    q_rows = b * sqb + (h0 + hh) * sqh + qi * sqm
+    if EVEN_D:
+        q = tl.load(Q_ptr + q_rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0)
+    else:
+        q = tl.load(Q_ptr + q_rows[:, None] + offs_d[None, :],
+                    mask=ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    K_bh = K_ptr + b * skb + kvh * skh  # skb = 0 for a paged cache (pages: skp)
+    V_bh = V_ptr + b * svb + kvh * svh
+    pages_b = pages + b * spb
+    valid_b = valid + b * svlb
+    Qi = qi[:, None]
+    P = Qi + qo
+    row = ((b % TB) * G + tl.load(head_group + h0)) * NQ
+    nf = tl.load(full_num + row)
+    lo = s * TPS
+    hi = tl.minimum(lo + TPS, nf + tl.load(part_num + row))
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BDV], tl.float32)
+    for j in range(lo, tl.minimum(hi, nf)):  # full tiles: no mask
+        kt = tl.load(full_idx + row * FW + j)
+        m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq_b, Lk, ko, 0, m_i, l_i,
+                                  acc, offs_n, offs_d, offs_dv, D, DV, skp, skn, svp, svn,
+                                  qk_scale, perm, pages_b, PS, valid_b{args},
+                                  BN, False, PREC, EVEN_D, False, VALID, PAGED)
+    for j in range(tl.maximum(lo, nf), hi):  # partial tiles: the mask decides
+        kt = tl.load(part_idx + row * PW + j - nf)
+        live = tl.load(part_live + row * PW + j - nf)
+        m_i, l_i, acc = _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq_b, Lk, ko, live, m_i,
+                                  l_i, acc, offs_n, offs_d, offs_dv, D, DV, skp, skn, svp, svn,
+                                  qk_scale, perm, pages_b, PS, valid_b{args},
+                                  BN, True, PREC, EVEN_D, False, VALID, PAGED)
+    l_i = tl.where(ok, l_i, 0.0)  # queries past the sequence's: nothing (zeros, -inf)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    lse2 = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))
+    at = ((b * H + h0 + hh) * NS + s) * Lq + qi  # PO (B, H, NS, Lq, DV), PL (B, H, NS, Lq)
+    tl.store(PL_ptr + at, lse2, mask=r < GP * Lq)
+    tl.store(PO_ptr + at[:, None] * DV + offs_dv[None, :], acc / l_safe[:, None],
+             mask=(r < GP * Lq)[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit(do_not_specialize=("Lq", "NS"))
+def decode_combine_{name}(PO_ptr, PL_ptr, O_ptr, LSE_ptr, sob, soh, som, slb, slh, H, Lq, NS,
+                          DV, BS: tl.constexpr, BDV: tl.constexpr):
+    # merges the NS splits of one query row by log-sum-exp: out = sum_s w_s out_s with
+    # w_s = exp(lse_s - lse), lse = log sum_s exp(lse_s); no key at all gives 0 and -inf
+    bh = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1)
+    offs_s = tl.arange(0, BS)
+    offs_dv = tl.arange(0, BDV)
+    at = (bh * NS + offs_s) * Lq + i
+    lse2 = tl.load(PL_ptr + at, mask=offs_s < NS, other=float("-inf"))
+    m = tl.max(lse2, 0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    wgt = tl.exp2(lse2 - m_safe)
+    total = tl.sum(wgt, 0)
+    safe = tl.where(total == 0.0, 1.0, total)
+    po = tl.load(PO_ptr + at[:, None] * DV + offs_dv[None, :],
+                 mask=(offs_s[:, None] < NS) & (offs_dv[None, :] < DV), other=0.0)
+    out = tl.sum(po * wgt[:, None], 0) / safe
+    lse = tl.where(total == 0.0, float("-inf"), (m_safe + tl.log2(safe)) * LN2)
+    b, h = bh // H, bh % H
+    tl.store(O_ptr + b * sob + h * soh + i * som + offs_dv, out.to(O_ptr.dtype.element_ty),
+             mask=offs_dv < DV)
+    tl.store(LSE_ptr + b * slb + h * slh + i, lse)
+'''
+
 # ------------------------------------------------------------------ scores (`with`)
 # The score functions of a mask with a score (`score_funcs`). They see the language's s
 # (natural-log units: scale * q.k); the kernels keep log2 units, so they convert around them.

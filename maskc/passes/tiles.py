@@ -9,6 +9,12 @@ dtype and head dim (on Hopper close to FlexAttention's defaults, measured in
 ``bench/README.md``), then on a GPU capped at the mask's block alignment
 (:func:`block_alignment`), so that every visited tile of a ``blocks(B, ...)`` mask is full.
 FlexAttention runs one block size (default 128, its own default). The reference has no tiles.
+
+The decode kernel (a few queries per sequence, forward only: :func:`use_decode`) reads tables
+whose query tile is :data:`DECODE_QUERIES` queries and whose key tile is its own (64 keys on a
+GPU, the keys one program loads at a time; FlashDecoding's and FlexDecoding's size); a
+program packs the queries of the query heads that share a kv head (:func:`decode_packing`)
+and the key tiles of a row are split across programs (:func:`decode_splits`).
 Torch-free: dtypes are named (``"bfloat16"``), as torch prints them without the prefix.
 """
 
@@ -21,10 +27,12 @@ from maskc import ir
 from maskc.errors import MaskError, MaskSizeError
 
 __all__ = ["Tiles", "KernelConfig", "default_config", "block_alignment", "aligned",
-           "check_block", "dtype_name", "kernel_tiles", "KERNELS", "DTYPES"]
+           "check_block", "dtype_name", "kernel_tiles", "KERNELS", "DTYPES", "DECODE_QUERIES",
+           "use_decode", "decode_packing", "decode_splits"]
 
 # the kernels of each target, in the order they run
-KERNELS = {"triton": ("fwd", "dq", "dkdv"), "flex": ("fwd",), "reference": ()}
+KERNELS = {"triton": ("fwd", "dq", "dkdv", "decode"), "flex": ("fwd",), "reference": ()}
+DECODE_QUERIES = 16  # the most queries per sequence the decode kernel takes
 DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -75,11 +83,19 @@ class KernelConfig:
     # token order of a grid mask: "auto" (tiled when that visits fewer tiles), "row-major",
     # or "tiled" (see maskc.passes.layout)
     layout: str = "auto"
+    # the decode kernel's tiles (block_q: its tables' query tile, DECODE_QUERIES); None:
+    # the forward kernel's key tile
+    decode: Tiles | None = None
 
     @classmethod
     def uniform(cls, block_q: int, block_k: int) -> "KernelConfig":
         t = Tiles(block_q, block_k)
         return cls(t, t, t)
+
+    def decode_tiles(self) -> Tiles:
+        if self.decode is not None:
+            return self.decode
+        return Tiles(DECODE_QUERIES, self.fwd.block_k, 4, min(self.fwd.num_stages, 2))
 
 
 def dtype_name(dtype) -> str:
@@ -98,6 +114,12 @@ def default_config(device_type: str, dtype, head_dim: int) -> KernelConfig:
     """
     if str(device_type) != "cuda":
         return KernelConfig(Tiles(32, 16), Tiles(16, 32), Tiles(16, 32))
+    decode = Tiles(DECODE_QUERIES, 64, 4, 2) if dtype_name(dtype) != "float32" or \
+        head_dim <= 128 else Tiles(DECODE_QUERIES, 32, 4, 2)
+    return replace(_gpu_config(dtype, head_dim), decode=decode)
+
+
+def _gpu_config(dtype, head_dim: int) -> KernelConfig:
     if dtype_name(dtype) == "float32":  # no tensor-core tiles
         if head_dim <= 64:
             return KernelConfig(Tiles(64, 32), Tiles(32, 32, 4, 1), Tiles(32, 32, 4, 1))
@@ -147,7 +169,9 @@ def aligned(config: KernelConfig, align: int | None) -> KernelConfig:
             return t
         return replace(t, block_q=min(t.block_q, align), block_k=min(t.block_k, align),
                        num_warps=4 if align <= 64 else t.num_warps)
-    return replace(config, fwd=cap(config.fwd), dq=cap(config.dq), dkdv=cap(config.dkdv))
+    return replace(config, fwd=cap(config.fwd), dq=cap(config.dq), dkdv=cap(config.dkdv),
+                   decode=None if config.decode is None else
+                   replace(config.decode, block_k=min(config.decode.block_k, align)))
 
 
 def check_block(size, what: str, mdef: ir.MaskDef, on_gpu: bool) -> None:
@@ -184,7 +208,50 @@ def kernel_tiles(mdef: ir.MaskDef, target: str, device: str, dtype: str, head_di
         config = default_config(device, dtype, head_dim)
         if gpu:
             config = score_stages(aligned(config, block_alignment(mdef)), mdef)
-    for kind in KERNELS["triton"]:
+    tiles = {"fwd": config.fwd, "dq": config.dq, "dkdv": config.dkdv,
+             "decode": config.decode_tiles()}
+    for t in tiles.values():
         for what in ("block_q", "block_k"):
-            check_block(getattr(getattr(config, kind), what), what, mdef, gpu)
-    return {kind: getattr(config, kind) for kind in KERNELS["triton"]}
+            check_block(getattr(t, what), what, mdef, gpu)
+    if tiles["decode"].block_q < DECODE_QUERIES:
+        raise MaskSizeError(f"the decode kernel's block_q must be at least {DECODE_QUERIES} "
+                            f"(its tables' query tile holds every query of a sequence), got "
+                            f"{tiles['decode'].block_q}", mdef.span)
+    return tiles
+
+
+def use_decode(q_len: int, grad: bool, grid: bool, chosen: bool) -> bool:
+    """Whether a Triton call runs the decode kernel: at most :data:`DECODE_QUERIES` queries
+    per sequence, no gradient, not a grid mask (its tokens are reordered) and no selection
+    merged on the device."""
+    return q_len <= DECODE_QUERIES and not grad and not grid and not chosen
+
+
+def decode_packing(head_rows, kv_heads: int, q_len: int, most: int = 128) -> int:
+    """How many query heads one decode program holds (GQA packing): the heads that share a
+    kv head, when they read one table row (``head_rows``: per query head), at most ``most``
+    tile rows (heads x queries); else fewer (a divisor), down to one."""
+    import numpy as np
+    rows = np.asarray(head_rows).reshape(kv_heads, -1)
+    rep = rows.shape[1]
+    for gp in range(rep, 0, -1):
+        if rep % gp == 0 and gp * q_len <= most and \
+                (rows.reshape(kv_heads, rep // gp, gp) == rows.reshape(
+                    kv_heads, rep // gp, gp)[..., :1]).all():
+            return gp
+    return 1
+
+
+def decode_splits(visited: int, programs: int, gpu: bool, processors: int = 132) -> tuple:
+    """``(splits, tiles per split)`` for a decode call whose longest row visits ``visited``
+    key tiles with ``programs`` (sequence, head pack) programs: on a GPU enough splits for
+    about two programs per streaming multiprocessor (``processors``), each at least 4 tiles;
+    through the interpreter up to 3 splits (so tests walk the combine)."""
+    visited = max(visited, 1)
+    if gpu:
+        want = max(1, -(-2 * processors // max(programs, 1)))
+        splits = max(1, min(want, visited // 4 or 1))
+    else:
+        splits = min(3, visited)
+    per = -(-visited // splits)
+    return -(-visited // per), per
