@@ -1,0 +1,194 @@
+"""Per-sequence lengths, offsets, key validity and paged caches on the Triton kernels
+(through the interpreter): the prefill kernels (forward and backward) and the decode kernel,
+against per-sequence float64 attention written in the tests (``test_sequences.expected``),
+and the decode kernel against the prefill kernel."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import maskc
+from maskc.passes.sequences import sequence_map, tiles_of_valid
+from maskc.passes.tiles import decode_packing, decode_splits
+
+from test_sequences import SPECS, expected, qkv
+
+pytestmark = pytest.mark.usefixtures("interpret")
+
+F32 = dict(atol=2e-5, rtol=2e-5)
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    import os
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton kernels run on the CPU through TRITON_INTERPRET=1")
+
+
+def _f32(*xs):
+    return tuple(x.float() for x in xs)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spec=st.sampled_from(sorted(SPECS)), data=st.data(),
+       heads=st.sampled_from([(2, 2), (4, 2), (3, 1)]), offsets=st.booleans(),
+       padded=st.booleans())
+def test_decode_kernel_matches_per_sequence_attention(spec, data, heads, offsets, padded):
+    B = data.draw(st.integers(1, 3))
+    Lq, Lk = data.draw(st.integers(1, 16)), data.draw(st.integers(1, 70))
+    lq = [data.draw(st.integers(0, Lq)) for _ in range(B)]
+    lk = [data.draw(st.integers(0, Lk)) for _ in range(B)]
+    if offsets:   # a rolling or chunked cache that dropped its oldest keys
+        ko = [data.draw(st.integers(0, 40)) for _ in range(B)]
+        qo = [ko[b] + lk[b] - lq[b] + data.draw(st.integers(-2, 2)) for b in range(B)]
+    else:
+        ko, qo = [0] * B, [lk[b] - lq[b] for b in range(B)]
+    valid = torch.tensor(np.random.default_rng(B * Lk).random((B, Lk)) < 0.7) if padded else None
+    q, k, v = qkv(B, heads[0], heads[1], Lq, Lk, D=16, seed=Lq)
+    kw = dict(q_lens=torch.tensor(lq), kv_lens=torch.tensor(lk), kv_valid=valid)
+    if offsets:
+        kw.update(q_offset=torch.tensor(qo), kv_offset=torch.tensor(ko))
+    out, lse = maskc.compile(spec).attention(*_f32(q, k, v), return_lse=True, backend="triton",
+                                             **kw)
+    w_out, w_lse = expected(SPECS[spec], q, [k[b, :, :lk[b]] for b in range(B)],
+                            [v[b, :, :lk[b]] for b in range(B)], lq, lk, qo, ko, valid)
+    torch.testing.assert_close(out.double(), w_out, **F32)
+    torch.testing.assert_close(lse.double(), w_lse, **F32)
+
+
+@pytest.mark.parametrize("spec", ["mask m = causal & chunk(8)",
+                                  "mask m = causal & (window(before = 6, after = 0) | sink(3))",
+                                  "mask m = prefix(5) | causal"])
+def test_prefill_kernels_forward_and_backward_per_sequence(spec):
+    m = maskc.compile(spec)
+    B, Lq, Lk = 3, 40, 50
+    q, k, v = qkv(B, 4, 2, Lq, Lk, D=16, seed=3)
+    lq, lk, ko = [40, 17, 0], [50, 20, 9], [0, 30, 5]
+    qo = [ko[b] + lk[b] - lq[b] for b in range(B)]
+    valid = torch.tensor(np.random.default_rng(0).random((B, Lk)) < 0.8)
+    valid[1, :16] = False   # left padding: the sequence's first key tile has no valid key
+    kw = dict(q_lens=torch.tensor(lq), kv_lens=torch.tensor(lk), q_offset=torch.tensor(qo),
+              kv_offset=torch.tensor(ko), kv_valid=valid)
+    ts = [x.float().requires_grad_() for x in (q, k, v)]
+    out, lse = m.attention(*ts, backend="triton", return_lse=True, **kw)
+    rs = [x.clone().requires_grad_() for x in (q, k, v)]
+    w_out, w_lse = m.attention(*rs, backend="reference", return_lse=True, **kw)
+    torch.testing.assert_close(out.double(), w_out, **F32)
+    torch.testing.assert_close(lse.double(), w_lse, **F32)
+    assert torch.all(out[1, :, 17:] == 0) and torch.all(out[2] == 0)
+    g = torch.randn_like(w_out)
+    (out * g.float()).sum().backward()
+    (w_out * g).sum().backward()
+    for t, r in zip(ts, rs):
+        torch.testing.assert_close(t.grad.double(), torch.nan_to_num(r.grad), atol=1e-4,
+                                   rtol=1e-4)
+    assert torch.all(ts[1].grad[1, :, 20:] == 0)   # keys past the sequence get no gradient
+
+
+def test_decode_kernel_equals_prefill_kernel():
+    """The same call through the decode kernel (no gradient) and the prefill kernel
+    (``maskc.backends.triton.forward``): GQA 4/1, splits over a long cache."""
+    from maskc.backends import triton as tb
+    from maskc.analysis.sequences import bind_sequences
+    m = maskc.compile("mask m = heads { 0..2: causal & window(before = 20, after = 0), "
+                      "_: causal }")
+    q, k, v = _f32(*qkv(2, 4, 1, 3, 200, D=16, seed=5))
+    kw = dict(q_lens=torch.tensor([3, 2]), kv_lens=torch.tensor([200, 77]))
+    dec, dlse = m.attention(q, k, v, backend="triton", return_lse=True, **kw)
+    seqs = bind_sequences(m.ir, q, k, **kw)
+    launch = tb.Launch(m, q, k, v, sequences=seqs)
+    assert launch.decodes(grad=False) and not launch.decodes(grad=True)
+    pre, plse = launch.forward(q, k, v)
+    torch.testing.assert_close(dec, pre, **F32)
+    torch.testing.assert_close(dlse, plse, **F32)
+
+
+@pytest.mark.parametrize("layout", ["pages, heads, rows", "pages, rows, heads"])
+@pytest.mark.parametrize("queries", [3, 20])   # the decode kernel, the prefill kernel
+def test_paged_caches_on_the_kernels(layout, queries):
+    m = maskc.compile("mask m = causal & window(before = 9, after = 0) | sink(2)")
+    B, Hq, Hkv, ps, D, npages = 3, 4, 2, 16, 16, 11
+    g = torch.Generator().manual_seed(1)
+    shape = (npages, Hkv, ps, D) if layout == "pages, heads, rows" else (npages, ps, Hkv, D)
+    kc, vc = (torch.randn(*shape, generator=g) for _ in range(2))
+    if layout != "pages, heads, rows":   # a (num_pages, page_size, Hkv, D) cache as a view
+        kc, vc = kc.transpose(1, 2), vc.transpose(1, 2)
+    table = torch.tensor(np.random.default_rng(3).permutation(npages)[:B * 3].reshape(B, 3))
+    lq = [min(queries, 3), 1, 0] if queries <= 16 else [20, 7, 0]
+    lk = [40, 16, 33]
+    q = torch.randn(B, Hq, queries, D, generator=g)
+    kw = dict(q_lens=torch.tensor(lq), kv_lens=torch.tensor(lk), page_table=table)
+    out, lse = m.attention(q, kc, vc, backend="triton", return_lse=True, **kw)
+    w_out, w_lse = m.attention(q.double(), kc.double(), vc.double(), backend="reference",
+                               return_lse=True, **kw)
+    torch.testing.assert_close(out.double(), w_out, **F32)
+    torch.testing.assert_close(lse.double(), w_lse, **F32)
+
+
+def test_a_paged_cache_takes_no_gradient_and_flex_refuses_sequences():
+    m = maskc.compile("mask m = causal")
+    kc = torch.randn(4, 1, 16, 8)
+    q = torch.randn(1, 1, 20, 8, requires_grad=True)
+    with pytest.raises(maskc.MaskError, match="gradients through a paged cache"):
+        m.attention(q, kc, kc, kv_lens=torch.tensor([30]), page_table=torch.tensor([[0, 1]]),
+                    backend="triton")
+    with pytest.raises(maskc.MaskError, match="not 'flex-eager' yet"):
+        m.attention(q, kc, kc, kv_lens=torch.tensor([30]), page_table=torch.tensor([[0, 1]]),
+                    backend="flex-eager")
+
+
+def test_runtime_ids_are_read_per_sequence_on_the_kernels():
+    m = maskc.compile("mask m(input doc) = causal & same(doc)")
+    q, k, v = _f32(*qkv(2, 2, 2, 20, 20, D=16))
+    doc = torch.tensor([[0] * 7 + [1] * 9 + [2] * 4, [0] * 3 + [1] * 17])
+    lens = torch.tensor([20, 11])
+    out = m.attention(q, k, v, q_lens=lens, kv_lens=lens, doc=doc, backend="triton")
+    want = m.attention(q.double(), k.double(), v.double(), q_lens=lens, kv_lens=lens, doc=doc,
+                       backend="reference")
+    torch.testing.assert_close(out.double(), want, **F32)
+
+
+def test_sequence_tables_are_each_sequences_and_skip_invalid_tiles():
+    """Row b of the stacked tables is sequence b's analysis alone; a tile with no valid key
+    is not visited; each (lengths, offsets) is analysed once per plan."""
+    m = maskc.compile("mask m = causal & chunk(16)")
+    plan = m.plan(64, 64, 1, target="triton", device="cpu", dtype="float32", head_dim=16)
+    from maskc.analysis.sequences import bind_sequences
+    q = torch.zeros(2, 1, 64, 8)
+    valid = torch.ones(2, 64, dtype=torch.bool)
+    valid[1, :32] = False    # left padding: two whole key tiles of 16
+    seqs = bind_sequences(m.ir, q, q, q_lens=torch.tensor([64, 40]),
+                          kv_lens=torch.tensor([64, 64]), kv_valid=valid)
+    bm = sequence_map(plan, seqs, 64, 64, 16, 16)
+    st = bm.states()
+    assert (st[0, 0] == np.diag([1] * 4)).all()   # causal & chunk(16): diagonal tiles, masked
+    # sequence 1: 40 queries at p = q + 24; chunk 1 (keys 16..31) is padding, so dropped
+    assert st[1, 0].tolist() == [[0, 0, 1, 0], [0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]]
+    keep = tiles_of_valid(valid, [64, 64], 16, 4)
+    assert keep.tolist() == [[True] * 4, [False, False, True, True]]
+    cache = plan.cache["sequences"]
+    n = len(cache)
+    sequence_map(plan, seqs, 64, 64, 16, 16)
+    assert len(cache) == n == 2     # cached per distinct (lengths, offsets)
+
+
+def test_decode_packs_heads_that_share_a_kv_head_and_a_table():
+    # 8 query heads on 2 kv heads; heads 0-3 one pattern, 4-7 another: packed by 4
+    assert decode_packing([0, 0, 0, 0, 1, 1, 1, 1], 2, 1) == 4
+    # patterns that change within a kv head's heads: packed by what still agrees
+    assert decode_packing([0, 0, 1, 1, 0, 0, 1, 1], 2, 1) == 2
+    assert decode_packing([0, 1, 2, 3, 4, 5, 6, 7], 2, 1) == 1
+    # at most 128 tile rows: 16 queries of 16 heads do not fit in one program
+    assert decode_packing([0] * 16, 1, 16) == 8
+
+
+def test_decode_splits_cover_every_tile():
+    for visited in (0, 1, 5, 64, 1000):
+        for programs in (1, 8, 512):
+            for gpu in (True, False):
+                n, per = decode_splits(visited, programs, gpu)
+                assert n >= 1 and per >= 1 and n * per >= visited and (n - 1) * per < \
+                    max(visited, 1)
+    assert decode_splits(1000, 1, True)[0] > 100    # one sequence: the keys across the GPU
+    assert decode_splits(1000, 512, True)[0] == 1   # a big batch fills it already
