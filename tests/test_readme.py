@@ -45,7 +45,7 @@ def test_the_section_on_scores_runs():
 
 
 def test_the_section_on_serving_runs():
-    (code,) = blocks_after("## Serving: lengths per sequence, offsets, padding, paged caches")
+    code, duo = blocks_after("## Serving: lengths per sequence, offsets, padding, paged caches")
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the project's own README
     out, lens = scope["out"], scope["lens"]
@@ -56,3 +56,21 @@ def test_the_section_on_serving_runs():
     vals = vc[pages[1]].permute(1, 0, 2, 3).reshape(4, -1, 16)[None, :, :12]
     want = m.attention(scope["q"][1:2], keys, vals, backend="reference")
     torch.testing.assert_close(out[1:2], want)
+
+    # the DuoAttention step: per sequence, the reference over its valid keys
+    exec(compile(duo, "README.md", "exec"), scope)  # noqa: S102
+    out, d = scope["out"], scope["duo"]
+    q, k, v, valid = scope["q"], scope["k"], scope["v"], scope["valid"]
+    assert out.shape == (2, 4, 1, 16)
+    want = d.attention(q.double(), k.double(), v.double(), backend="reference",
+                       q_lens=torch.tensor([1, 1]), kv_lens=torch.tensor([300, 200]),
+                       kv_valid=valid)
+    torch.testing.assert_close(out.double(), want, atol=2e-5, rtol=2e-5)
+    # sequence 1 by hand: keys 40..199, streaming heads 0-1 keep a window and 4 sinks
+    # (the sinks are padding there, so only the window)
+    keys = torch.arange(200)
+    for h in range(4):
+        keep = (keys >= 40) & ((keys >= 199 - 63) | (keys < 4) if h < 2 else True)
+        kk, vv = k[1, h // 2, :200][keep].double(), v[1, h // 2, :200][keep].double()
+        p = torch.softmax(q[1, h].double() @ kk.T / 4.0, -1)
+        torch.testing.assert_close(out[1, h].double(), p @ vv, atol=2e-5, rtol=2e-5)

@@ -98,8 +98,9 @@ def specialize(fn, args, kw, backend):
 def record_calls(mask, dtype: str = "bfloat16", head_dim: int = 128, q_len: int | None = None,
                  kv_len: int | None = None, heads: int = 2, kv_heads: int | None = None,
                  config=None, **inputs) -> list:
-    """The kernel launches of one attention call (forward and backward) as ``(kernel, args,
-    kwargs)``, with CPU tensors standing in for the GPU's; nothing runs."""
+    """The kernel launches of one attention call (forward and backward, and a decoding step
+    with one query) as ``(kernel, args, kwargs)``, with CPU tensors standing in for the
+    GPU's; nothing runs."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("compiling kernels needs Triton's compiler: unset TRITON_INTERPRET")
     import torch
@@ -126,6 +127,13 @@ def record_calls(mask, dtype: str = "bfloat16", head_dim: int = 128, q_len: int 
     launch.module = _Module(launch.module, calls)
     out, lse = launch.forward(q, k, k)
     launch.backward(q, k, k, out, lse, torch.zeros_like(out), wanted=tuple(floats))
+    if mask.grid is None:  # a decoding step: one query per sequence, the whole cache
+        qd = q[:, :, -1:].contiguous()
+        step = tb.Launch(mask, qd, k, k, None, config, _device_checked=True,
+                         score_inputs=floats, **inputs)
+        if step.decodes(grad=False):
+            step.module = _Module(step.module, calls)
+            step.decode(qd, k, k)
     return calls
 
 
@@ -142,7 +150,7 @@ def specializations(mask, arch: int = 90, **kw) -> dict[str, str]:
 def compile_kernels(mask, arch: int = 90, dtype: str = "bfloat16", head_dim: int = 128,
                     q_len: int | None = None, kv_len: int | None = None, heads: int = 2,
                     kv_heads: int | None = None, config=None, **inputs) -> list[KernelReport]:
-    """Compile the forward, delta, dq and dk/dv kernels of ``mask`` for ``sm_<arch>``, each
+    """Compile the forward, delta, dq, dk/dv and decode kernels of ``mask`` for ``sm_<arch>``, each
     specialized as Triton's launcher would specialize that call.
 
     Lengths only shape the recorded call (kernels do not depend on them). ``config`` is a
@@ -165,7 +173,7 @@ def compile_kernels(mask, arch: int = 90, dtype: str = "bfloat16", head_dim: int
         seconds = time.perf_counter() - start
         regs, spills = _resources(compiled.asm["cubin"])
         values = {**dict(zip(fn.arg_names, args)), **kw}
-        reports.append(KernelReport(fn.__name__, values["BM"], values.get("BN", 0),
+        reports.append(KernelReport(fn.__name__, values.get("BM", 0), values.get("BN", 0),
                                     compiled.metadata.num_warps, compiled.metadata.num_stages,
                                     compiled.metadata.shared, regs, spills, seconds, key))
     return reports
