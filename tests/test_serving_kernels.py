@@ -168,9 +168,60 @@ def test_sequence_tables_are_each_sequences_and_skip_invalid_tiles():
     keep = tiles_of_valid(valid, [64, 64], 16, 4)
     assert keep.tolist() == [[True] * 4, [False, False, True, True]]
     cache = plan.cache["sequences"]
-    n = len(cache)
+    assert len(cache) == 1          # one vectorized analysis for the whole batch, cached
+    assert sequence_map(plan, seqs, 64, 64, 16, 16).kv_indices.tolist() == \
+        bm.kv_indices.tolist() and len(cache) == 1
+    # a mask with runtime ids: one analysis per sequence, cached per (lengths, offsets, row)
+    d = maskc.compile("mask d(input doc) = causal & same(doc)")
+    doc = torch.zeros(2, 64, dtype=torch.long)
+    plan = d.plan(64, 64, 1, target="triton", device="cpu", dtype="float32", head_dim=16,
+                  doc=doc)
+    seqs = bind_sequences(d.ir, q, q, q_lens=torch.tensor([64, 40]),
+                          kv_lens=torch.tensor([64, 64]))
     sequence_map(plan, seqs, 64, 64, 16, 16)
-    assert len(cache) == n == 2     # cached per distinct (lengths, offsets)
+    sequence_map(plan, seqs, 64, 64, 16, 16)
+    assert len(plan.cache["sequences"]) == 2
+
+
+SEQ_SPECS = ["mask m = causal & chunk(8)", "mask m = causal & (window(5) | sink(3))",
+             "mask m = prefix(6) | causal", "mask m = causal & global([0, 9, 17])",
+             "mask m = window(before = 4, after = 2)", "mask m = causal & where(k % 3 != 0)",
+             "mask m = causal & ~window(3)", "mask m = where k + Lq >= p + 3 and k < Lk - 2",
+             "mask m = heads { 0: causal, _: causal & window(4) }",
+             "mask m = blocks(8, window(1) | where k < Lk - 1)"]
+
+
+@pytest.mark.parametrize("spec", SEQ_SPECS)
+def test_one_analysis_of_many_sequences_equals_one_per_sequence(spec):
+    from maskc.analysis.blocktable import build, build_sequences
+    from maskc.backends import reference
+    md = maskc.compile(spec).ir
+    rng = np.random.default_rng(len(spec))
+    for _ in range(8):
+        B, bq, bk = int(rng.integers(1, 5)), int(rng.choice([4, 16])), int(rng.choice([4, 8]))
+        rows = []
+        for b in range(B):
+            lq, lk = int(rng.integers(0, 30)), int(rng.integers(0, 50))
+            shifted = rng.random() < 0.5
+            rows.append((lq, lk, int(rng.integers(-5, 50)) if shifted else lk - lq,
+                         int(rng.integers(-5, 30)) if shifted else 0))
+        NQ = max(-(-r[0] // bq) for r in rows) or 1
+        bm = build_sequences(md, rows, 2, bq, bk, evaluate=reference.evaluate, n_q_tiles=NQ)
+        st = bm.states()
+        for b, (lq, lk, qo, ko) in enumerate(rows):
+            if lq == 0 or lk == 0:
+                assert not st[b].any()
+                continue
+            one = build(md, lq, lk, 2, bq, bk, evaluate=reference.evaluate, offsets=(qo, ko))
+            s1 = one.states()[0]
+            nq, nk = s1.shape[1:]
+            assert (st[b, :, :nq, :nk] == s1).all(), (rows[b], bq, bk)
+            assert not st[b, :, nq:].any() and not st[b, :, :, nk:].any()
+            for g in range(one.kv_num_blocks.shape[1]):   # the live terms of each tile too
+                for i in range(nq):
+                    n = one.kv_num_blocks[0, g, i]
+                    assert bm.kv_num_blocks[b, g, i] == n
+                    assert (bm.live[b, g, i, :n] == one.live[0, g, i, :n]).all()
 
 
 def test_decode_packs_heads_that_share_a_kv_head_and_a_table():

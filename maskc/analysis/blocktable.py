@@ -20,7 +20,7 @@ from maskc.passes.bind import check_tables
 from maskc.analysis.sizes import (check_elements, dense_limit, check_heads, check_tiles, prepare_inputs,
                     resolve_lengths)
 
-__all__ = ["BlockMap", "build", "live_predicate"]
+__all__ = ["BlockMap", "build", "build_sequences", "batchable", "live_predicate"]
 
 _RESOLVE_CHUNK = 1 << 22  # elements evaluated at once when resolving tiles densely
 RESOLVE_MAX_AREA = 1 << 22  # larger tiles are never evaluated element by element
@@ -231,9 +231,12 @@ def _resolve(node, rects: Rects, an: Analysis, evaluate,
             P_ = np.minimum(rects.p_lo[sl, None] + np.arange(wq), rects.p_hi[sl, None])
             Q_ = np.minimum(rects.q_lo[sl, None] + np.arange(wq), rects.q_hi[sl, None])
             K_ = np.minimum(rects.k_lo[sl, None] + np.arange(wk), rects.k_hi[sl, None])
+        # NOTE: lengths per tile (tiles of many sequences) broadcast over its elements
+        Lq_, Lk_ = (x[sl].reshape(-1, 1, 1, 1) if np.ndim(x) else x
+                    for x in (rects.Lq, rects.Lk))
         m = evaluate(node, P=P_[:, None, :, None], Q=Q_[:, None, :, None],
                      K=K_[:, None, None, :], Hh=np.full((1, 1, 1, 1), an.head),
-                     Lq=rects.Lq, Lk=rects.Lk, inputs=inputs, grid=an.grid)
+                     Lq=Lq_, Lk=Lk_, inputs=inputs, grid=an.grid)
         m = np.broadcast_to(m, (len(P_), 1, wq, wk))
         any_[sl], all_[sl] = m.any(axis=(1, 2, 3)), m.all(axis=(1, 2, 3))
     return any_, all_
@@ -471,3 +474,101 @@ def _stack(rows):
     return (kv_num, stacked([c[0][1] for c in cells]), full_num,
             stacked([c[1][1] for c in cells]), stacked([c[0][2] for c in cells]),
             stacked([c[2] for c in cells]))
+
+
+def batchable(mdef: ir.MaskDef) -> bool:
+    """Whether :func:`build_sequences` analyses ``mdef`` (no runtime input, no random
+    blocks, no grid: nothing whose meaning depends on one sequence's data or size)."""
+    return mdef.grid is None and not mdef.inputs and not any(
+        isinstance(n, (ir.Random, ir.Layout)) for n in ir.walk(mdef.body))
+
+
+def build_sequences(mdef: ir.MaskDef, rows, heads: int, block_q: int, block_k: int,
+                    evaluate=None, n_q_tiles: int | None = None) -> BlockMap:
+    """The tables of many sequences in one vectorized pass: batch row ``b`` is the block
+    analysis of sequence ``b`` alone, ``rows[b] = (q_len, kv_len, q_offset, kv_offset)``
+    (``build(mdef, q_len, kv_len, ..., offsets=(q_offset, kv_offset))`` for each, equal
+    tables), padded to ``n_q_tiles`` query tiles. Every sequence's tiles are classified
+    together, with the lengths per tile, so the cost is that of their visited tiles, not of
+    one analysis per sequence. Only for :func:`batchable` masks."""
+    heads = check_heads(mdef, heads)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+    B = len(rows)
+    lq, lk, qo, ko = rows.T
+    nq_b = np.where(lk > 0, -(-lq // block_q), 0)
+    NQ = int(nq_b.max(initial=0)) if n_q_tiles is None else n_q_tiles
+    per_head = uses_head(mdef.body)
+    pattern = head_patterns(mdef, heads) if per_head else np.zeros(heads, dtype=np.int32)
+    analysed = [int(np.flatnonzero(pattern == g)[0]) for g in range(int(pattern.max()) + 1)]
+    # every sequence's query tiles, one list
+    seq = np.repeat(np.arange(B), nq_b)
+    qt = np.arange(len(seq)) - np.repeat(np.cumsum(nq_b) - nq_b, nq_b)
+    q_lo = qt * block_q
+    q_hi = np.minimum(q_lo + block_q, lq[seq]) - 1
+    p_lo, p_hi = q_lo + qo[seq], q_hi + qo[seq]
+    nk_max = int((-(-lk // block_k)).max(initial=1)) or 1
+    variants: dict[ir.Node, int] = {}
+    cells = []
+    for h in analysed:
+        an = Analysis(None, {}, h, trace={}, shifted=True)
+        total, codes = 0, []
+        for lo, hi in support(mdef.body, p_lo, p_hi, int(lk.max(initial=0)), an):
+            lo = np.broadcast_to(np.maximum(lo - ko[seq], 0), seq.shape)
+            hi = np.broadcast_to(np.minimum(hi - ko[seq], lk[seq] - 1), seq.shape)
+            ok = lo <= hi
+            t0 = lo[ok] // block_k
+            counts = hi[ok] // block_k - t0 + 1
+            total += int(counts.sum())
+            check_elements(total, f"the block analysis ({block_q} x {block_k} tiles)", mdef.span)
+            starts = np.repeat(t0 - np.cumsum(counts) + counts, counts)
+            codes.append(np.repeat(np.flatnonzero(ok), counts) * nk_max +
+                         np.arange(counts.sum()) + starts)
+        code = _sorted_unique(codes) if codes else np.zeros(0, dtype=np.int64)
+        r, kt = code // nk_max, code % nk_max
+        s = seq[r]
+        k_lo = kt * block_k
+        rects = Rects(p_lo[r], p_hi[r], k_lo + ko[s], np.minimum(k_lo + block_k, lk[s]) - 1 + ko[s],
+                      q_lo[r], q_hi[r], lq[s], lk[s], lk[s], h, None)
+        an.trace = {}
+        st = classify(mdef.body, rects, an).copy()
+        todo = np.flatnonzero(st == R)
+        if len(todo) and evaluate is not None:
+            sub = Rects(*(getattr(rects, f)[todo] for f in ("p_lo", "p_hi", "k_lo", "k_hi",
+                                                           "q_lo", "q_hi", "Lq", "Lk",
+                                                           "Lk_outer")), h, None)
+            any_, all_ = _resolve(mdef.body, sub, an, evaluate)
+            st[todo] = np.where(~any_, E, np.where(all_, F, P))
+        st[np.isin(st, (U, R))] = P
+        part, full = st == P, st == F
+        paths = sorted(an.trace)
+        sig = np.stack([an.trace[p][part] for p in paths], axis=1) if paths else np.zeros((0, 0))
+        n = int(part.sum())
+        var = np.zeros(n, dtype=np.int64)
+        if n:
+            uniq, inv = _distinct_rows(sig)
+            ids = [variants.setdefault(live_predicate(mdef.body, (), dict(zip(paths, u.tolist())),
+                                                      h), len(variants)) for u in uniq]
+            var = np.asarray(ids, dtype=np.int64)[inv]
+        live = _live_bits(mdef.body, paths, sig, n)
+        row = s * NQ + qt[r]   # (sequence, query tile) -> one table row
+        pn, pi, pv = _csr(row[part], kt[part], B * NQ, var)
+        fnum, fidx, _ = _csr(row[full], kt[full], B * NQ, None)
+        cells.append((pn, pi, pv, _csr(row[part], kt[part], B * NQ, live)[2], fnum, fidx))
+    G = len(cells)
+    pw = max(c[1].shape[1] for c in cells)
+    fw = max(c[5].shape[1] for c in cells)
+
+    def stack(i, width, fill=-1):
+        out = np.full((G, B * NQ, width), fill, dtype=np.int32)
+        for g, c in enumerate(cells):
+            out[g, :, :c[i].shape[1]] = c[i]
+        return out.reshape(G, B, NQ, width).transpose(1, 0, 2, 3)
+
+    num = np.stack([c[0] for c in cells]).reshape(G, B, NQ).transpose(1, 0, 2)
+    fnum = np.stack([c[4] for c in cells]).reshape(G, B, NQ).transpose(1, 0, 2)
+    kv_len = int(lk.max(initial=0))
+    return BlockMap(NQ * block_q, max(kv_len, 1), heads, block_q, block_k, pattern,
+                    np.ascontiguousarray(num), np.ascontiguousarray(stack(1, pw)),
+                    np.ascontiguousarray(fnum), np.ascontiguousarray(stack(5, fw)),
+                    np.ascontiguousarray(stack(2, pw)), tuple(variants), {},
+                    np.ascontiguousarray(stack(3, pw)))

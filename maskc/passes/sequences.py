@@ -7,10 +7,11 @@ whose batch row ``b`` is the block analysis of sequence ``b`` alone (the mask at
 ``(q_lens[b], kv_lens[b])``, its queries at ``q + q_offset[b]`` and keys at ``k +
 kv_offset[b]``), padded to the tensors' tile counts; key tiles whose keys ``kv_valid`` marks
 all invalid are dropped from the rows that visit them. Table rows are per head pattern
-(``head_group``), the same for every sequence. Each sequence's analysis costs what the
-analysis of one sequence of that size costs (O(visited tiles)) and is cached on the plan
-per distinct lengths and offsets (and input row), so a decode loop analyses each length
-once; tensors never change with the lengths, so nothing is recompiled.
+(``head_group``), the same for every sequence. A mask without runtime inputs or random
+blocks analyses all sequences in one vectorized pass (``build_sequences``: the cost of
+their visited tiles, with no per-sequence overhead; cached per call shape); otherwise each
+sequence is analysed alone (O(its visited tiles)) and cached per distinct lengths and
+offsets (and input row). Tensors never change with the lengths: nothing is recompiled.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from collections import OrderedDict
 
 import numpy as np
 
-from maskc.analysis.blocktable import BlockMap, build
+from maskc.analysis.blocktable import BlockMap, batchable, build, build_sequences
 from maskc.analysis.sizes import check_elements
 
 __all__ = ["sequence_map", "sequence_info", "tiles_of_valid"]
 
 _CACHED = 4096  # per-sequence analyses kept per plan (least recently used dropped)
+_CACHED_BATCHES = 64  # whole-batch analyses kept per plan
 
 
 def sequence_info(seqs) -> np.ndarray:
@@ -97,11 +99,22 @@ def sequence_map(plan, seqs, q_len: int, kv_len: int, block_q: int, block_k: int
     queries and ``kv_len`` keys; see the module docstring."""
     B = seqs.batch
     Lq, Lk = q_len, kv_len
+    nq, nk = max(-(-Lq // block_q), 1), max(-(-Lk // block_k), 1)
+    if batchable(plan.mdef):  # every sequence in one vectorized analysis
+        rows = tuple(zip(seqs.q_lens, seqs.kv_lens, seqs.q_offset, seqs.kv_offset))
+        cache = plan.cache.setdefault("sequences", OrderedDict())
+        key = ("batch", block_q, block_k, nq, rows)
+        if key not in cache:
+            cache[key] = build_sequences(plan.mdef, rows, plan.heads, block_q, block_k,
+                                         plan.evaluate, n_q_tiles=nq)
+            if len(cache) > _CACHED_BATCHES:
+                cache.popitem(last=False)
+        bm = cache[key]
+        return _valid_only(bm, seqs, block_k, nk, Lq, Lk)
     maps = [_one(plan, b, seqs, block_q, block_k) for b in range(B)]
     some = next((m for m in maps if m is not None), None)
     head_group = some.head_group if some is not None else np.zeros(plan.heads, np.int32)
     G = int(head_group.max()) + 1
-    nq, nk = max(-(-Lq // block_q), 1), max(-(-Lk // block_k), 1)
     fw = max([m.full_kv_indices.shape[-1] for m in maps if m is not None] + [1])
     pw = max([m.kv_indices.shape[-1] for m in maps if m is not None] + [1])
     check_elements(B * G * nq * (fw + 2 * pw), "the per-sequence tables")
@@ -117,10 +130,20 @@ def sequence_map(plan, seqs, q_len: int, kv_len: int, block_q: int, block_k: int
         fidx[b] = _pad(m.full_kv_indices[0], (G, nq, fw), -1)
         if m.live is not None:
             live[b] = _pad(m.live[0], (G, nq, pw), -1)
+    variant = np.zeros_like(idx)
+    bm = BlockMap(nq * block_q, nk * block_k, plan.heads, block_q, block_k, head_group,
+                  num, idx, fnum, fidx, variant, (), {}, live)
+    return _valid_only(bm, seqs, block_k, nk, Lq, Lk)
+
+
+def _valid_only(bm: BlockMap, seqs, block_k: int, nk: int, Lq: int, Lk: int) -> BlockMap:
+    """``bm`` over the tensors' tiles, without the key tiles that hold no valid key."""
+    num, idx, fnum, fidx, live = (bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks,
+                                  bm.full_kv_indices, bm.live)
     if seqs.kv_valid is not None:  # tiles with no valid key are never visited
         keep = tiles_of_valid(seqs.kv_valid, seqs.kv_lens, block_k, nk)
         num, idx, (live,) = _drop(num, idx, (live,), keep)
         fnum, fidx, _ = _drop(fnum, fidx, (), keep)
-    variant = np.zeros_like(idx)
-    return BlockMap(nq * block_q, nk * block_k, plan.heads, block_q, block_k, head_group,
-                    num, idx, fnum, fidx, variant, (), {}, live)
+    return BlockMap(-(-Lq // bm.block_q) * bm.block_q, nk * block_k, bm.heads, bm.block_q,
+                    block_k, bm.head_group, num, idx, fnum, fidx, np.zeros_like(idx), (), {},
+                    live)
