@@ -372,13 +372,9 @@ class Mask:
     def _attention_sequences(self, seqs, q, k, v, scale, backend, return_lse, config, inputs,
                              floats):
         """Per-sequence lengths, offsets, key validity, paged caches: the Triton kernels (on
-        a GPU, or through the interpreter) or the reference."""
+        a GPU, or through the interpreter), FlexAttention or the reference."""
         from maskc.ir.inputs import input_kinds
         scale = None if scale is None else validate.real(scale, "scale")
-        if backend in ("flex", "flex-eager"):
-            raise MaskError(f"per-sequence lengths, offsets, kv_valid and page_table run on the "
-                            f"Triton and reference backends, not {backend!r} yet (issue 13)",
-                            self._span())
         kinds = input_kinds(self.ir)
         chosen = [n for n in self.ir.inputs if kinds[n].kind != "ids"]
         if chosen:
@@ -401,9 +397,24 @@ class Mask:
             return triton.attention(self, q, k, v, scale=scale, return_lse=return_lse,
                                     config=config, sequences=seqs, **inputs, **floats)
         if config is not None:
-            raise MaskError("config= applies to the Triton backend, not 'reference'")
+            raise MaskError(f"config= applies to the Triton backend, not {backend!r}")
         Lk = seqs.page_table.shape[1] * seqs.page_size if seqs.page_table is not None \
             else k.shape[2]
+        if backend in ("flex", "flex-eager"):
+            import torch
+            grad = torch.is_grad_enabled() and any(
+                t.requires_grad for t in (q, k, v, *floats.values()))
+            if q.device.type == "cpu" and (grad or (return_lse and backend == "flex")):
+                what = "gradients" if grad else "return_lse=True under torch.compile"
+                raise MaskError(f"FlexAttention on the CPU does not support {what}; use "
+                                "backend='reference' (or 'triton' with TRITON_INTERPRET=1)"
+                                + (", or 'flex-eager'" if not grad else ""))
+            from maskc.backends import flex
+            plan = self.plan(q.shape[2], Lk, q.shape[1], k.shape[1], target="flex",
+                             device=q.device, **inputs)
+            return flex.attention_sequences(plan, seqs, q, k, v, scale, return_lse,
+                                            compiled=backend != "flex-eager",
+                                            score_inputs=floats)
         xs = sizes.prepare_inputs(self.ir, Lk, inputs)
         from maskc.backends import reference
         return reference.run_sequences(self.ir, seqs, q, k, v, scale, return_lse, xs, floats)

@@ -1,8 +1,8 @@
 """Per-sequence lengths, offsets, key validity and paged caches (LANGUAGE.md section 10) on
 the reference backend, against per-sequence float64 attention written here: each sequence's
 mask from the primitives' definitions at absolute positions ``p = q + q_offset`` and
-``k + kv_offset``. The Triton kernels are tested in test_serving_kernels.py; FlexAttention
-refuses these arguments for now."""
+``k + kv_offset``. The Triton and FlexAttention backends are tested in
+test_serving_kernels.py."""
 
 import math
 
@@ -170,6 +170,7 @@ def test_scores_see_absolute_positions():
     (dict(kv_valid=torch.ones(2, 7)), "kv_valid must be a bool tensor"),
     (dict(kv_valid=torch.ones(2, 6, dtype=torch.bool)), r"kv_valid must have shape \(B, Lk\)"),
     (dict(q_offset=torch.tensor([0])), r"q_offset must have shape \(2,\)"),
+    (dict(kv_offset=-1), r"kv_offset\[0\] = -1: a key's absolute position is never negative"),
 ])
 def test_bad_sequence_arguments_are_mask_input_errors(kw, message):
     m = maskc.compile("mask m = causal")
@@ -190,14 +191,6 @@ def test_bad_page_tables_are_mask_input_errors():
     m.attention(q, kc, kc, page_table=torch.tensor([[0, 7]]), kv_lens=torch.tensor([16]))
     with pytest.raises(maskc.MaskInputError, match="kv_lens.*= 40"):
         m.attention(q, kc, kc, page_table=torch.tensor([[0, 1]]), kv_lens=torch.tensor([40]))
-
-
-@pytest.mark.parametrize("backend", ["flex", "flex-eager"])
-def test_flex_refuses_sequence_arguments_for_now(backend):
-    m = maskc.compile("mask m = causal")
-    q, k, v = (t.float() for t in qkv(2, 2, 2, 5, 7))
-    with pytest.raises(maskc.MaskError, match="Triton and reference backends, not"):
-        m.attention(q, k, v, backend=backend, kv_lens=torch.tensor([3, 7]))
 
 
 def test_grid_masks_refuse_per_sequence_lengths():

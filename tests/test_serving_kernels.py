@@ -1,7 +1,8 @@
-"""Per-sequence lengths, offsets, key validity and paged caches on the Triton kernels
-(through the interpreter): the prefill kernels (forward and backward) and the decode kernel,
-against per-sequence float64 attention written in the tests (``test_sequences.expected``),
-and the decode kernel against the prefill kernel."""
+"""Per-sequence lengths, offsets, key validity and paged caches on the kernels: the Triton
+prefill kernels (forward and backward) and decode kernel through the interpreter, against
+per-sequence float64 attention written in the tests (``test_sequences.expected``) and the
+decode kernel against the prefill kernel; FlexAttention (eager and compiled) against the
+reference; the per-sequence tables, GQA packing and splits."""
 
 import numpy as np
 import pytest
@@ -126,14 +127,15 @@ def test_paged_caches_on_the_kernels(layout, queries):
     torch.testing.assert_close(lse.double(), w_lse, **F32)
 
 
-def test_a_paged_cache_takes_no_gradient_and_flex_refuses_sequences():
+def test_a_paged_cache_takes_no_gradient():
     m = maskc.compile("mask m = causal")
     kc = torch.randn(4, 1, 16, 8)
     q = torch.randn(1, 1, 20, 8, requires_grad=True)
     with pytest.raises(maskc.MaskError, match="gradients through a paged cache"):
         m.attention(q, kc, kc, kv_lens=torch.tensor([30]), page_table=torch.tensor([[0, 1]]),
                     backend="triton")
-    with pytest.raises(maskc.MaskError, match="not 'flex-eager' yet"):
+    with pytest.raises(maskc.MaskError, match="FlexAttention on the CPU does not support "
+                                              "gradients"):
         m.attention(q, kc, kc, kv_lens=torch.tensor([30]), page_table=torch.tensor([[0, 1]]),
                     backend="flex-eager")
 
@@ -243,3 +245,45 @@ def test_decode_splits_cover_every_tile():
                     max(visited, 1)
     assert decode_splits(1000, 1, True)[0] > 100    # one sequence: the keys across the GPU
     assert decode_splits(1000, 512, True)[0] == 1   # a big batch fills it already
+
+
+@pytest.mark.parametrize("spec", ["mask m = causal & chunk(8)",
+                                  "mask m = causal & (window(before = 5, after = 0) | sink(3))",
+                                  "mask m = heads { 0: causal, _: causal & window(4) }",
+                                  "mask m(input slopes) = causal with alibi(slopes)"])
+def test_flex_runs_sequences_with_one_mask_mod(spec):
+    """FlexAttention (eager): per-sequence block tables and one mask_mod reading each
+    sequence's lengths, offsets and valid keys; rows past a sequence's queries are zeros."""
+    m = maskc.compile(spec)
+    q, k, v = qkv(3, 2, 1, 20, 40, D=16, seed=4)
+    valid = torch.tensor(np.random.default_rng(0).random((3, 40)) > 0.2)
+    kw = dict(q_lens=torch.tensor([20, 7, 0]), kv_lens=torch.tensor([40, 13, 5]),
+              kv_offset=torch.tensor([0, 9, 3]), q_offset=torch.tensor([20, 20, 8]),
+              kv_valid=valid)
+    fl = {"slopes": maskc.alibi_slopes(2)} if "slopes" in spec else {}
+    out, lse = m.attention(*_f32(q, k, v), backend="flex-eager", return_lse=True, **kw, **fl)
+    want, wlse = m.attention(q, k, v, backend="reference", return_lse=True, **kw,
+                             **{n: x.double() for n, x in fl.items()})
+    torch.testing.assert_close(out.double(), want, **F32)
+    torch.testing.assert_close(lse.double(), wlse, **F32)
+    assert torch.all(out[1, :, 7:] == 0) and torch.all(out[2] == 0)
+
+
+def test_compiled_flex_decodes_from_a_paged_cache():
+    m = maskc.compile("mask m = causal & (window(before = 20, after = 0) | sink(2))")
+    g = torch.Generator().manual_seed(2)
+    kc, vc = (torch.randn(6, 8, 2, 16, generator=g).transpose(1, 2) for _ in range(2))
+    q = torch.randn(2, 4, 1, 16, generator=g)
+    kw = dict(q_lens=torch.tensor([1, 1]), kv_lens=torch.tensor([30, 17]),
+              page_table=torch.tensor([[5, 0, 3, 1], [2, 4, 0, 0]]))
+    out = m.attention(q, kc, vc, backend="flex", **kw)
+    want = m.attention(q.double(), kc.double(), vc.double(), backend="reference", **kw)
+    torch.testing.assert_close(out.double(), want, **F32)
+
+
+def test_flex_refuses_what_its_sequence_mask_mod_cannot_read():
+    m = maskc.compile("mask m(input doc) = causal & same(doc)")
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(maskc.MaskError, match="does not take runtime inputs yet"):
+        m.attention(q, q, q, q_lens=torch.tensor([5]), doc=torch.zeros(1, 8, dtype=torch.long),
+                    backend="flex-eager")

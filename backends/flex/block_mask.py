@@ -11,8 +11,8 @@ import numpy as np
 from maskc.errors import MaskError
 from maskc.analysis.sizes import check_batch, check_elements
 
-__all__ = ["to_block_mask", "block_mask", "check_device", "attention", "flex_attention_fn",
-           "COMPILED_FUNCTIONS"]
+__all__ = ["to_block_mask", "block_mask", "check_device", "attention", "attention_sequences",
+           "flex_attention_fn", "COMPILED_FUNCTIONS"]
 
 def to_block_mask(bm, mask_mod, device=None):
     """A FlexAttention ``BlockMask`` holding ``bm``'s tiles, row by row.
@@ -185,3 +185,93 @@ def _compiler_error(err: BaseException) -> bool:
             return True
         err = err.__cause__ or getattr(err, "inner_exception", None)
     return False
+
+
+def _demoted(bm, seqs):
+    """``bm`` (per-sequence tables, ``passes.sequences.sequence_map``) with every full tile
+    that FlexAttention may not treat as full moved to the partial list: tiles past a
+    sequence's queries or keys (FlexAttention applies no mask_mod to a full tile, and the
+    tensors' rows there are padding) and tiles holding a key that ``kv_valid`` drops."""
+    from dataclasses import replace
+    B, G, nq = bm.kv_num_blocks.shape
+    bq, bk = bm.block_q, bm.block_k
+    nk = bm.n_k_tiles
+    lq = np.asarray(seqs.q_lens)[:, None, None, None]
+    lk = np.asarray(seqs.kv_lens)[:, None, None, None]
+    idx = bm.full_kv_indices
+    used = np.arange(idx.shape[-1]) < bm.full_kv_num_blocks[..., None]
+    qt = np.arange(nq)[None, None, :, None]
+    crosses = ((qt + 1) * bq > lq) | ((idx + 1) * bk > lk)
+    if seqs.kv_valid is not None:
+        valid = seqs.kv_valid.numpy()
+        pad = nk * bk - valid.shape[1]
+        whole = np.pad(valid, ((0, 0), (0, max(pad, 0))))[:, :nk * bk].reshape(B, nk, bk)
+        all_valid = whole.all(axis=2)
+        crosses |= ~all_valid[np.arange(B)[:, None, None, None], np.clip(idx, 0, nk - 1)]
+    demote = used & crosses
+    if not demote.any():
+        return bm
+    full_keep = used & ~demote
+    rows_p, rows_f = [], []
+    width_p, width_f = 1, 1
+    for b, g, i in np.ndindex(B, G, nq):
+        part = bm.kv_indices[b, g, i, :bm.kv_num_blocks[b, g, i]]
+        moved = idx[b, g, i][demote[b, g, i]]
+        p = np.sort(np.concatenate([part, moved]))
+        f = idx[b, g, i][full_keep[b, g, i]]
+        rows_p.append(p)
+        rows_f.append(f)
+        width_p, width_f = max(width_p, len(p)), max(width_f, len(f))
+
+    def table(rows, width):
+        out = np.full((B, G, nq, width), -1, dtype=np.int32)
+        num = np.zeros((B, G, nq), dtype=np.int32)
+        for n, (b, g, i) in enumerate(np.ndindex(B, G, nq)):
+            out[b, g, i, :len(rows[n])] = rows[n]
+            num[b, g, i] = len(rows[n])
+        return num, out
+    pn, pi = table(rows_p, width_p)
+    fn, fi = table(rows_f, width_f)
+    return replace(bm, kv_num_blocks=pn, kv_indices=pi, full_kv_num_blocks=fn,
+                   full_kv_indices=fi, variant=np.zeros_like(pi), live=None)
+
+
+def attention_sequences(plan, seqs, q, k, v, scale=None, return_lse=False, compiled=True,
+                        score_inputs=None):
+    """``flex_attention`` over a batch of sequences (LANGUAGE.md section 10): the block mask
+    from each sequence's own tables (``passes.sequences``) and one mask_mod that reads each
+    sequence's lengths, offsets and valid keys. A paged cache is gathered into ``(B, Hkv,
+    P * page_size, D)`` first (FlexAttention reads no page table: a copy)."""
+    import torch
+    from maskc.backends.flex.mask_mod import (make_score_mod, make_sequence_mask_mod,
+                                              sequence_supported)
+    from maskc.passes.sequences import sequence_map
+    why = sequence_supported(plan.mdef)
+    if why is not None:
+        raise MaskError(f"FlexAttention with per-sequence lengths does not take {why} yet; "
+                        "use backend='triton' or 'reference'", plan.mdef.span)
+    if seqs.page_table is not None:
+        pages = torch.as_tensor(seqs.page_table, device=k.device, dtype=torch.long)
+        k, v = (x[pages].permute(0, 2, 1, 3, 4).reshape(pages.shape[0], x.shape[1], -1,
+                                                         x.shape[3]) for x in (k, v))
+    Lq, Lk = q.shape[2], k.shape[2]
+    bq, bk = plan.tiles["fwd"].block_q, plan.tiles["fwd"].block_k
+    device = q.device
+    mod = make_sequence_mask_mod(plan.mdef, plan.heads, seqs, Lk, device)
+    bm = _demoted(sequence_map(plan, seqs, Lq, Lk, bq, bk), seqs)
+    block = to_block_mask(bm, mod, device)
+    score_mod = None
+    if plan.mdef.score is not None:
+        score_mod = make_score_mod(plan.mdef, Lq, Lk, score_inputs or {}, device,
+                                   sequences=seqs)
+    gqa = q.shape[1] != k.shape[1]
+    key = ("sequences", mod.source, q.shape[1], k.shape[1], str(q.dtype), q.shape[-1],
+           v.shape[-1], tuple(block.BLOCK_SIZE), bool(return_lse), device.type,
+           score_mod.source if score_mod is not None else None)
+    fn = flex_attention_fn(compiled, key)
+    if device.type == "cpu" and not torch.is_grad_enabled():
+        q, k, v = q.detach(), k.detach(), v.detach()
+    if compiled:
+        return fn(q, k, v, block, scale, gqa, return_lse, score_mod)
+    return fn(q, k, v, score_mod=score_mod, block_mask=block, scale=scale, enable_gqa=gqa,
+              return_lse=return_lse)

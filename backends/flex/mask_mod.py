@@ -42,7 +42,7 @@ from maskc.ir.grid import tile_counts
 from maskc.backends.emit import TORCH, Emitter, w
 
 __all__ = ["make_mask_mod", "mask_mod_source", "make_score_mod", "score_mod_source",
-           "torch_inputs", "LOWERINGS"]
+           "make_sequence_mask_mod", "sequence_supported", "torch_inputs", "LOWERINGS"]
 
 
 @dataclass(frozen=True)
@@ -431,6 +431,60 @@ def _pair(g: _Gen, q_len: int, kv_len: int, extra, literal_shift: bool = False) 
                extra=extra)
 
 
+def _sequence_pair(g: _Gen, info, kv_len: int) -> Env:
+    """The environment of one pair of sequence ``b`` (LANGUAGE.md section 10): its lengths
+    and offsets read from the captured ``info`` (int64 ``(B, 4)``: q_len, kv_len, q_offset,
+    kv_offset); the static bounds cover every sequence (``info`` on the host)."""
+    e = g.e
+    t = g.capture(("sequences",), lambda: info.to(g.device), "seqs")
+    lq, lk, qo, ko = (e.let(f"{t}[b, {i}]", n) for i, n in
+                      enumerate(("q_len_b", "kv_len_b", "q_offset_b", "kv_offset_b")))
+    P = e.let(f"q_idx + {qo}", "p")
+    K = e.let(f"kv_idx + {ko}", "k")
+    lo, hi = info[:, 2], info[:, 2] + info[:, 0] - 1
+    st = _Static(p_lo=int(lo.min()), p_hi=int(hi.max()),
+                 k_hi=int((info[:, 3] + info[:, 1]).max()) - 1, Lk_outer=kv_len)
+    return Env(P=P, Q="q_idx", K=K, h="h", Lq=lq, Lk=lk, p_nonneg=st.p_lo >= 0, grid=None,
+               extra=st)
+
+
+def sequence_supported(mdef: ir.MaskDef) -> str | None:
+    """Why the per-sequence mask_mod cannot express ``mdef`` (``None``: it can): its static
+    folds hold for every sequence except in what reads one sequence's key count as a size."""
+    for n in ir.walk(mdef.body):
+        if isinstance(n, (ir.Random, ir.Layout)):
+            return f"{type(n).__name__.lower()}() blocks"
+        if isinstance(n, ir.Blocks) and any(isinstance(x, ir.PVar) and x.name in ("Lq", "Lk")
+                                            for x in ir.walk(n)):
+            return "a 'where' inside blocks(...) that reads Lq or Lk"
+    if mdef.inputs:
+        return "runtime inputs"
+    return None
+
+
+def make_sequence_mask_mod(mdef: ir.MaskDef, heads: int, seqs, kv_len: int, device):
+    """The mask of a batch of sequences as one FlexAttention ``mask_mod``: sequence ``b``'s
+    pair ``(q_idx, kv_idx)`` is the mask at its lengths with its query at ``q_idx +
+    q_offset[b]`` and key at ``kv_idx + kv_offset[b]``, kept only for ``q_idx < q_lens[b]``,
+    ``kv_idx < kv_lens[b]`` and ``kv_valid[b, kv_idx]``; ``.source`` is the generated text."""
+    info = torch.tensor([seqs.q_lens, seqs.kv_lens, seqs.q_offset, seqs.kv_offset],
+                        dtype=torch.int64).T.contiguous()
+    g = _Gen(mdef, heads, {}, device)
+    env = _sequence_pair(g, info, kv_len)
+    e = g.e
+    keep = e.and_(g.mask(mdef.body, env), e.and_(f"q_idx < {env.Lq}", f"kv_idx < {env.Lk}"))
+    if seqs.kv_valid is not None:
+        valid = g.capture(("kv_valid",), lambda: seqs.kv_valid.to(device), "kv_valid")
+        keep = e.and_(keep, e.let(f"{valid}[b, kv_idx.clamp(0, {kv_len - 1})]", "valid"))
+    expr = _tensor(keep, env)
+    src, tensors = _module(g, "mask_mod", f"(a batch of sequences, {heads} head(s)); make() "
+                           "takes the sequences' lengths and offsets.", f"maskc_{mdef.name}",
+                           "b, h, q_idx, kv_idx", expr)
+    mod = _maker(src, mdef.name)(*tensors)
+    mod.source = src
+    return mod
+
+
 def _module(g: _Gen, what: str, about: str, fn: str, params: str, expr: str
             ) -> tuple[str, list]:
     """``(source, captured tensors)``: ``make(*captures)`` returning ``fn(params)``, whose
@@ -498,17 +552,18 @@ def make_mask_mod(mdef: ir.MaskDef, q_len: int, kv_len: int, heads: int,
 # ---------------------------------------------------------------- scores (`with`)
 
 def score_mod_source(mdef: ir.MaskDef, q_len: int, kv_len: int, floats: dict,
-                     literal_shift: bool = False) -> tuple[str, list]:
+                     literal_shift: bool = False, sequences=None) -> tuple[str, list]:
     """``(source, captured tensors)`` of the FlexAttention ``score_mod`` of a mask with a
     score: ``make(*tensors)`` returns it. The float inputs are captured as given (a tensor that
     requires grad gets its gradient through FlexAttention's captured-buffer support); their
     values never change the source, their sizes do. ``literal_shift``: ``kv_len - q_len`` is
     written into the source rather than captured."""
     from maskc.backends import scores as S
-    g = _Gen(mdef, 1, {}, None)
+    g = _Gen(mdef, 1, {}, None if sequences is None else sequences.device)
     e = g.e
     e.ns.fresh("score")
-    env = _pair(g, q_len, kv_len, extra=None, literal_shift=literal_shift)
+    env = _pair(g, q_len, kv_len, extra=None, literal_shift=literal_shift) \
+        if sequences is None else _sequence_pair(g, sequences, kv_len)
 
     def load(g, node: ir.SIndex, idx):
         x = floats[node.input]
@@ -525,7 +580,8 @@ def score_mod_source(mdef: ir.MaskDef, q_len: int, kv_len: int, floats: dict,
                    f"maskc_{mdef.name}_score", "score, b, h, q_idx, kv_idx", expr)
 
 
-def make_score_mod(mdef: ir.MaskDef, q_len: int, kv_len: int, floats: dict, device="cpu"):
+def make_score_mod(mdef: ir.MaskDef, q_len: int, kv_len: int, floats: dict, device="cpu",
+                   sequences=None):
     """The mask's score as a FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)``, reading
     ``floats`` (the score's float inputs, checked by ``sizes.split_score_inputs``); its
     generated source is ``score_mod.source``."""
@@ -537,7 +593,12 @@ def make_score_mod(mdef: ir.MaskDef, q_len: int, kv_len: int, floats: dict, devi
     # captured as a view marked static (it keeps autograd to the input and leaves the
     # caller's tensor unmarked).
     literal = torch.device(device).type == "cpu"
-    src, tensors = score_mod_source(mdef, q_len, kv_len, floats, literal_shift=literal)
+    if sequences is not None:  # info (B, 4) of the sequences, on the device
+        sequences = torch.tensor([sequences.q_lens, sequences.kv_lens, sequences.q_offset,
+                                  sequences.kv_offset], dtype=torch.int64).T.contiguous()
+        sequences = sequences.to(device)
+    src, tensors = score_mod_source(mdef, q_len, kv_len, floats, literal_shift=literal,
+                                    sequences=sequences)
     for i, t in enumerate(tensors):
         if isinstance(t, torch.Tensor):
             tensors[i] = t.view(t.shape)

@@ -122,6 +122,10 @@ def bind_sequences(mdef: ir.MaskDef, q, k, *, q_lens=None, kv_lens=None, q_offse
     qo = _ints(q_offset, "q_offset", B, span, True) if q_offset is not None else \
         tuple(b - a for a, b in zip(lq, lk))
     ko = _ints(kv_offset, "kv_offset", B, span, True) if kv_offset is not None else (0,) * B
+    for b, o in enumerate(ko):
+        if o < 0:
+            raise MaskInputError(f"kv_offset[{b}] = {o}: a key's absolute position is never "
+                                 "negative", span)
     if kv_valid is not None:
         if not isinstance(kv_valid, torch.Tensor):
             arr = np.asarray(kv_valid) if isinstance(kv_valid, (np.ndarray, list, tuple)) \

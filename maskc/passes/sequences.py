@@ -144,6 +144,6 @@ def _valid_only(bm: BlockMap, seqs, block_k: int, nk: int, Lq: int, Lk: int) -> 
         keep = tiles_of_valid(seqs.kv_valid, seqs.kv_lens, block_k, nk)
         num, idx, (live,) = _drop(num, idx, (live,), keep)
         fnum, fidx, _ = _drop(fnum, fidx, (), keep)
-    return BlockMap(-(-Lq // bm.block_q) * bm.block_q, nk * block_k, bm.heads, bm.block_q,
+    return BlockMap(max(Lq, 1), max(Lk, 1), bm.heads, bm.block_q,
                     block_k, bm.head_group, num, idx, fnum, fidx, np.zeros_like(idx), (), {},
                     live)
