@@ -147,30 +147,35 @@ def attention(plan, q, k, v, scale=None, return_lse=False, compiled=True, score_
            q.shape[1], k.shape[1], str(q.dtype), q.shape[-1], v.shape[-1],
            tuple(bm_mask.BLOCK_SIZE), bool(return_lse), q.device.type,
            score_mod.source if score_mod is not None else None)
-    fn = flex_attention_fn(compiled, key)
+    return _run(plan.mdef, flex_attention_fn(compiled, key), compiled, q, k, v, bm_mask, scale,
+                gqa, return_lse, score_mod)
+
+
+def _run(mdef, fn, compiled, q, k, v, block, scale, gqa, return_lse, score_mod):
+    """``fn`` (flex_attention, compiled or not) on one call, its failures as MaskErrors."""
     import torch
     if q.device.type == "cpu" and not torch.is_grad_enabled():
         # NOTE: FlexAttention on the CPU refuses tensors that require grad even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()
     try:
         if compiled:
-            return fn(q, k, v, bm_mask, scale, gqa, return_lse, score_mod)
-        return fn(q, k, v, score_mod=score_mod, block_mask=bm_mask, scale=scale,
+            return fn(q, k, v, block, scale, gqa, return_lse, score_mod)
+        return fn(q, k, v, score_mod=score_mod, block_mask=block, scale=scale,
                   enable_gqa=gqa, return_lse=return_lse)
     except Exception as err:  # torch wraps it (InternalTorchDynamoError)
         if (isinstance(err, RecursionError) or isinstance(err.__cause__, RecursionError)
                 or "RecursionError" in str(err).split("\n", 1)[0]):
             raise MaskError("the mask nests too deeply for FlexAttention, whose torch.compile "
                             "tracer recurses once per level (even with flex-eager); use "
-                            "backend='triton' or 'reference'", plan.mdef.span) from None
+                            "backend='triton' or 'reference'", mdef.span) from None
         if compiled and _compiler_error(err):
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [""]
             first = next((ln for ln in lines if "error:" in ln), lines[0])  # the compiler's
             raise MaskError(f"torch.compile could not compile FlexAttention for mask "
-                            f"'{plan.mdef.name}' on {q.device.type} ({type(err).__name__}: "
+                            f"'{mdef.name}' on {q.device.type} ({type(err).__name__}: "
                             f"{first[:300]}); use backend='flex-eager' (the same "
                             f"FlexAttention, not compiled), 'triton' (with TRITON_INTERPRET=1 "
-                            f"on the CPU) or 'reference'", plan.mdef.span) from None
+                            f"on the CPU) or 'reference'", mdef.span) from None
         raise
 
 
@@ -268,10 +273,5 @@ def attention_sequences(plan, seqs, q, k, v, scale=None, return_lse=False, compi
     key = ("sequences", mod.source, q.shape[1], k.shape[1], str(q.dtype), q.shape[-1],
            v.shape[-1], tuple(block.BLOCK_SIZE), bool(return_lse), device.type,
            score_mod.source if score_mod is not None else None)
-    fn = flex_attention_fn(compiled, key)
-    if device.type == "cpu" and not torch.is_grad_enabled():
-        q, k, v = q.detach(), k.detach(), v.detach()
-    if compiled:
-        return fn(q, k, v, block, scale, gqa, return_lse, score_mod)
-    return fn(q, k, v, score_mod=score_mod, block_mask=block, scale=scale, enable_gqa=gqa,
-              return_lse=return_lse)
+    return _run(plan.mdef, flex_attention_fn(compiled, key), compiled, q, k, v, block, scale,
+                gqa, return_lse, score_mod)
