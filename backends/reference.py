@@ -520,6 +520,9 @@ def run_sequences(mdef: ir.MaskDef, seqs, q, k, v, scale=None, return_lse: bool 
 
     B, Hq, Lq, _ = q.shape
     DV = v.shape[-1]
+    # NOTE: bind's errors whatever the lengths (a batch of empty sequences included), as the
+    # kernels' plans raise them
+    check_coverage(mdef.body, check_heads(mdef, Hq))
     outs, lses = [], []
     for b in range(B):
         lq, lk, qo, ko = seqs.q_lens[b], seqs.kv_lens[b], seqs.q_offset[b], seqs.kv_offset[b]

@@ -381,6 +381,10 @@ class Mask:
             raise MaskError(f"input '{chosen[0]}' ({kinds[chosen[0]].kind}) with per-sequence "
                             "lengths is not supported yet: its blocks and keys would be "
                             "per sequence", self._span())
+        if any(isinstance(n, ir.Random) for n in ir.walk(self.ir.body)):
+            raise MaskError("random(...) blocks with per-sequence lengths are not supported "
+                            "yet: their choice depends on each sequence's key count",
+                            self._span())
         shifted = [b for b in range(seqs.batch) if seqs.kv_offset[b] != 0 or
                    seqs.q_offset[b] != seqs.kv_lens[b] - seqs.q_lens[b]]
         if self.ir.inputs and shifted:

@@ -198,3 +198,15 @@ def test_grid_masks_refuse_per_sequence_lengths():
     q = torch.randn(1, 1, 16, 8)
     with pytest.raises(maskc.MaskError, match="over a grid"):
         m.attention(q, q, q, q_lens=torch.tensor([3]))
+
+
+def test_random_blocks_and_uncovered_heads_are_errors_with_sequences():
+    q, k, v = qkv(1, 2, 2, 8, 8)
+    m = maskc.compile("mask m = blocks(4, random(1, seed = 2))")
+    with pytest.raises(maskc.MaskError, match="random.*per-sequence lengths"):
+        m.attention(q, k, v, q_lens=torch.tensor([3]))
+    # found by the fuzzer: every sequence empty, yet the mask misses head 1 (as the kernels'
+    # plans say, whatever the lengths)
+    m = maskc.compile("mask m = heads { 0: causal }")
+    with pytest.raises(maskc.MaskValueError, match="head 1 is not covered"):
+        m.attention(q, k, v, q_lens=torch.tensor([0]), kv_lens=torch.tensor([0]))
