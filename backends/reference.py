@@ -540,7 +540,7 @@ def run_sequences(mdef: ir.MaskDef, seqs, q, k, v, scale=None, return_lse: bool 
                   for n, x in (inputs or {}).items()}
             keep = dense_at(mdef, lq, lk, Hq, qo, ko, xs)
             if seqs.kv_valid is not None:
-                keep = keep & seqs.kv_valid[b, :lk].numpy()
+                keep = keep & seqs.kv_valid[b, :lk].cpu().numpy()
             check_size(mdef, (1, Hq, lq, lk), "reference score matrix")
             o, l_ = attention(keep, q[b:b + 1, :, :lq], kb, vb, scale, True,
                               score=(mdef, score_inputs or {}, (qo, ko)))

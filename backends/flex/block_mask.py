@@ -208,10 +208,11 @@ def _demoted(bm, seqs):
     qt = np.arange(nq)[None, None, :, None]
     crosses = ((qt + 1) * bq > lq) | ((idx + 1) * bk > lk)
     if seqs.kv_valid is not None:
-        valid = seqs.kv_valid.numpy()
-        pad = nk * bk - valid.shape[1]
-        whole = np.pad(valid, ((0, 0), (0, max(pad, 0))))[:, :nk * bk].reshape(B, nk, bk)
-        all_valid = whole.all(axis=2)
+        from maskc.passes.sequences import tiles_of_valid
+        # NOTE: keys past a sequence's length count as valid here (the first test demotes
+        # those tiles); only the flags come to the host
+        all_valid = tiles_of_valid(seqs.kv_valid, [seqs.kv_valid.shape[1]] * B, bk, nk,
+                                   every=True)
         crosses |= ~all_valid[np.arange(B)[:, None, None, None], np.clip(idx, 0, nk - 1)]
     demote = used & crosses
     if not demote.any():

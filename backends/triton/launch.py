@@ -236,7 +236,8 @@ class SequenceArgs:
         self.paged = seqs.page_table is not None
         self.valid, self.svlb = self.info, 0
         if self.has_valid:
-            self.valid = seqs.kv_valid.to(device=device, dtype=torch.int8).contiguous()
+            # NOTE: a view of the caller's bools (one byte each), no copy when contiguous
+            self.valid = seqs.kv_valid.to(device).contiguous().view(torch.int8)
             self.svlb = self.valid.stride(0)
         self.pages, self.spb, self.page_size = self.info, 0, 1
         if self.paged:

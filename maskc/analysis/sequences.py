@@ -31,7 +31,7 @@ class Sequences:
     kv_lens: tuple[int, ...]
     q_offset: tuple[int, ...]
     kv_offset: tuple[int, ...]
-    kv_valid: object = None      # bool torch tensor (B, Lk) or None
+    kv_valid: object = None      # bool torch tensor (B, Lk), on the caller's device, or None
     page_table: object = None    # int64 numpy (B, P) or None
     page_size: int | None = None
 
@@ -139,5 +139,7 @@ def bind_sequences(mdef: ir.MaskDef, q, k, *, q_lens=None, kv_lens=None, q_offse
         if tuple(kv_valid.shape) != (B, Lk):
             raise MaskInputError(f"kv_valid must have shape (B, Lk) = ({B}, {Lk}), got "
                                  f"{tuple(kv_valid.shape)}", span)
-        kv_valid = kv_valid.detach().cpu()
+        # NOTE: kept where it is: the kernels read it on its device, and the tables need
+        # only which key tiles hold a valid key (passes.sequences.tiles_of_valid)
+        kv_valid = kv_valid.detach()
     return Sequences(lq, lk, qo, ko, kv_valid, table, page_size)

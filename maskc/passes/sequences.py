@@ -41,15 +41,19 @@ def sequence_info(seqs) -> np.ndarray:
     return np.ascontiguousarray(info, dtype=np.int32)
 
 
-def tiles_of_valid(kv_valid, kv_lens, block_k: int, n_k_tiles: int) -> np.ndarray:
+def tiles_of_valid(kv_valid, kv_lens, block_k: int, n_k_tiles: int, every: bool = False
+                   ) -> np.ndarray:
     """``(B, n_k_tiles)`` bool: whether a key tile holds a key that is valid and within its
-    sequence's length."""
-    valid = kv_valid.numpy() if hasattr(kv_valid, "numpy") else np.asarray(kv_valid)
+    sequence's length (``every``: whether all its keys are). ``kv_valid`` is a bool tensor on
+    any device; the reduction runs there, so only ``B x n_k_tiles`` flags reach the host."""
+    import torch
+    valid = torch.as_tensor(kv_valid)
     B, Lk = valid.shape
-    within = np.arange(Lk)[None, :] < np.asarray(kv_lens)[:, None]
-    pad = n_k_tiles * block_k - Lk
-    v = np.pad(valid & within, ((0, 0), (0, max(pad, 0))))[:, :n_k_tiles * block_k]
-    return v.reshape(B, n_k_tiles, block_k).any(axis=2)
+    lens = torch.as_tensor(list(kv_lens), device=valid.device).view(-1, 1)
+    within = torch.arange(Lk, device=valid.device).view(1, -1) < lens
+    v = torch.nn.functional.pad(valid & within, (0, max(n_k_tiles * block_k - Lk, 0)))
+    v = v[:, :n_k_tiles * block_k].reshape(B, n_k_tiles, block_k)
+    return (v.all(dim=2) if every else v.any(dim=2)).cpu().numpy()
 
 
 def _one(plan, b: int, seqs, block_q: int, block_k: int) -> BlockMap | None:
