@@ -16,7 +16,10 @@ nothing itself: the tiles, the token layout and the head groups it uses are the 
 6. **chosen tiles** (:mod:`maskc.passes.chosen`), for a Triton plan whose selections
    (``select``/``keys``/``diagonals``) come as tensors: stages 1-5 run on the static part
    (each chosen primitive ``none``), and each call merges the tiles its tensors choose into
-   those tables on the device.
+   those tables on the device;
+7. **sequences** (:mod:`maskc.passes.sequences`), for a call with lengths, offsets or valid
+   keys per sequence (LANGUAGE.md section 10): ``KernelPlan.sequence_map`` gives each
+   sequence its own tables at a kernel's tiles (the plan is at the tensors' lengths).
 
 The forward kernel's tables are built by :func:`plan`; the backward kernels' (dq, dk/dv) on
 first use, since inference never needs them. ``KernelPlan.lint()`` checks the invariants.
@@ -125,6 +128,14 @@ class KernelPlan:
                 self._lint_map(kernel, bm)
             self._maps[key] = bm
         return self._maps[key]
+
+    def sequence_map(self, kernel: str, sequences, q_len: int, kv_len: int) -> BlockMap:
+        """``kernel``'s tables for a batch of sequences (stage 7): row ``b`` is sequence
+        ``b``'s own analysis, over the tensors' ``q_len`` x ``kv_len`` tiles; ``sequences`` is
+        a checked :class:`~maskc.analysis.sequences.Sequences`."""
+        from maskc.passes.sequences import sequence_map
+        t = self.tiles[kernel]
+        return sequence_map(self, sequences, q_len, kv_len, t.block_q, t.block_k)
 
     def transposed(self, kernel: str = "dkdv"):
         """``kernel``'s tables transposed (key tile -> query tiles), as the dk/dv kernel walks them."""

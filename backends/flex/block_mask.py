@@ -251,7 +251,6 @@ def attention_sequences(plan, seqs, q, k, v, scale=None, return_lse=False, compi
     import torch
     from maskc.backends.flex.mask_mod import (make_score_mod, make_sequence_mask_mod,
                                               sequence_supported)
-    from maskc.passes.sequences import sequence_map
     why = sequence_supported(plan.mdef)
     if why is not None:
         raise MaskError(f"FlexAttention with per-sequence lengths does not take {why} yet; "
@@ -261,10 +260,9 @@ def attention_sequences(plan, seqs, q, k, v, scale=None, return_lse=False, compi
         k, v = (x[pages].permute(0, 2, 1, 3, 4).reshape(pages.shape[0], x.shape[1], -1,
                                                          x.shape[3]) for x in (k, v))
     Lq, Lk = q.shape[2], k.shape[2]
-    bq, bk = plan.tiles["fwd"].block_q, plan.tiles["fwd"].block_k
     device = q.device
     mod = make_sequence_mask_mod(plan.mdef, plan.heads, seqs, Lk, device)
-    bm = _demoted(sequence_map(plan, seqs, Lq, Lk, bq, bk), seqs)
+    bm = _demoted(plan.sequence_map("fwd", seqs, Lq, Lk), seqs)
     block = to_block_mask(bm, mod, device)
     score_mod = None
     if plan.mdef.score is not None:

@@ -23,7 +23,7 @@ from maskc.analysis.sizes import check_batch, check_qkv, listed, split_score_inp
 from maskc.passes.tiles import (KernelConfig, Tiles, aligned, block_alignment,  # noqa: F401
                                 decode_packing, decode_splits, default_config, use_decode)
 
-from maskc.passes.sequences import sequence_info, sequence_map
+from maskc.passes.sequences import sequence_info
 
 from maskc.backends.triton.cache import load
 from maskc.backends.triton.codegen import generate
@@ -174,8 +174,8 @@ class _Tensors:
         key = (kernel == "dkdv", t.block_q, t.block_k)
         if sequences is not None:
             if key not in memo:
-                bm = sequence_map(plan, sequences.seqs, sequences.q_len, sequences.kv_len,
-                                  t.block_q, t.block_k)
+                bm = plan.sequence_map(kernel, sequences.seqs, sequences.q_len,
+                                       sequences.kv_len)
                 memo[key] = self._rows_of(kernel, bm, bm.transposed() if kernel == "dkdv"
                                           else None)
             return memo[key]
