@@ -34,6 +34,9 @@ class Env:
     p_nonneg: bool
     grid: ir.Grid | None
     extra: object = None
+    # the key offset: runtime inputs are indexed by key rows, row = position - k0
+    # (LANGUAGE.md section 10; 0 inside within(...), whose positions are rows of a run)
+    k0: object = 0
 
 
 def value(x):

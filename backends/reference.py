@@ -40,6 +40,7 @@ class _Env:
     grid: ir.Grid | None
     reach: np.ndarray | None = None  # heads that reach this node (None: every head)
     cache: dict | None = None  # tables shared by the chunks of one dense() call (per node)
+    K0: int = 0     # the first key's position: inputs are read at rows position - K0
 
 
 def _eval(node: ir.Node, env: _Env) -> np.ndarray:
@@ -77,8 +78,8 @@ def _gather(x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _same(n: ir.Same, env):
     x = env.inputs[n.input]
-    xp, vp = _gather(x, env.P)
-    xk, vk = _gather(x, env.K)
+    xp, vp = _gather(x, env.P - env.K0)   # runtime inputs are indexed by key rows
+    xk, vk = _gather(x, env.K - env.K0)
     return (xp == xk) & vp & vk
 
 
@@ -98,12 +99,13 @@ def _cached(env: _Env, key, valid, make):
 def _within(n: ir.Within, env):
     x = env.inputs[n.input]
     start, length = _cached(env, ("runs", n.input), lambda _: True, lambda: _runs(x))
-    sp, _ = _gather(start, env.P)
-    sk, _ = _gather(start, env.K)
-    lp, _ = _gather(length, env.P)
-    lk, _ = _gather(length, env.K)
-    P = env.P - sp
-    inner = replace(env, P=P, Q=P, K=env.K - sk, Lq=lp, Lk=lk)
+    rp, rk = env.P - env.K0, env.K - env.K0   # key rows
+    sp, _ = _gather(start, rp)
+    sk, _ = _gather(start, rk)
+    lp, _ = _gather(length, rp)
+    lk, _ = _gather(length, rk)
+    P = rp - sp
+    inner = replace(env, P=P, Q=P, K=rk - sk, Lq=lp, Lk=lk, K0=0)
     return _same(ir.Same(n.input), env) & _eval(n.body, inner)
 
 
@@ -319,7 +321,8 @@ def dense_at(mdef: ir.MaskDef, q_len, kv_len, heads: int, q_offset: int | None,
                 for c0 in range(0, kv_len, cols):
                     k = np.arange(c0, min(c0 + cols, kv_len), dtype=np.int64).reshape(1, 1, 1, -1)
                     env = _Env(P=q + q_offset, Q=q, K=k + kv_offset, Hh=hh, Lq=q_len, Lk=kv_len,
-                               Lk_outer=kv_len, inputs=xb, grid=mdef.grid, cache=cache)
+                               Lk_outer=kv_len, inputs=xb, grid=mdef.grid, cache=cache,
+                               K0=kv_offset)
                     got = np.asarray(_eval(mdef.body, env))
                     got = got.reshape((1,) * (4 - got.ndim) + got.shape)  # where(true): 0-D
                     out[b, hsl, r0:r0 + rows, c0:c0 + cols] = got[0]
@@ -458,10 +461,12 @@ def score_values(mdef: ir.MaskDef, s, r0: int, Lq: int, Lk: int, tensors: dict,
     return torch.broadcast_to(go(mdef.score), s.shape)
 
 
-def evaluate(node: ir.Node, P, Q, K, Hh, Lq: int, Lk: int, inputs: dict, grid) -> np.ndarray:
-    """Evaluate ``node`` on explicit 4-D index arrays (e.g. a few tiles, for block analysis)."""
+def evaluate(node: ir.Node, P, Q, K, Hh, Lq: int, Lk: int, inputs: dict, grid,
+             K0: int = 0) -> np.ndarray:
+    """Evaluate ``node`` on explicit 4-D index arrays (e.g. a few tiles, for block analysis);
+    ``K0``: the first key's position (inputs are read at rows ``position - K0``)."""
     return _eval(node, _Env(P=P, Q=Q, K=K, Hh=Hh, Lq=Lq, Lk=Lk, Lk_outer=Lk, inputs=inputs,
-                            grid=grid))
+                            grid=grid, K0=K0))
 
 
 def run(plan, q, k, v, scale=None, return_lse: bool = False, score_inputs=None):

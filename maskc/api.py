@@ -385,11 +385,6 @@ class Mask:
             raise MaskError("random(...) blocks with per-sequence lengths are not supported "
                             "yet: their choice depends on each sequence's key count",
                             self._span())
-        shifted = [b for b in range(seqs.batch) if seqs.kv_offset[b] != 0 or
-                   seqs.q_offset[b] != seqs.kv_lens[b] - seqs.q_lens[b]]
-        if self.ir.inputs and shifted:
-            raise MaskError(f"runtime inputs ({', '.join(self.ir.inputs)}) with offsets other "
-                            "than the default alignment are not supported yet", self._span())
         if backend == "auto":
             # NOTE: the kernels take float16, bfloat16 and float32 (float64: the reference)
             kernels = str(q.dtype).removeprefix("torch.") in ("float16", "bfloat16", "float32")

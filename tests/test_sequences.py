@@ -210,3 +210,72 @@ def test_random_blocks_and_uncovered_heads_are_errors_with_sequences():
     m = maskc.compile("mask m = heads { 0: causal }")
     with pytest.raises(maskc.MaskValueError, match="head 1 is not covered"):
         m.attention(q, k, v, q_lens=torch.tensor([0]), kv_lens=torch.tensor([0]))
+
+
+def _runs_of(ids):
+    """Per row, the first row of its run of equal ids."""
+    return [next(j for j in range(i, -1, -1) if j == 0 or ids[j - 1] != ids[i])
+            for i in range(len(ids))]
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_runtime_ids_with_offsets_are_read_at_key_rows(backend, monkeypatch):
+    """A cache that dropped its oldest keys: key row t sits at position t + kv_offset, and the
+    query at position p reads row p - kv_offset of the ids (nothing outside 0..Lk-1)."""
+    if backend == "triton":
+        import os
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("the Triton kernels run on the CPU through TRITON_INTERPRET=1")
+    doc = torch.tensor([[0] * 5 + [1] * 7, [2] * 3 + [3] * 9])
+    lq, lk, ko = [4, 3], [12, 9], [10, 3]
+    qo = [ko[0] + lk[0] - lq[0], ko[1] + lk[1] - lq[1] + 2]   # sequence 1: two rows past
+    q, k, v = qkv(2, 2, 1, 4, 12, D=16, seed=2)
+    kw = dict(q_lens=torch.tensor(lq), kv_lens=torch.tensor(lk), q_offset=torch.tensor(qo),
+              kv_offset=torch.tensor(ko), doc=doc)
+    cases = {
+        "mask m(input doc) = causal & same(doc)":
+            lambda b, rq, t: doc[b, rq] == doc[b, t] and t + ko[b] <= rq + ko[b],
+        "mask m(input doc) = within(doc, causal & window(before = 2, after = 0))":
+            lambda b, rq, t: doc[b, rq] == doc[b, t] and 0 <= (rq - _runs_of(
+                doc[b].tolist())[rq]) - (t - _runs_of(doc[b].tolist())[t]) <= 2,
+    }
+    for spec, keep_fn in cases.items():
+        m = maskc.compile(spec)
+        x = (q, k, v) if backend == "reference" else tuple(t.float() for t in (q, k, v))
+        out = m.attention(*x, backend=backend, **kw)
+        for b in range(2):
+            for i in range(lq[b]):
+                rq = i + qo[b] - ko[b]
+                keep = torch.tensor([0 <= rq < lk[b] and bool(keep_fn(b, rq, t))
+                                     for t in range(lk[b])])
+                if not keep.any():
+                    assert torch.all(out[b, :, i] == 0)
+                    continue
+                o, _ = attend(q[b, :, i:i + 1], k[b, :, :lk[b]].expand(2, -1, -1),
+                              v[b, :, :lk[b]].expand(2, -1, -1), keep.view(1, 1, -1))
+                torch.testing.assert_close(out[b, :, i].double(), o[:, 0], atol=2e-5,
+                                           rtol=2e-5)
+
+
+def test_block_analysis_reads_ids_at_key_rows_with_offsets():
+    from maskc.analysis.blocktable import build
+    from maskc.backends import reference
+    rng = np.random.default_rng(5)
+    for spec in ("mask m(input doc) = causal & same(doc)",
+                 "mask m(input doc) = within(doc, causal & window(before = 3, after = 0))",
+                 "mask m(input doc) = same(doc) | sink(2)"):
+        md = maskc.compile(spec).ir
+        for _ in range(12):
+            lq, lk = int(rng.integers(1, 30)), int(rng.integers(1, 40))
+            ko = int(rng.integers(0, 20))
+            qo = ko + lk - lq + int(rng.integers(-6, 6))
+            doc = np.sort(rng.integers(0, 4, lk))
+            bq, bk = int(rng.choice([4, 8])), int(rng.choice([4, 8]))
+            dense = reference.dense_at(md, lq, lk, 1, qo, ko, {"doc": doc})[0]
+            st = build(md, lq, lk, 1, bq, bk, evaluate=reference.evaluate, offsets=(qo, ko),
+                       doc=doc).states()[0, 0]
+            for i in range(st.shape[0]):
+                for j in range(st.shape[1]):
+                    blk = dense[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
+                    want = 0 if not blk.any() else 2 if blk.all() else 1
+                    assert st[i, j] == want, (spec, lq, lk, qo, ko, i, j)

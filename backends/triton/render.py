@@ -34,7 +34,7 @@ class ExtraArg:
     source: object   # the input name, or the IR node the table belongs to
 
 
-_PARAMS = ("P", "Q", "K", "h", "b", "Lq", "Lk", "live")
+_PARAMS = ("P", "Q", "K", "h", "b", "Lq", "Lk", "live", "KO")
 # names the mask function reads from the module, never given to a local
 _GLOBALS = ("tl", "triton", "_mod", "_floordiv", "LN2", "SPEC", "VARYING", "keep")
 
@@ -86,7 +86,7 @@ class Renderer:
         body, e = self.mdef.body, self.e
         grid = self.mdef.grid is not None
         env = Env(P="P", Q="Q", K="K", h="h", Lq="Lq", Lk="Lk", p_nonneg=grid,
-                  grid=self.mdef.grid, extra="Lk")
+                  grid=self.mdef.grid, extra="Lk", k0=0 if grid else "KO")
         if not isinstance(body, (ir.And, ir.Or)) or len(body.terms) > 30:
             return _tile(self.mask(body, env), e.d)
         is_and = isinstance(body, ir.And)
@@ -134,12 +134,22 @@ def _gather(r: Renderer, ptr: str, pos, of: str, env: Env, hint: str):
     return e.let(f"tl.load({row} + tl.where({ok}, {pos}, 0), mask={ok}, other=-1)", hint), ok
 
 
+def _rows(r: Renderer, env: Env):
+    """The key rows of the query's and the key's positions (``position - k0``): where runtime
+    inputs are read (LANGUAGE.md section 10)."""
+    if env.k0 == 0:
+        return env.P, env.K
+    e = r.e
+    return e.let(e.sub(env.P, env.k0), "row_q"), e.let(e.sub(env.K, env.k0), "row_k")
+
+
 def _same(r: Renderer, n: ir.Same, env: Env):
     e = r.e
     x = r.arg("input", n.input, f"in_{n.input}")
     e.note(f"same({n.input})")
-    xq, ok = _gather(r, x, env.P, "q", env, f"{n.input}_q")
-    xk, _ = _gather(r, x, env.K, "k", env, f"{n.input}_k")
+    pq, pk = _rows(r, env)
+    xq, ok = _gather(r, x, pq, "q", env, f"{n.input}_q")
+    xk, _ = _gather(r, x, pk, "k", env, f"{n.input}_k")
     # NOTE: a key outside 0..Lk-1 is masked by the kernel, so only the query's validity counts
     return e.let(e.and_(e.cmp(Op.EQ, xq, xk), ok), f"same_{n.input}")
 
@@ -150,14 +160,15 @@ def _within(r: Renderer, n: ir.Within, env: Env):
     starts = r.arg("starts", n.input, f"start_{n.input}")
     lens = lambda: r.arg("lens", n.input, f"len_{n.input}")  # noqa: E731 (only if read)
     e.note(f"within({n.input}): positions from the start of the run")
-    sq, _ = _gather(r, starts, env.P, "q", env, "start_q")
-    sk, _ = _gather(r, starts, env.K, "k", env, "start_k")
-    P = e.let(e.sub(env.P, sq), f"p_{n.input}")
-    K = e.let(e.sub(env.K, sk), f"k_{n.input}")
-    lq = lambda: _gather(r, lens(), env.P, "q", env, "len_q")[0]  # noqa: E731
-    lk = lambda: _gather(r, lens(), env.K, "k", env, "len_k")[0]  # noqa: E731
+    pq, pk = _rows(r, env)
+    sq, _ = _gather(r, starts, pq, "q", env, "start_q")
+    sk, _ = _gather(r, starts, pk, "k", env, "start_k")
+    P = e.let(e.sub(pq, sq), f"p_{n.input}")
+    K = e.let(e.sub(pk, sk), f"k_{n.input}")
+    lq = lambda: _gather(r, lens(), pq, "q", env, "len_q")[0]  # noqa: E731
+    lk = lambda: _gather(r, lens(), pk, "k", env, "len_k")[0]  # noqa: E731
     # lengths of the runs: thunks, loaded only if the body reads Lq or Lk
-    inner = replace(env, P=P, Q=P, K=K, Lq=lq, Lk=lk)
+    inner = replace(env, P=P, Q=P, K=K, Lq=lq, Lk=lk, k0=0)
     return e.and_(same, r.mask(n.body, inner))
 
 

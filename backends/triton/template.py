@@ -25,7 +25,8 @@ MODULE = '''\
 #
 #   {spec}
 #
-# mask_{name}() is the mask on one tile: P/Q are the aligned/raw query positions, K the
+# mask_{name}() is the mask on one tile: P/Q are the aligned/raw query positions (KO: the
+# first key's position; runtime inputs are read at key rows, position - KO), K the
 # key positions (for a grid mask in a tiled token layout, the original grid tokens), shaped (BM, 1)/(1, BN) in the forward and dq kernels and (1, BM)/(BN, 1)
 # in the dk/dv kernel (the mask is elementwise, so either orientation broadcasts). The
 # kernels walk the block tables: full tiles need no mask, partial tiles call
@@ -71,7 +72,7 @@ def _floordiv(a, b):
 
 
 @triton.jit
-def mask_{name}(P, Q, K, h, b, Lq, Lk, live{params}):
+def mask_{name}(P, Q, K, h, b, Lq, Lk, live, KO{params}):
 {body}
     return {expr}
 
@@ -162,7 +163,7 @@ def _fwd_tile(q, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, ko, live, m_i, l_i, acc, o
     keep = _kept_keys(valid, kk, Lk, VALID)[None, :]
     if MASKED:
         Kp = _positions(perm, kk, Lk, PERMUTED)[None, :] + ko
-        keep = keep & mask_{name}(P, Qi, Kp, h, b, Lq, Lk, live{args})
+        keep = keep & mask_{name}(P, Qi, Kp, h, b, Lq, Lk, live, ko{args})
 {score_fwd}    s = tl.where(keep, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet stays empty
@@ -265,7 +266,7 @@ def _dq_tile(q, do, lse2, delta, dq, K_bh, V_bh, kt, P, Qi, h, b, Lq, Lk, ko, li
     keep = _kept_keys(valid, kk, Lk, VALID)[None, :]
     if MASKED:
         Kp = _positions(perm, kk, Lk, PERMUTED)[None, :] + ko
-        keep = keep & mask_{name}(P, Qi, Kp, h, b, Lq, Lk, live{args})
+        keep = keep & mask_{name}(P, Qi, Kp, h, b, Lq, Lk, live, ko{args})
 {score_dq}    p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)
     ds = p * (dp - delta[:, None])
@@ -315,7 +316,7 @@ def bwd_dq_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ_ptr,
 
 @triton.jit
 def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, keep_k, Kp, h, b, Lq, Lk, qo,
-               offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale, perm{params},
+               ko, offs_m0, offs_d, offs_dv, D, DV, sqm, som, qk_scale, perm{params},
                BM: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
                EVEN_D: tl.constexpr, PERMUTED: tl.constexpr):
     """dv += P^T dO and dk += dS^T q over one query tile, computed key-major (BN, BM)."""
@@ -327,7 +328,7 @@ def _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, keep_k, Kp, h, b
     if MASKED:
         Qp = _positions(perm, offs_m, Lq, PERMUTED)[None, :]
         # -1: every term (the live bits are per query tile, not per key tile)
-        keep = keep & mask_{name}(Qp + qo, Qp, Kp, h, b, Lq, Lk, -1{args})
+        keep = keep & mask_{name}(Qp + qo, Qp, Kp, h, b, Lq, Lk, -1, ko{args})
 {score_dkdv}    pt = tl.where(keep, tl.exp2(st - lse2[None, :]), 0.0)
     dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PREC)
     dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
@@ -373,14 +374,14 @@ def bwd_dkdv_{name}(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_
         for t in range(0, tl.load(full_num + row)):
             qt = tl.load(full_idx + first + t)
             dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, keep_k, Kp, h,
-                                b, Lq, Lk, qo, offs_m0, offs_d, offs_dv, D, DV, sqm, som,
+                                b, Lq, Lk, qo, ko, offs_m0, offs_d, offs_dv, D, DV, sqm, som,
                                 qk_scale,
                                 perm{args}, BM, False, PREC, EVEN_D, PERMUTED)
         first = tl.load(part_off + row)
         for t in range(0, tl.load(part_num + row)):
             qt = tl.load(part_idx + first + t)
             dk, dv = _dkdv_tile(k, v, dk, dv, Q_bh, DO_bh, LSE_bh, DELTA_bh, qt, keep_k, Kp, h,
-                                b, Lq, Lk, qo, offs_m0, offs_d, offs_dv, D, DV, sqm, som,
+                                b, Lq, Lk, qo, ko, offs_m0, offs_d, offs_dv, D, DV, sqm, som,
                                 qk_scale,
                                 perm{args}, BM, True, PREC, EVEN_D, PERMUTED)
     _store_rows(DK_ptr + b * sdkb + kvh * sdkh, offs_n, Lk, offs_d, D, sdkn, dk * scale, EVEN_D)

@@ -57,6 +57,7 @@ class Analysis:
     head: int
     trace: dict | None = None       # node path -> states, for live-term reduction
     shifted: bool = False           # offsets put keys outside positions 0..Lk-1
+    k0: int = 0                     # the first key's position: inputs are read at rows p - k0
     _cache: dict = field(default_factory=dict)
 
     def cached(self, key, make):
@@ -207,10 +208,11 @@ def _same_core(name, r, an):
     """States of same(x), plus whether query rows p < 0 (which keep nothing) exist."""
     xi = _input(an, name)
     L = len(xi.x)
+    r = _key_rows(r, an)
     pv = np.clip(np.maximum(r.p_lo, 0), 0, L - 1)
     ph = np.clip(r.p_hi, 0, L - 1)
-    none_valid = r.p_hi < 0
-    some_invalid = r.p_lo < 0
+    none_valid = (r.p_hi < 0) | (r.p_lo >= L)
+    some_invalid = (r.p_lo < 0) | (r.p_hi >= L)
     qmin, qmax = xi.minmax(pv, ph)
     kmin, kmax = xi.minmax(r.k_lo, r.k_hi)
     full = (qmin == qmax) & (kmin == kmax) & (qmin == kmin) & ~some_invalid
@@ -221,6 +223,14 @@ def _same_core(name, r, an):
     return st
 
 
+def _key_rows(r, an):
+    """``r`` with positions made key rows (``position - k0``), as runtime inputs are read."""
+    if an.k0 == 0:
+        return r
+    k0 = an.k0
+    return replace(r, p_lo=r.p_lo - k0, p_hi=r.p_hi - k0, k_lo=r.k_lo - k0, k_hi=r.k_hi - k0)
+
+
 def _same(n: ir.Same, r, an, path):
     return _same_core(n.input, r, an)
 
@@ -229,6 +239,7 @@ def _within(n: ir.Within, r, an, path):
     xi = _input(an, n.input)
     L = len(xi.x)
     same = _same_core(n.input, r, an)
+    r = _key_rows(r, an)
     pv = np.clip(np.maximum(r.p_lo, 0), 0, L - 1)
     ph = np.clip(r.p_hi, 0, L - 1)
     sp, sk = xi.start(pv), xi.start(r.k_lo)
@@ -239,8 +250,9 @@ def _within(n: ir.Within, r, an, path):
     # NOTE: inner states of tiles that straddle segments are meaningless: keep them out of
     # the trace that live-predicate reduction reads.
     saved, an.trace = an.trace, None
+    k0, an.k0 = an.k0, 0   # positions inside are rows of a run
     body = classify(n.body, inner, an, path + (0,))
-    an.trace = saved
+    an.trace, an.k0 = saved, k0
     combined = and_states([same, body])
     return np.where(one_run, combined, np.where(same == E, E, R))
 
@@ -478,10 +490,11 @@ def support(node: ir.Node, p_lo, p_hi, Lk: int, an: Analysis) -> list[tuple]:
         if not xi.monotone:
             return everything
         L = len(xi.x)
-        pv, ph = np.clip(p_lo, 0, L - 1), np.clip(p_hi, 0, L - 1)
+        rl, rh = p_lo - an.k0, p_hi - an.k0   # key rows
+        pv, ph = np.clip(rl, 0, L - 1), np.clip(rh, 0, L - 1)
         lo = np.searchsorted(xi.x, xi.x[pv], side="left")
         hi = np.searchsorted(xi.x, xi.x[ph], side="right") - 1
-        return [(lo, np.where(p_hi < 0, -1, hi))]
+        return [(lo + an.k0, np.where((rh < 0) | (rl >= L), -1 - _UNBOUNDED, hi + an.k0))]
     if isinstance(node, ir.Or):
         return _pruned([iv for t in node.terms for iv in support(t, p_lo, p_hi, Lk, an)])
     if isinstance(node, ir.And):

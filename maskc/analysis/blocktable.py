@@ -236,7 +236,7 @@ def _resolve(node, rects: Rects, an: Analysis, evaluate,
                     for x in (rects.Lq, rects.Lk))
         m = evaluate(node, P=P_[:, None, :, None], Q=Q_[:, None, :, None],
                      K=K_[:, None, None, :], Hh=np.full((1, 1, 1, 1), an.head),
-                     Lq=Lq_, Lk=Lk_, inputs=inputs, grid=an.grid)
+                     Lq=Lq_, Lk=Lk_, inputs=inputs, grid=an.grid, K0=an.k0)
         m = np.broadcast_to(m, (len(P_), 1, wq, wk))
         any_[sl], all_[sl] = m.any(axis=(1, 2, 3)), m.all(axis=(1, 2, 3))
     return any_, all_
@@ -330,7 +330,8 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
         row = []
         for h in analysed:
             an = Analysis(mdef.grid, {k: v[min(b, v.shape[0] - 1)] for k, v in xs.items()}, h,
-                          trace={}, shifted=shifted)
+                          trace={}, shifted=shifted,
+                          k0=offsets[1] if offsets is not None else 0)
             qt, kt = _candidates(mdef.body, q_len, kv_len, block_q, block_k, an, q_tiles,
                                  mdef.span, offsets)
             stats["candidates"] += len(qt)
