@@ -287,3 +287,19 @@ def test_flex_refuses_what_its_sequence_mask_mod_cannot_read():
     with pytest.raises(maskc.MaskError, match="does not take runtime inputs yet"):
         m.attention(q, q, q, q_lens=torch.tensor([5]), doc=torch.zeros(1, 8, dtype=torch.long),
                     backend="flex-eager")
+
+
+@pytest.mark.parametrize("page_size", [1, 5, 48])
+def test_any_page_size_is_read_key_by_key(page_size):
+    """The kernels gather each key through its page (``page_table[b, t // page_size]``), so
+    one-token pages and sizes that are no multiple of the tile work as well."""
+    m = maskc.compile("mask m = causal & (window(before = 9, after = 0) | sink(2))")
+    pages = -(-90 // page_size)
+    g = torch.Generator().manual_seed(page_size)
+    kc, vc = (torch.randn(pages + 2, 2, page_size, 16, generator=g) for _ in range(2))
+    table = torch.stack([torch.randperm(pages + 2, generator=g)[:pages] for _ in range(2)])
+    q = torch.randn(2, 4, 2, 16, generator=g)
+    kw = dict(q_lens=torch.tensor([2, 1]), kv_lens=torch.tensor([90, 31]), page_table=table)
+    out = m.attention(q, kc, vc, backend="triton", **kw)
+    want = m.attention(q.double(), kc.double(), vc.double(), backend="reference", **kw)
+    torch.testing.assert_close(out.double(), want, **F32)
