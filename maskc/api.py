@@ -299,7 +299,10 @@ class Mask:
         each sequence its own lengths, ``q_offset``/``kv_offset`` the absolute positions of
         its first query and key, ``kv_valid`` (bool ``(B, Lk)``) the keys it may attend, and
         ``page_table`` (int ``(B, P)``) reads ``k``/``v`` as paged caches ``(num_pages, Hkv,
-        page_size, D)``. So far only the reference backend runs them.
+        page_size, D)``. Every backend runs them (FlexAttention without runtime inputs);
+        with at most 16 queries per sequence and no gradient the Triton backend runs its
+        decode kernel. ``auto`` picks Triton on a GPU (or under ``TRITON_INTERPRET=1`` for
+        float16/bfloat16/float32), else the reference.
         """
         backends = ("auto", "reference", "flex", "flex-eager", "triton")
         if not isinstance(backend, str) or backend not in backends:
@@ -312,8 +315,12 @@ class Mask:
                 and k.dim() == 4 and v.dim() == 4 and k.shape[:3] == v.shape[:3]:
             # the paged caches' logical shape (B, Hkv, P * page_size, D), as zero-stride views
             # (nothing allocated), for the checks of q, k and v
-            shape = tuple(getattr(page_table, "shape", ()))
-            P = int(shape[-1]) if len(shape) == 2 else 0   # bind_sequences names a bad table
+            shape = tuple(page_table.shape) if hasattr(page_table, "shape") else \
+                np.shape(np.asarray(page_table, dtype=object))
+            if len(shape) != 2:
+                raise MaskInputError(f"page_table must be an integer tensor (B, pages) = "
+                                     f"({q.shape[0]}, P), got shape {shape}", self._span())
+            P = int(shape[-1])
             logical = (q.shape[0], k.shape[1], P * k.shape[2])
             sizes.check_qkv(self.ir, q, k.as_strided(logical + (k.shape[3],), (0, 0, 0, 1)),
                             v.as_strided(logical + (v.shape[3],), (0, 0, 0, 1)))
@@ -405,8 +412,11 @@ class Mask:
                 t.requires_grad for t in (q, k, v, *floats.values()))
             if q.device.type == "cpu" and (grad or (return_lse and backend == "flex")):
                 what = "gradients" if grad else "return_lse=True under torch.compile"
+                paged = seqs.page_table is not None
                 raise MaskError(f"FlexAttention on the CPU does not support {what}; use "
-                                "backend='reference' (or 'triton' with TRITON_INTERPRET=1)"
+                                "backend='reference'"
+                                + ("" if paged and grad else
+                                   " (or 'triton' with TRITON_INTERPRET=1)")
                                 + (", or 'flex-eager'" if not grad else ""))
             from maskc.backends import flex
             plan = self.plan(q.shape[2], Lk, q.shape[1], k.shape[1], target="flex",

@@ -303,3 +303,37 @@ def test_any_page_size_is_read_key_by_key(page_size):
     out = m.attention(q, kc, vc, backend="triton", **kw)
     want = m.attention(q.double(), kc.double(), vc.double(), backend="reference", **kw)
     torch.testing.assert_close(out.double(), want, **F32)
+
+
+def test_compiled_flex_runs_a_score_with_sequences():
+    """Found by a new user: Inductor's CPU template failed to compile ('cur_qSplitSize2')
+    maskc's score_mod beside its per-sequence mask_mod at some shapes, until the captured
+    sequence tensors were marked static."""
+    m = maskc.compile("mask m(input slopes) = causal with alibi(slopes)")
+    q, k, v = _f32(*qkv(3, 8, 2, 20, 200, D=16, seed=6))
+    kw = dict(kv_lens=torch.tensor([200, 150, 7]), slopes=maskc.alibi_slopes(8))
+    out = m.attention(q, k, v, backend="flex", **kw)
+    want = m.attention(q.double(), k.double(), v.double(), backend="reference",
+                       **{**kw, "slopes": kw["slopes"].double()})
+    torch.testing.assert_close(out.double(), want, **F32)
+
+
+def test_page_table_padding_is_never_read_and_lists_are_tables():
+    """Found by a new user: flex gathered every page-table entry (padding past kv_lens that
+    points outside the cache raised IndexError), and a page table given as a list was
+    refused with an error about k."""
+    m = maskc.compile("mask m = causal")
+    g = torch.Generator().manual_seed(0)
+    kc, vc = (torch.randn(4, 2, 16, 16, generator=g) for _ in range(2))
+    q = torch.randn(1, 2, 1, 16, generator=g)
+    want = m.attention(q.double(), kc.double(), vc.double(), kv_lens=torch.tensor([10]),
+                       page_table=torch.tensor([[2, 99]]), backend="reference")
+    for backend in ("flex-eager", "triton"):
+        out = m.attention(q, kc, vc, kv_lens=torch.tensor([10]), page_table=[[2, 99]],
+                          backend=backend)
+        torch.testing.assert_close(out.double(), want, **F32)
+    with pytest.raises(maskc.MaskInputError, match=r"page_table must be an integer tensor"):
+        m.attention(q, kc, vc, kv_lens=torch.tensor([10]), page_table=torch.tensor([2, 3]))
+    with pytest.raises(maskc.MaskInputError, match="does not fit in 32 bits"):
+        m.attention(q, kc, vc, kv_lens=torch.tensor([10]), page_table=torch.tensor([[2, 3]]),
+                    q_offset=1 << 63, backend="reference")

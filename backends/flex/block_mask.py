@@ -256,7 +256,11 @@ def attention_sequences(plan, seqs, q, k, v, scale=None, return_lse=False, compi
         raise MaskError(f"FlexAttention with per-sequence lengths does not take {why} yet; "
                         "use backend='triton' or 'reference'", plan.mdef.span)
     if seqs.page_table is not None:
-        pages = torch.as_tensor(seqs.page_table, device=k.device, dtype=torch.long)
+        table = np.asarray(seqs.page_table)
+        ps = seqs.page_size
+        # NOTE: entries past a sequence's keys are padding that may point anywhere: never read
+        used = np.arange(table.shape[1])[None, :] < -(-np.asarray(seqs.kv_lens)[:, None] // ps)
+        pages = torch.as_tensor(np.where(used, table, 0), device=k.device, dtype=torch.long)
         k, v = (x[pages].permute(0, 2, 1, 3, 4).reshape(pages.shape[0], x.shape[1], -1,
                                                          x.shape[3]) for x in (k, v))
     Lq, Lk = q.shape[2], k.shape[2]

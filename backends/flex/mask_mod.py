@@ -480,6 +480,11 @@ def make_sequence_mask_mod(mdef: ir.MaskDef, heads: int, seqs, kv_len: int, devi
     src, tensors = _module(g, "mask_mod", f"(a batch of sequences, {heads} head(s)); make() "
                            "takes the sequences' lengths and offsets.", f"maskc_{mdef.name}",
                            "b, h, q_idx, kv_idx", expr)
+    # NOTE: captured as views marked static, as make_score_mod does (Inductor's CPU template
+    # failed to compile a score_mod beside this mask_mod otherwise: 'cur_qSplitSize2')
+    tensors = [t.view(t.shape) for t in tensors]
+    for t in tensors:
+        torch._dynamo.mark_static(t)
     mod = _maker(src, mdef.name)(*tensors)
     mod.source = src
     return mod

@@ -50,6 +50,7 @@ def _ints(x, name: str, B: int, span, scalar_ok: bool):
         if not scalar_ok:
             raise MaskInputError(f"{name} must be an integer tensor of shape ({B},), got the "
                                  f"int {int(x)}", span)
+        _fits((int(x),), name, span)
         return (int(x),) * B
     if isinstance(x, torch.Tensor):
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
@@ -61,7 +62,17 @@ def _ints(x, name: str, B: int, span, scalar_ok: bool):
     if x.shape != (B,):
         raise MaskInputError(f"{name} must have shape ({B},) (one entry per sequence), got "
                              f"{tuple(x.shape)}", span)
-    return tuple(int(v) for v in x)
+    out = tuple(int(v) for v in x)
+    _fits(out, name, span)
+    return out
+
+
+def _fits(values, name: str, span) -> None:
+    """Positions and lengths are 32-bit in the kernels: every backend refuses larger ones."""
+    for b, v in enumerate(values):
+        if not -(1 << 31) <= v < 1 << 31:
+            raise MaskInputError(f"{name}[{b}] = {v} does not fit in 32 bits (positions and "
+                                 "lengths are 32-bit integers)", span)
 
 
 def bind_sequences(mdef: ir.MaskDef, q, k, *, q_lens=None, kv_lens=None, q_offset=None,
