@@ -337,3 +337,16 @@ def test_page_table_padding_is_never_read_and_lists_are_tables():
     with pytest.raises(maskc.MaskInputError, match="does not fit in 32 bits"):
         m.attention(q, kc, vc, kv_lens=torch.tensor([10]), page_table=torch.tensor([[2, 3]]),
                     q_offset=1 << 63, backend="reference")
+
+
+def test_decode_after_prefill_with_equal_tiles():
+    """With one tile size for every kernel (block_q = block_k = 16) the decode kernel's
+    tables sit at the forward kernel's tiles: each kernel still gets its own arguments."""
+    m = maskc.compile("mask m = causal & window(before = 5, after = 0)")
+    q, k, v = _f32(*qkv(1, 2, 2, 8, 40, D=16, seed=7))
+    want = m.attention(q.double(), k.double(), v.double(), backend="reference")
+    prefill = m.attention(q.clone().requires_grad_(), k, v, backend="triton", block_q=16,
+                          block_k=16)
+    decode = m.attention(q, k, v, backend="triton", block_q=16, block_k=16)
+    torch.testing.assert_close(prefill.detach().double(), want, **F32)
+    torch.testing.assert_close(decode.double(), want, **F32)

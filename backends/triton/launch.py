@@ -171,7 +171,9 @@ class _Tensors:
         with ``sequences`` (a :class:`~.SequenceArgs`), each sequence's own (memo: the
         call's)."""
         t = plan.tiles[kernel]
-        key = (kernel == "dkdv", t.block_q, t.block_k)
+        # NOTE: fwd and dq read the same arguments; dk/dv its transpose, decode two more
+        # (a plan whose decode tiles equal its forward ones once got the forward's rows)
+        key = (kernel if kernel in ("dkdv", "decode") else "fwd", t.block_q, t.block_k)
         if sequences is not None:
             if key not in memo:
                 bm = plan.sequence_map(kernel, sequences.seqs, sequences.q_len,
