@@ -56,21 +56,31 @@ def qkv(B, Hq, Hkv, Lq, Lk, D=8, seed=0):
             torch.randn(B, Hkv, Lk, D, generator=g, dtype=torch.float64))
 
 
+def draw_sequences(data, max_q: int, max_k: int, offsets: bool, padded: bool,
+                   max_offset: int, valid_share: float):
+    """A drawn batch: ``(B, Lq, Lk, lq, lk, qo, ko, valid)``, the tensors' lengths and each
+    sequence's lengths and offsets; with ``offsets`` a rolling or chunked cache that dropped
+    its oldest keys (up to ``max_offset``), with ``padded`` random valid keys."""
+    B = data.draw(st.integers(1, 3))
+    Lq, Lk = data.draw(st.integers(1, max_q)), data.draw(st.integers(1, max_k))
+    lq = [data.draw(st.integers(0, Lq)) for _ in range(B)]
+    lk = [data.draw(st.integers(0, Lk)) for _ in range(B)]
+    if offsets:
+        ko = [data.draw(st.integers(0, max_offset)) for _ in range(B)]
+        qo = [ko[b] + lk[b] - lq[b] + data.draw(st.integers(-2, 2)) for b in range(B)]
+    else:
+        ko, qo = [0] * B, [lk[b] - lq[b] for b in range(B)]
+    valid = torch.tensor(np.random.default_rng(B * Lk).random((B, Lk)) < valid_share) \
+        if padded else None
+    return B, Lq, Lk, lq, lk, qo, ko, valid
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(spec=st.sampled_from(sorted(SPECS)), data=st.data(), heads=st.sampled_from(
     [(2, 2), (4, 2), (3, 1)]), offsets=st.booleans(), padded=st.booleans())
 def test_lengths_offsets_and_valid_keys_match_per_sequence_attention(spec, data, heads,
                                                                      offsets, padded):
-    B = data.draw(st.integers(1, 3))
-    Lq, Lk = data.draw(st.integers(1, 9)), data.draw(st.integers(1, 14))
-    lq = [data.draw(st.integers(0, Lq)) for _ in range(B)]
-    lk = [data.draw(st.integers(0, Lk)) for _ in range(B)]
-    if offsets:   # a rolling or chunked cache that dropped its oldest keys
-        ko = [data.draw(st.integers(0, 20)) for _ in range(B)]
-        qo = [ko[b] + lk[b] - lq[b] + data.draw(st.integers(-2, 2)) for b in range(B)]
-    else:
-        ko, qo = [0] * B, [lk[b] - lq[b] for b in range(B)]
-    valid = torch.tensor(np.random.default_rng(B * Lk).random((B, Lk)) < 0.8) if padded else None
+    B, Lq, Lk, lq, lk, qo, ko, valid = draw_sequences(data, 9, 14, offsets, padded, 20, 0.8)
     q, k, v = qkv(B, heads[0], heads[1], Lq, Lk, seed=Lq)
     m = maskc.compile(spec)
     kw = dict(q_lens=torch.tensor(lq), kv_lens=torch.tensor(lk), kv_valid=valid)

@@ -13,7 +13,7 @@ import maskc
 from maskc.passes.sequences import sequence_map, tiles_of_valid
 from maskc.passes.tiles import decode_packing, decode_splits
 
-from test_sequences import SPECS, expected, qkv
+from test_sequences import SPECS, draw_sequences, expected, qkv
 
 pytestmark = pytest.mark.usefixtures("interpret")
 
@@ -36,16 +36,7 @@ def _f32(*xs):
        heads=st.sampled_from([(2, 2), (4, 2), (3, 1)]), offsets=st.booleans(),
        padded=st.booleans())
 def test_decode_kernel_matches_per_sequence_attention(spec, data, heads, offsets, padded):
-    B = data.draw(st.integers(1, 3))
-    Lq, Lk = data.draw(st.integers(1, 16)), data.draw(st.integers(1, 70))
-    lq = [data.draw(st.integers(0, Lq)) for _ in range(B)]
-    lk = [data.draw(st.integers(0, Lk)) for _ in range(B)]
-    if offsets:   # a rolling or chunked cache that dropped its oldest keys
-        ko = [data.draw(st.integers(0, 40)) for _ in range(B)]
-        qo = [ko[b] + lk[b] - lq[b] + data.draw(st.integers(-2, 2)) for b in range(B)]
-    else:
-        ko, qo = [0] * B, [lk[b] - lq[b] for b in range(B)]
-    valid = torch.tensor(np.random.default_rng(B * Lk).random((B, Lk)) < 0.7) if padded else None
+    B, Lq, Lk, lq, lk, qo, ko, valid = draw_sequences(data, 16, 70, offsets, padded, 40, 0.7)
     q, k, v = qkv(B, heads[0], heads[1], Lq, Lk, D=16, seed=Lq)
     kw = dict(q_lens=torch.tensor(lq), kv_lens=torch.tensor(lk), kv_valid=valid)
     if offsets:

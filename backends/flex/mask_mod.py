@@ -467,8 +467,7 @@ def make_sequence_mask_mod(mdef: ir.MaskDef, heads: int, seqs, kv_len: int, devi
     pair ``(q_idx, kv_idx)`` is the mask at its lengths with its query at ``q_idx +
     q_offset[b]`` and key at ``kv_idx + kv_offset[b]``, kept only for ``q_idx < q_lens[b]``,
     ``kv_idx < kv_lens[b]`` and ``kv_valid[b, kv_idx]``; ``.source`` is the generated text."""
-    info = torch.tensor([seqs.q_lens, seqs.kv_lens, seqs.q_offset, seqs.kv_offset],
-                        dtype=torch.int64).T.contiguous()
+    info = torch.from_numpy(seqs.info()).long()
     g = _Gen(mdef, heads, {}, device)
     env = _sequence_pair(g, info, kv_len)
     e = g.e
@@ -599,9 +598,7 @@ def make_score_mod(mdef: ir.MaskDef, q_len: int, kv_len: int, floats: dict, devi
     # caller's tensor unmarked).
     literal = torch.device(device).type == "cpu"
     if sequences is not None:  # info (B, 4) of the sequences, on the device
-        sequences = torch.tensor([sequences.q_lens, sequences.kv_lens, sequences.q_offset,
-                                  sequences.kv_offset], dtype=torch.int64).T.contiguous()
-        sequences = sequences.to(device)
+        sequences = torch.from_numpy(sequences.info()).long().to(device)
     src, tensors = score_mod_source(mdef, q_len, kv_len, floats, literal_shift=literal,
                                     sequences=sequences)
     for i, t in enumerate(tensors):

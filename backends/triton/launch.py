@@ -23,7 +23,6 @@ from maskc.analysis.sizes import check_batch, check_qkv, listed, split_score_inp
 from maskc.passes.tiles import (KernelConfig, Tiles, aligned, block_alignment,  # noqa: F401
                                 decode_packing, decode_splits, default_config, use_decode)
 
-from maskc.passes.sequences import sequence_info
 
 from maskc.backends.triton.cache import load
 from maskc.backends.triton.codegen import generate
@@ -233,7 +232,7 @@ class SequenceArgs:
     def __init__(self, seqs, q_len: int, kv_len: int, device):
         import torch
         self.seqs, self.q_len, self.kv_len = seqs, q_len, kv_len
-        self.info = _int32(sequence_info(seqs), device)
+        self.info = _int32(seqs.info(), device)
         self.has_valid = seqs.kv_valid is not None
         self.paged = seqs.page_table is not None
         self.valid, self.svlb = self.info, 0

@@ -39,6 +39,13 @@ class Sequences:
     def batch(self) -> int:
         return len(self.q_lens)
 
+    def info(self) -> np.ndarray:
+        """``(B, 4)`` int32 rows ``(q_len, kv_len, q_offset, kv_offset)``: what the kernels
+        and the generated mask_mods read per sequence (32-bit, as ``bind_sequences`` checked)."""
+        return np.ascontiguousarray(np.array(
+            [self.q_lens, self.kv_lens, self.q_offset, self.kv_offset], dtype=np.int32
+        ).T.reshape(-1, 4))
+
 
 def _ints(x, name: str, B: int, span, scalar_ok: bool):
     """``x`` as ``B`` Python ints: an int (if ``scalar_ok``) or an integer tensor/array

@@ -23,22 +23,10 @@ import numpy as np
 from maskc.analysis.blocktable import BlockMap, batchable, build, build_sequences
 from maskc.analysis.sizes import check_elements
 
-__all__ = ["sequence_map", "sequence_info", "tiles_of_valid"]
+__all__ = ["sequence_map", "tiles_of_valid"]
 
 _CACHED = 4096  # per-sequence analyses kept per plan (least recently used dropped)
 _CACHED_BATCHES = 64  # whole-batch analyses kept per plan
-
-
-def sequence_info(seqs) -> np.ndarray:
-    """``(B, 4)`` int32 rows ``(q_len, kv_len, q_offset, kv_offset)``, the kernels' view of
-    each sequence."""
-    info = np.array([seqs.q_lens, seqs.kv_lens, seqs.q_offset, seqs.kv_offset],
-                    dtype=np.int64).T.reshape(-1, 4)
-    if info.size and (info.min() < -(1 << 31) or info.max() >= 1 << 31):
-        from maskc.errors import MaskInputError
-        raise MaskInputError("q_offset and kv_offset must fit in 32 bits (the kernels' "
-                             "positions)")
-    return np.ascontiguousarray(info, dtype=np.int32)
 
 
 def tiles_of_valid(kv_valid, kv_lens, block_k: int, n_k_tiles: int, every: bool = False
