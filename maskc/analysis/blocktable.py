@@ -365,20 +365,31 @@ def _classify_slice(mdef, qt, kt, q_len, kv_len, block_q, block_k, h, an, evalua
     rects = _tile_rects(qt, kt, q_len, kv_len, block_q, block_k, h, mdef.grid, offsets)
     st = classify(mdef.body, rects, an).copy()
     del rects
+    part, full, var, live = _settle(
+        mdef, st, lambda todo: _tile_rects(qt[todo], kt[todo], q_len, kv_len, block_q,
+                                           block_k, h, mdef.grid, offsets),
+        block_q * block_k, h, an, evaluate, variants, stats)
+    if q_tiles is not None:  # rows of the sample, renumbered
+        qt = np.searchsorted(np.asarray(q_tiles), qt)
+    return (qt[part], kt[part], var, live), (qt[full], kt[full])
+
+
+def _settle(mdef, st, rects_of, area: int, h: int, an: Analysis, evaluate, variants: dict,
+            stats: dict):
+    """Classified tiles ``st`` (changed in place) settled: undecided ones resolved element by
+    element (``rects_of(todo)``: their ranges), unproven ones partial, and each partial tile
+    given its live predicate (an index into ``variants``) and live bits: ``(part, full,
+    variant, live)``."""
     # NOTE: a tile too large to evaluate stays partial (sound): only `show` at huge
     # sizes draws such tiles; kernels use tiles of at most 128 x 128.
-    todo = np.flatnonzero(st == R) if block_q * block_k <= RESOLVE_MAX_AREA else []
+    todo = np.flatnonzero(st == R) if area <= RESOLVE_MAX_AREA else []
     if len(todo) and evaluate is not None:
-        sub = _tile_rects(qt[todo], kt[todo], q_len, kv_len, block_q, block_k, h, mdef.grid,
-                          offsets)
-        any_, all_ = _resolve(mdef.body, sub, an, evaluate)
+        any_, all_ = _resolve(mdef.body, rects_of(todo), an, evaluate)
         st[todo] = np.where(~any_, E, np.where(all_, F, P))
         stats["resolved"] += len(todo)
     unproven = np.isin(st, (U, R))
     stats["unproven"] += int(unproven.sum())
     st[unproven] = P
-    if q_tiles is not None:  # rows of the sample, renumbered
-        qt = np.searchsorted(np.asarray(q_tiles), qt)
     part, full = st == P, st == F
     trace, body = an.trace, mdef.body
     paths = sorted(trace)
@@ -390,8 +401,7 @@ def _classify_slice(mdef, qt, kt, q_len, kv_len, block_q, block_k, h, an, evalua
         ids = [variants.setdefault(live_predicate(body, (), dict(zip(paths, u.tolist())), h),
                                    len(variants)) for u in uniq]
         var = np.asarray(ids, dtype=np.int64)[inv]
-    live = _live_bits(body, paths, sig, n)
-    return (qt[part], kt[part], var, live), (qt[full], kt[full])
+    return part, full, var, _live_bits(body, paths, sig, n)
 
 
 def _distinct_rows(sig: np.ndarray):
@@ -509,6 +519,7 @@ def build_sequences(mdef: ir.MaskDef, rows, heads: int, block_q: int, block_k: i
     p_lo, p_hi = q_lo + qo[seq], q_hi + qo[seq]
     nk_max = int((-(-lk // block_k)).max(initial=1)) or 1
     variants: dict[ir.Node, int] = {}
+    stats = {"resolved": 0, "unproven": 0}
     cells = []
     for h in analysed:
         an = Analysis(None, {}, h, trace={}, shifted=True)
@@ -532,25 +543,10 @@ def build_sequences(mdef: ir.MaskDef, rows, heads: int, block_q: int, block_k: i
                       q_lo[r], q_hi[r], lq[s], lk[s], lk[s], h, None)
         an.trace = {}
         st = classify(mdef.body, rects, an).copy()
-        todo = np.flatnonzero(st == R)
-        if len(todo) and evaluate is not None:
-            sub = Rects(*(getattr(rects, f)[todo] for f in ("p_lo", "p_hi", "k_lo", "k_hi",
-                                                           "q_lo", "q_hi", "Lq", "Lk",
-                                                           "Lk_outer")), h, None)
-            any_, all_ = _resolve(mdef.body, sub, an, evaluate)
-            st[todo] = np.where(~any_, E, np.where(all_, F, P))
-        st[np.isin(st, (U, R))] = P
-        part, full = st == P, st == F
-        paths = sorted(an.trace)
-        sig = np.stack([an.trace[p][part] for p in paths], axis=1) if paths else np.zeros((0, 0))
-        n = int(part.sum())
-        var = np.zeros(n, dtype=np.int64)
-        if n:
-            uniq, inv = _distinct_rows(sig)
-            ids = [variants.setdefault(live_predicate(mdef.body, (), dict(zip(paths, u.tolist())),
-                                                      h), len(variants)) for u in uniq]
-            var = np.asarray(ids, dtype=np.int64)[inv]
-        live = _live_bits(mdef.body, paths, sig, n)
+        part, full, var, live = _settle(
+            mdef, st, lambda todo: Rects(*(getattr(rects, f)[todo] for f in (
+                "p_lo", "p_hi", "k_lo", "k_hi", "q_lo", "q_hi", "Lq", "Lk", "Lk_outer")),
+                h, None), block_q * block_k, h, an, evaluate, variants, stats)
         row = s * NQ + qt[r]   # (sequence, query tile) -> one table row
         pn, pi, pv = _csr(row[part], kt[part], B * NQ, var)
         fnum, fidx, _ = _csr(row[full], kt[full], B * NQ, None)
