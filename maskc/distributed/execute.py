@@ -1,0 +1,272 @@
+"""One rank's context-parallel attention: receive the key tiles the plan lists, attend.
+
+Each rank holds its query rows and the key/value rows it owns (``plan.shard``). It sends
+every other rank exactly the key/value tiles that rank's queries visit (point-to-point,
+one message per pair of ranks that has something to send, batched with
+``torch.distributed.batch_isend_irecv``: NCCL on GPUs, gloo on CPUs) and receives its own.
+Then each run of consecutive query tiles it holds becomes one *sequence* of a
+per-sequence call (LANGUAGE.md section 10): its queries at ``q_offset`` = the run's first
+position, its keys the span of key tiles the run needs, at ``kv_offset`` = the span's
+first position, tiles of the span that no query of the run visits left as zeros (the
+mask never keeps them, so no backend reads them). Every backend that serves per-sequence
+calls therefore runs it, forward and backward; the backward of the exchange sends each
+key/value gradient back to the rank that owns the key, where they are summed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskc import ir
+from maskc.analysis.sizes import prepare_inputs
+from maskc.distributed.plan import Plan, reads_rows
+from maskc.errors import MaskError, MaskInputError, MaskSizeError, MaskTypeError
+
+__all__ = ["attention"]
+
+
+def attention(plan: Plan, q, k, v, group=None, backend: str = "auto", scale=None, **inputs):
+    """``rank``'s rows of ``mask.attention(q, k, v)`` over the whole sequence, from its
+    shards ``q = plan.shard(Q, rank)`` (``(B, H, rows, D)``), ``k``, ``v`` (``(B, Hkv,
+    rows, D)``); ``rank`` is this process's rank in ``group`` (the default group when
+    ``None``). ``inputs``: the mask's runtime inputs, whole (every rank passes the same;
+    by default the plan's), and the score's float inputs, whole."""
+    import torch
+    if not isinstance(plan, Plan):
+        raise MaskTypeError(f"attention() takes a maskc.distributed.Plan, got "
+                            f"{type(plan).__name__}")
+    mask, mdef = plan.mask, plan.mask.ir
+    span = mask._span()
+    rows = reads_rows(mdef)
+    if rows:
+        raise MaskError(f"mask '{mdef.name}' reads {', '.join(rows)}, which a rank's shard "
+                        f"cannot see (it sees its own rows and lengths); write positions "
+                        f"with p and k", span)
+    chosen = sorted({type(n).__name__.lower() for n in ir.walk(mdef.body)
+                     if isinstance(n, (ir.Random, ir.Select, ir.Keys, ir.Diagonals))})
+    if chosen:
+        raise MaskError(f"maskc.distributed.attention cannot run {', '.join(chosen)} yet "
+                        f"(a rank's call is per-sequence, and those are refused there); "
+                        f"plan() and stats() work", span)
+    rank, world = _rank(group)
+    if world != plan.world_size:
+        raise MaskError(f"the plan is for {plan.world_size} ranks; the process group has "
+                        f"{world}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise MaskTypeError(f"{name} must be a 4-d torch tensor (B, heads, rows, D), got "
+                                f"{getattr(t, 'shape', type(t).__name__)}")
+    nq, nk = len(plan.rows(rank)), len(plan.rows(rank, keys=True))
+    if q.shape[2] != nq or k.shape[2] != nk or v.shape[2] != nk:
+        raise MaskSizeError(f"rank {rank} holds {nq} query rows and {nk} key rows "
+                            f"(plan.shard); got q {tuple(q.shape)}, k {tuple(k.shape)}, v "
+                            f"{tuple(v.shape)}")
+    if k.shape[:2] != v.shape[:2] or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise MaskSizeError(f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} "
+                            f"do not match (B, heads, rows, D)")
+    if q.shape[1] != plan.heads and _per_head(mdef):
+        raise MaskSizeError(f"the plan is for {plan.heads} heads (per-head mask); q has "
+                            f"{q.shape[1]}")
+    ids = {n: x for n, x in inputs.items() if n in mdef.inputs}
+    floats = {n: x for n, x in inputs.items() if n not in mdef.inputs}
+    if ids:
+        given = prepare_inputs(mdef, plan.kv_len, {**plan.inputs, **ids}, copy=True,
+                               heads=plan.heads)
+        for n in given:
+            if not np.array_equal(given[n], plan.ids[n]):
+                raise MaskInputError(f"input '{n}' differs from the one the plan was made "
+                                     f"with; make a new plan for it", span)
+    kv = torch.cat([k, v], dim=-1)
+    got = _Exchange.apply(kv, _Route(plan, rank, group))
+    return _attend(plan, rank, q, kv, got, k.shape[-1], backend, scale, floats)
+
+
+def _per_head(mdef) -> bool:
+    from maskc.analysis.blockmap import uses_head
+    return uses_head(mdef.body)
+
+
+def _rank(group) -> tuple[int, int]:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    if group is not None:
+        raise MaskError("a process group was given but torch.distributed is not initialized")
+    return 0, 1
+
+
+class _Route:
+    """What ``rank`` sends and receives: per peer, the rows of its own shard to send and
+    the number of rows it receives (in the order of ``plan.recv[rank]``)."""
+
+    def __init__(self, plan: Plan, rank: int, group):
+        self.plan, self.rank, self.group = plan, rank, group
+        self.send = {}
+        for dest in range(plan.world_size):
+            if dest == rank:
+                continue
+            r = plan.recv[dest]
+            mine = r[r[:, 0] == rank]
+            if len(mine):
+                self.send[dest] = local_rows(plan, rank, mine[:, 1], mine[:, 2])
+        r = plan.recv[rank]
+        self.recv = {}
+        for src in np.unique(r[:, 0]):
+            part = r[r[:, 0] == src]
+            self.recv[int(src)] = int(plan._tokens(part[:, 1], part[:, 2], plan.kv_len).sum())
+
+    def peer(self, r: int) -> int:
+        import torch.distributed as dist
+        return r if self.group is None else dist.get_global_rank(self.group, r)
+
+
+def local_rows(plan: Plan, rank: int, lo, hi) -> np.ndarray:
+    """Rows of ``rank``'s key shard holding key tiles ``lo[i]..hi[i]`` (each inside one of
+    its runs), concatenated."""
+    runs = plan.k_runs[rank]
+    B = plan.block
+    sizes = np.minimum(runs[:, 1] * B, plan.kv_len) - runs[:, 0] * B
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    out = []
+    for a, b in zip(np.asarray(lo), np.asarray(hi)):
+        j = int(np.searchsorted(runs[:, 0], a, side="right")) - 1
+        start = first[j] + (a - runs[j, 0]) * B
+        n = min((b + 1) * B, plan.kv_len) - a * B
+        out.append(np.arange(start, start + n, dtype=np.int64))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _exchange(route: _Route, outgoing: dict, incoming: dict) -> None:
+    """Point-to-point: ``outgoing[peer]`` sent, ``incoming[peer]`` filled."""
+    import torch.distributed as dist
+    ops = [dist.P2POp(dist.isend, t, route.peer(p), route.group) for p, t in outgoing.items()]
+    ops += [dist.P2POp(dist.irecv, t, route.peer(p), route.group) for p, t in incoming.items()]
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+
+def _exchange_fn():
+    import torch
+
+    class Exchange(torch.autograd.Function):
+        """Forward: the key/value rows this rank receives, concatenated by sender. Backward:
+        their gradients go back to the senders, which add them to their own rows'."""
+
+        @staticmethod
+        def forward(ctx, kv, route):
+            ctx.route = route
+            ctx.shape = kv.shape
+            B, H, _, D = kv.shape
+            out = {p: kv.index_select(2, torch.as_tensor(i, device=kv.device)).contiguous()
+                   for p, i in route.send.items()}
+            inc = {p: kv.new_empty((B, H, n, D)) for p, n in route.recv.items()}
+            _exchange(route, out, inc)
+            parts = [inc[p] for p in sorted(inc)]
+            return torch.cat(parts, dim=2) if parts else kv.new_empty((B, H, 0, D))
+
+        @staticmethod
+        def backward(ctx, grad):
+            route = ctx.route
+            B, H, _, D = ctx.shape
+            grad = grad.contiguous()
+            out, at = {}, 0
+            for p in sorted(route.recv):
+                out[p] = grad[:, :, at:at + route.recv[p]].contiguous()
+                at += route.recv[p]
+            inc = {p: grad.new_empty((B, H, len(i), D)) for p, i in route.send.items()}
+            _exchange(route, out, inc)
+            dkv = grad.new_zeros(ctx.shape)
+            for p, i in route.send.items():
+                dkv.index_add_(2, torch.as_tensor(i, device=grad.device), inc[p])
+            return dkv, None
+
+    return Exchange
+
+
+class _ExchangeProxy:
+    _fn = None
+
+    def apply(self, kv, route):
+        if _ExchangeProxy._fn is None:
+            _ExchangeProxy._fn = _exchange_fn()
+        return _ExchangeProxy._fn.apply(kv, route)
+
+
+_Exchange = _ExchangeProxy()
+
+
+def _attend(plan: Plan, rank: int, q, kv, got, d: int, backend, scale, floats):
+    """The rank's query runs as sequences of one per-sequence call; see the module."""
+    import torch
+    B, H, _, Dq = q.shape
+    runs = plan.runs[rank]
+    Dv = kv.shape[-1] - d
+    if not len(runs):
+        return q.new_zeros((B, H, 0, Dv))
+    T = plan.block
+    # key tile -> row of cat([own shard, received, one zero row])
+    n_own, n_got = kv.shape[2], got.shape[2]
+    where = {}
+    for j, (a, b) in enumerate(plan.k_runs[rank]):
+        where.update({int(t): ("own", None) for t in range(a, b)})
+    recv = plan.recv[rank]
+    order = np.argsort(recv[:, 0], kind="stable")  # received rows come sorted by sender
+    at = 0
+    for o, a, b in recv[order]:
+        for t in range(a, b + 1):
+            where[int(t)] = ("got", at)
+            at += min((t + 1) * T, plan.kv_len) - t * T
+    zero = n_own + n_got
+    idx_runs, q_rows, meta = [], [], []
+    shift = plan.kv_len - plan.q_len
+    first = 0
+    for (a, b), need in zip(runs, plan.run_needs(rank)):
+        s0, s1 = int(need[:, 0].min()), int(need[:, 1].max())
+        needed = np.zeros(s1 - s0 + 1, dtype=bool)
+        for lo, hi in need:
+            needed[lo - s0:hi - s0 + 1] = True
+        parts = []
+        for t in range(s0, s1 + 1):
+            n = min((t + 1) * T, plan.kv_len) - t * T
+            kind, off = where.get(t, (None, None)) if needed[t - s0] else (None, None)
+            if kind == "own":
+                parts.append(local_rows(plan, rank, [t], [t]))
+            elif kind == "got":
+                parts.append(n_own + off + np.arange(n, dtype=np.int64))
+            else:
+                parts.append(np.full(n, zero, dtype=np.int64))
+        idx_runs.append(np.concatenate(parts))
+        n_q = min(b * T, plan.q_len) - a * T
+        q_rows.append((first, n_q))
+        first += n_q
+        meta.append((a * T + shift, s0 * T))
+    J = len(runs)
+    Lq = max(n for _, n in q_rows)
+    Ls = max(len(i) for i in idx_runs)
+    pool = torch.cat([kv, got, kv.new_zeros((B, kv.shape[1], 1, kv.shape[3]))], dim=2)
+    idx = np.full((J, Ls), zero, dtype=np.int64)
+    for j, i in enumerate(idx_runs):
+        idx[j, :len(i)] = i
+    gathered = pool.index_select(2, torch.as_tensor(idx.reshape(-1), device=kv.device))
+    gathered = gathered.view(B, kv.shape[1], J, Ls, kv.shape[3]).transpose(1, 2)
+    gathered = gathered.reshape(B * J, kv.shape[1], Ls, kv.shape[3])
+    ks, vs = gathered[..., :d], gathered[..., d:]
+    qs = torch.stack([torch.nn.functional.pad(q[:, :, s:s + n], (0, 0, 0, Lq - n))
+                      for s, n in q_rows], dim=1).reshape(B * J, H, Lq, Dq)
+    dev = q.device
+    lens = torch.tensor([n for _, n in q_rows] * B, dtype=torch.int32, device=dev)
+    kv_lens = torch.tensor([len(i) for i in idx_runs] * B, dtype=torch.int32, device=dev)
+    q_off = torch.tensor([m[0] for m in meta] * B, dtype=torch.int32, device=dev)
+    kv_off = torch.tensor([m[1] for m in meta] * B, dtype=torch.int32, device=dev)
+    ids = {}
+    for name, x in plan.ids.items():  # (Bx, kv_len), read at the spans' key rows
+        rows = np.stack([np.minimum(m[1] + np.arange(Ls), plan.kv_len - 1) for m in meta])
+        sel = x[:, rows]  # (Bx, J, Ls)
+        sel = np.broadcast_to(sel, (B,) + sel.shape[1:]).reshape(B * J, Ls)
+        ids[name] = torch.as_tensor(np.ascontiguousarray(sel), device=dev)
+    out = plan.mask.attention(qs, ks, vs, scale=scale, backend=backend, q_lens=lens,
+                              kv_lens=kv_lens, q_offset=q_off, kv_offset=kv_off,
+                              **ids, **floats)
+    out = out.view(B, J, H, Lq, Dv)
+    return torch.cat([out[:, j, :, :n] for j, (_, n) in enumerate(q_rows)], dim=2)
