@@ -1,0 +1,286 @@
+"""Context parallelism (maskc.distributed): plans checked against the block analysis, and
+attention over gloo ranks equal to single-process attention, forward and backward.
+
+The multi-process tests spawn three CPU processes once (``torch.multiprocessing``, gloo)
+and run every case in them: three ranks on the default group, then two ranks on the
+subgroup of global ranks 1 and 2 (so group ranks differ from global ones).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import maskc
+import maskc.distributed as md
+from maskc.errors import MaskError
+
+SPECS = {
+    "causal": "mask m = causal",
+    "sink-window": "mask m = causal & (sink(4) | window(before = 40, after = 0))",
+    "documents": "mask m(input doc) = causal & same(doc)",
+    "alibi": "mask m(input slopes) = causal with alibi(slopes)",
+    "per-head softcap": ("mask m = causal & heads { 0..1: window(before = 30, after = 0), "
+                         "_: sink(8) | window(before = 10, after = 0) } with softcap(5.0)"),
+    "bidirectional window": "mask m = window(before = 20, after = 20) | global(3)",
+}
+DOC_LENGTHS = [50, 7, 100, 44, 60, 40]  # 301 tokens
+
+
+def _inputs(spec: str, n: int) -> dict:
+    if "same(doc)" in spec:
+        lengths = list(DOC_LENGTHS)
+        lengths[-1] += n - sum(lengths)
+        return {"doc": np.repeat(np.arange(len(lengths)), lengths)}
+    return {}
+
+
+def _floats(spec: str, dtype) -> dict:
+    return {"slopes": maskc.alibi_slopes(4).to(dtype)} if "alibi(" in spec else {}
+
+
+# ---------------------------------------------------------------------- plans
+
+def _visited(m, n, heads, block, **inputs):
+    """Per head and query tile, the visited key tiles, from the kernels' block tables."""
+    bm = m.block_map(n, n, heads, block, **inputs)
+    out = []
+    for h in range(heads):
+        g = bm.head_group[h]
+        rows = []
+        for i in range(bm.n_q_tiles):
+            rows.append(set(bm.kv_indices[0, g, i, :bm.kv_num_blocks[0, g, i]].tolist()) |
+                        set(bm.full_kv_indices[0, g, i, :bm.full_kv_num_blocks[0, g, i]]
+                            .tolist()))
+        out.append(rows)
+    return out
+
+
+def _tiles(intervals) -> set:
+    return {t for lo, hi in intervals for t in range(lo, hi + 1)}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_plan_is_exact(name, world):
+    spec, n, heads, block = SPECS[name], 301, 4, 16
+    m = maskc.compile(spec)
+    inputs = _inputs(spec, n)
+    p = md.plan(m, n, world, heads=heads, block=block, **inputs)
+    visited = _visited(m, n, heads, block, **inputs)
+    nt = -(-n // block)
+    # every query tile (and key tile) held by exactly one rank, shards in sequence order
+    rows = np.concatenate([p.rows(r) for r in range(world)])
+    assert sorted(rows.tolist()) == list(range(n))
+    assert np.array_equal(np.concatenate([p.rows(r, keys=True) for r in range(world)]), rows)
+    owner = {}
+    for r in range(world):
+        for a, b in p.runs[r]:
+            for t in range(a, b):
+                owner[t] = r
+    assert sorted(owner) == list(range(nt))
+    for r in range(world):
+        mine = [t for t in range(nt) if owner[t] == r]
+        want = set().union(*(visited[h][t] for h in range(heads) for t in mine)) if mine else set()
+        # the rank needs what its queries visit, and its own tiles (inputs are read there)
+        assert _tiles(p.needs[r]) == want | set(mine)
+        # it receives exactly the needed tiles it does not hold, each from its owner
+        got = [(o, t) for o, lo, hi in p.recv[r] for t in range(lo, hi + 1)]
+        assert sorted(t for _, t in got) == sorted(want - set(mine))
+        assert all(owner[t] == o for o, t in got)
+        # its work is the tiles its queries visit, over heads
+        assert p.visited[r] == sum(len(visited[h][t]) for h in range(heads) for t in mine)
+        # each query run's needs cover what the run's tiles visit
+        for (a, b), need in zip(p.runs[r], p.run_needs(r)):
+            run_visits = set().union(*(visited[h][t] for h in range(heads)
+                                       for t in range(a, b)))
+            assert _tiles(need) == run_visits | set(range(a, b))
+    s = p.stats()
+    assert set(s) == {"visited_max", "visited_mean", "recv_tokens_max", "ring_recv_tokens"}
+    assert s["visited_max"] == p.visited.max() and s["visited_mean"] == p.visited.mean()
+    assert s["recv_tokens_max"] == p.recv_tokens().max() <= s["ring_recv_tokens"]
+
+
+def test_plan_balance_and_traffic_at_scale():
+    n, world = 1 << 20, 64
+    shard = n // world
+    window = md.plan(maskc.compile("mask m = causal & window(before = 4095, after = 0)"),
+                     n, world)
+    s = window.stats()
+    # sliding window: contiguous shards, each rank's keys from its left neighbour only
+    assert window.chunks_per_rank == 1
+    assert s["recv_tokens_max"] <= 2 * shard and max(window.peers(r) for r in range(world)) <= 2
+    assert s["recv_tokens_max"] == 4096
+    assert s["visited_max"] / s["visited_mean"] <= 1.05
+    causal = md.plan(maskc.compile("mask m = causal"), n, world, heads=8)
+    s = causal.stats()
+    assert causal.chunks_per_rank == 2  # zig-zag: a rank holds one early and one late chunk
+    assert s["visited_max"] / s["visited_mean"] <= 1.05
+    # chunks r and 2 * world - 1 - r: two runs per rank (one for the middle rank)
+    assert sorted(len(r) for r in causal.runs) == [1] + [2] * (world - 1)
+    assert {len(causal.rows(r)) for r in range(world)} == {shard}
+    # a contiguous split would leave the last rank with 127x the first rank's work
+    contiguous = np.add.reduceat(causal.work, np.arange(0, len(causal.work), len(causal.work)
+                                                        // world))
+    assert contiguous.max() / contiguous.mean() > 1.9
+
+
+def test_plan_with_more_keys_than_queries():
+    m = maskc.compile("mask m(input doc) = causal & same(doc)")
+    doc = np.repeat(np.arange(4), [100, 60, 90, 80])  # 330 keys, the last 200 are queries
+    p = md.plan(m, 200, 3, kv_len=330, block=16, doc=doc)
+    keys = np.concatenate([p.rows(r, keys=True) for r in range(3)])
+    assert sorted(keys.tolist()) == list(range(330))
+    bm = m.block_map(200, 330, 1, 16, doc=doc)
+    for r in range(3):
+        tiles = [t for a, b in p.runs[r] for t in range(a, b)]
+        want = set()
+        for t in tiles:
+            want |= set(bm.kv_indices[0, 0, t, :bm.kv_num_blocks[0, 0, t]].tolist())
+            want |= set(bm.full_kv_indices[0, 0, t, :bm.full_kv_num_blocks[0, 0, t]].tolist())
+        assert want <= _tiles(p.needs[r])
+
+
+def test_shard_unshard_round_trip():
+    m = maskc.compile("mask m = causal")
+    p = md.plan(m, 300, 3, block=16)
+    x = torch.randn(2, 3, 300, 5)
+    parts = [p.shard(x, r) for r in range(3)]
+    assert [t.shape[2] for t in parts] == [len(p.rows(r)) for r in range(3)]
+    assert torch.equal(p.unshard(parts), x)
+    assert torch.equal(parts[1], x[:, :, p.rows(1)])
+    ids = torch.arange(300)
+    assert torch.equal(p.unshard([p.shard(ids, r, dim=0) for r in range(3)], dim=0), ids)
+    q = md.plan(m, 100, 2, kv_len=250, block=16)
+    k = torch.randn(1, 1, 250, 4)
+    assert torch.equal(q.unshard([q.shard(k, r) for r in range(2)]), k)
+
+
+def test_bad_arguments():
+    m = maskc.compile("mask m = causal")
+    with pytest.raises(MaskError, match="world_size"):
+        md.plan(m, 100, 0)
+    with pytest.raises(MaskError, match="world_size"):
+        md.plan(m, 100, "2")
+    with pytest.raises(MaskError, match="world_size"):
+        md.plan(m, 100)
+    with pytest.raises(MaskError, match="maskc.Mask"):
+        md.plan("mask m = causal", 100, 2)
+    p = md.plan(m, 100, 2, block=16)
+    x = torch.randn(1, 1, 100, 4)
+    for rank in (-1, 2, 1.0, True):
+        with pytest.raises(MaskError, match="rank"):
+            p.shard(x, rank)
+    with pytest.raises(MaskError, match="rows"):
+        p.shard(torch.randn(1, 1, 99, 4), 0)
+    with pytest.raises(MaskError, match="dim"):
+        p.shard(x, 0, dim=4)
+    with pytest.raises(MaskError, match="2 tensors"):
+        p.unshard([p.shard(x, 0)])
+    with pytest.raises(MaskError, match="rows"):
+        p.unshard([p.shard(x, 0), p.shard(x, 0)[:, :, :3]])
+    # attention: a plan for two ranks in a single process, shards that do not match
+    with pytest.raises(MaskError, match="2 ranks"):
+        md.attention(p, p.shard(x, 0), p.shard(x, 0), p.shard(x, 0))
+    one = md.plan(m, 100, 1, block=16)
+    with pytest.raises(MaskError, match="query rows"):
+        md.attention(one, x[:, :, :50], x, x)
+    with pytest.raises(MaskError, match="Plan"):
+        md.attention(m, x, x, x)
+    d = maskc.compile("mask m(input doc) = causal & same(doc)")
+    doc = np.repeat([0, 1], 50)
+    pd = md.plan(d, 100, 1, block=16, doc=doc)
+    with pytest.raises(MaskError, match="differs"):
+        md.attention(pd, x, x, x, doc=np.repeat([0, 1], [40, 60]))
+    with pytest.raises(MaskError, match="reads q"):
+        md.attention(md.plan(maskc.compile("mask m = where(q >= k)"), 100, 1, block=16),
+                     x, x, x)
+    sel = maskc.compile("mask m(input idx) = causal & blocks(16, select(idx))")
+    idx = np.zeros((7, 1), dtype=np.int64)
+    ps = md.plan(sel, 100, 1, block=16, idx=idx)  # planning works for chosen masks
+    assert ps.stats()["visited_max"] == 7
+    with pytest.raises(MaskError, match="select"):
+        md.attention(ps, x, x, x)
+
+
+def test_one_rank_without_torch_distributed():
+    """World size 1 runs without a process group (the single-GPU path), with more keys than
+    queries and runtime inputs."""
+    m = maskc.compile("mask m(input doc) = causal & same(doc)")
+    doc = np.repeat(np.arange(4), [100, 60, 90, 80])
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 200, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 1, 330, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 1, 330, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = m.attention(q, k, v, backend="reference", doc=doc)
+    grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    p = md.plan(m, 200, 1, kv_len=330, block=16, doc=doc)
+    out = md.attention(p, q, k, v, backend="reference")
+    assert torch.allclose(out, ref, atol=1e-12, rtol=0)
+    for a, b in zip(torch.autograd.grad(out.square().sum(), (q, k, v)), grads):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
+
+
+# ------------------------------------------------------------------ over gloo
+
+def _case(spec, rank, world, group, backend, n=301, kv_extra=0):
+    dtype = torch.float64 if backend == "reference" else torch.float32
+    m = maskc.compile(spec)
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, n, 8, generator=g, dtype=dtype)
+    k = torch.randn(2, 2, n + kv_extra, 8, generator=g, dtype=dtype)
+    v = torch.randn(2, 2, n + kv_extra, 8, generator=g, dtype=dtype)
+    go = torch.randn(2, 4, n, 8, generator=g, dtype=dtype)
+    inputs, floats = _inputs(spec, n + kv_extra), _floats(spec, dtype)
+    full = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = m.attention(*full, backend="reference", **inputs, **floats)
+    (ref * go).sum().backward()
+    p = md.plan(m, n, world, heads=4, kv_len=n + kv_extra, block=16, **inputs)
+    mine = [p.shard(t, rank).requires_grad_() for t in (q, k, v)]
+    out = md.attention(p, *mine, group=group, backend=backend, **floats)
+    (out * p.shard(go, rank)).sum().backward()
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    errors = [(out - p.shard(ref.detach(), rank)).abs().max().item()]
+    errors += [(a.grad - p.shard(b.grad, rank)).abs().max().item() for a, b in zip(mine, full)]
+    assert max(errors) < tol, (spec, rank, world, errors)
+    return p.chunks_per_rank
+
+
+def _worker(rank, world, path, results):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank,
+                            world_size=world)
+    chunks = {}
+    try:
+        for name in sorted(SPECS):  # three ranks, the default group
+            chunks[name] = _case(SPECS[name], rank, world, None, "reference")
+        chunks["keys before queries"] = _case(SPECS["documents"], rank, world, None,
+                                              "reference", n=200, kv_extra=130)
+        sub = dist.new_group([1, 2])  # two ranks whose group ranks are not their ranks
+        if rank in (1, 2):
+            for name in ("sink-window", "documents"):
+                _case(SPECS[name], rank - 1, 2, sub, "reference")
+            _case(SPECS["sink-window"], rank - 1, 2, sub, "triton", n=150)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        results.put(chunks)
+
+
+def test_attention_over_gloo_equals_one_process(tmp_path):
+    """Forward and backward (q, k, v gradients) of every rank equal to one process's
+    attention: three ranks for every spec family (float64 reference), two ranks on a
+    subgroup, and the Triton kernels (interpreter) on two ranks."""
+    import torch.multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    assert os.environ.get("TRITON_INTERPRET") == "1"  # the children inherit it
+    mp.start_processes(_worker, args=(3, str(tmp_path / "rendezvous"), results), nprocs=3,
+                       start_method="spawn")
+    chunks = results.get()
+    assert set(chunks) == set(SPECS) | {"keys before queries"}
+    assert chunks["causal"] > 1  # causal: work balanced by interleaved chunks
