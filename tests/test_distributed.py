@@ -284,3 +284,18 @@ def test_attention_over_gloo_equals_one_process(tmp_path):
     chunks = results.get()
     assert set(chunks) == set(SPECS) | {"keys before queries"}
     assert chunks["causal"] > 1  # causal: work balanced by interleaved chunks
+
+
+def test_the_torchrun_example_runs():
+    """README's command (examples/context_parallel.py) on two gloo ranks, checked there
+    against one process."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", "examples/context_parallel.py",
+                          "--tokens", "1024", "--head-dim", "16", "--backend", "reference",
+                          "--check"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "largest difference to one process" in run.stdout
+    assert "rank 1: 512 queries" in run.stdout

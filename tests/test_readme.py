@@ -74,3 +74,15 @@ def test_the_section_on_serving_runs():
         kk, vv = k[1, h // 2, :200][keep].double(), v[1, h // 2, :200][keep].double()
         p = torch.softmax(q[1, h].double() @ kk.T / 4.0, -1)
         torch.testing.assert_close(out[1, h].double(), p @ vv, atol=2e-5, rtol=2e-5)
+
+
+def test_the_section_on_many_gpus_runs():
+    blocks = blocks_after("## Many GPUs: context parallelism")
+    scope: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)  # noqa: S102 - the project's own README
+    stats = scope["plan"].stats()
+    assert stats["recv_tokens_max"] == 1024 and stats["ring_recv_tokens"] == 28672
+    assert stats["visited_max"] == 2304 and stats["visited_mean"] == 2268.0
+    section = README.read_text().split("## Many GPUs: context parallelism")[1]
+    # the command tests/test_distributed.py runs (test_the_torchrun_example_runs)
+    assert "torchrun --standalone --nproc-per-node 2 examples/context_parallel.py" in section

@@ -264,7 +264,7 @@ def _attend(plan: Plan, rank: int, q, kv, got, d: int, backend, scale, floats):
         rows = np.stack([np.minimum(m[1] + np.arange(Ls), plan.kv_len - 1) for m in meta])
         sel = x[:, rows]  # (Bx, J, Ls)
         sel = np.broadcast_to(sel, (B,) + sel.shape[1:]).reshape(B * J, Ls)
-        ids[name] = torch.as_tensor(np.ascontiguousarray(sel), device=dev)
+        ids[name] = torch.as_tensor(np.array(sel), device=dev)  # a writable copy
     out = plan.mask.attention(qs, ks, vs, scale=scale, backend=backend, q_lens=lens,
                               kv_lens=kv_lens, q_offset=q_off, kv_offset=kv_off,
                               **ids, **floats)
