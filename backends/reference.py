@@ -413,22 +413,32 @@ def score_values(mdef: ir.MaskDef, s, r0: int, Lq: int, Lk: int, tensors: dict,
     B, H, rows, _ = s.shape
     qo, ko = offsets if offsets is not None else (Lk - Lq, 0)
     Q = np.arange(r0, r0 + rows, dtype=np.int64).reshape(1, 1, -1, 1)
-    env = _Env(P=Q + qo, Q=Q, K=np.arange(Lk, dtype=np.int64).reshape(1, 1, 1, -1) + ko,
-               Hh=np.arange(H, dtype=np.int64).reshape(1, -1, 1, 1), Lq=Lq, Lk=Lk,
-               Lk_outer=Lk, inputs={}, grid=mdef.grid)
+    return score_at(mdef, s, Q + qo, Q, np.arange(Lk, dtype=np.int64).reshape(1, 1, 1, -1) + ko,
+                    np.arange(H, dtype=np.int64).reshape(1, -1, 1, 1), Lq, Lk, tensors)
+
+
+def score_at(mdef: ir.MaskDef, s, P, Q, K, Hh, Lq: int, Lk: int, tensors: dict):
+    """The score of ``mdef`` on scores ``s`` at explicit 4-D position arrays ``P`` (aligned
+    query), ``Q`` (query row), ``K`` (key), ``Hh`` (head), in ``s``'s dtype, with torch
+    (differentiable in ``s`` and ``tensors``)."""
+    import torch
+
+    env = _Env(P=P, Q=Q, K=K, Hh=Hh, Lq=Lq, Lk=Lk, Lk_outer=Lk, inputs={}, grid=mdef.grid)
+    dtype = s.dtype
 
     def ints(p):
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(_pred(p, env), dtype=np.int64)))
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(_pred(p, env), dtype=np.int64))
+                                ).to(s.device)
 
     def go(n):
         if isinstance(n, ir.SVar):
             return s
         if isinstance(n, ir.SConst):
-            return torch.tensor(n.value, dtype=torch.float64)
+            return torch.tensor(n.value, dtype=dtype)
         if isinstance(n, ir.SInt):
-            return ints(n.value).to(torch.float64)
+            return ints(n.value).to(dtype)
         if isinstance(n, ir.SIndex):
-            x = tensors[n.input]
+            x = tensors[n.input].to(device=s.device, dtype=dtype)
             idx = [ints(i).clamp(0, x.shape[a] - 1) for a, i in enumerate(n.index)]
             idx = torch.broadcast_tensors(*idx)
             return x[tuple(idx)]
@@ -454,9 +464,9 @@ def score_values(mdef: ir.MaskDef, s, r0: int, Lq: int, Lk: int, tensors: dict,
             c = go(n.cap)
             return c * torch.tanh(s / c)
         if isinstance(n, ir.Alibi):
-            x = tensors[n.slopes]
-            h = torch.from_numpy(env.Hh).clamp(0, x.shape[0] - 1)
-            return s - x[h] * torch.from_numpy(np.abs(env.P - env.K)).to(torch.float64)
+            x = tensors[n.slopes].to(device=s.device, dtype=dtype)
+            h = torch.from_numpy(np.asarray(env.Hh)).to(s.device).clamp(0, x.shape[0] - 1)
+            return s - x[h] * torch.from_numpy(np.abs(env.P - env.K)).to(s.device, dtype)
         raise MaskError(f"the reference backend cannot evaluate {type(n).__name__}", n.span)
     return torch.broadcast_to(go(mdef.score), s.shape)
 
