@@ -27,10 +27,22 @@ SPECS = {
                          "_: sink(8) | window(before = 10, after = 0) } with softcap(5.0)"),
     "bidirectional window": "mask m = window(before = 20, after = 20) | global(3)",
 }
+# run by the tile engine (backends/tiles.py): per-sequence calls refuse them
+ENGINE = {
+    "random blocks": "mask m = blocks(16, random(2, seed = 3)) | causal",
+    "selection": ("mask m(input idx) = causal & (window(before = 15, after = 0) | "
+                  "blocks(16, select(idx)))"),
+    "reads q": "mask m = where(q >= k + 3) & window(before = 50, after = 0)",
+    "grid": ("mask m over grid(y = 12, x = 12) = neighborhood((5, 5)) "
+             "with softcap(4.0)"),
+}
 DOC_LENGTHS = [50, 7, 100, 44, 60, 40]  # 301 tokens
 
 
 def _inputs(spec: str, n: int) -> dict:
+    if "select(idx)" in spec:
+        nb = -(-n // 16)
+        return {"idx": np.random.default_rng(0).integers(-1, nb, (4, nb, 3))}
     if "same(doc)" in spec:
         lengths = list(DOC_LENGTHS)
         lengths[-1] += n - sum(lengths)
@@ -63,10 +75,11 @@ def _tiles(intervals) -> set:
     return {t for lo, hi in intervals for t in range(lo, hi + 1)}
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("name", sorted(SPECS) + sorted(ENGINE))
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
 def test_plan_is_exact(name, world):
-    spec, n, heads, block = SPECS[name], 301, 4, 16
+    spec = SPECS.get(name) or ENGINE[name]
+    n, heads, block = 144 if name == "grid" else 301, 4, 16
     m = maskc.compile(spec)
     inputs = _inputs(spec, n)
     p = md.plan(m, n, world, heads=heads, block=block, **inputs)
@@ -195,15 +208,13 @@ def test_bad_arguments():
     pd = md.plan(d, 100, 1, block=16, doc=doc)
     with pytest.raises(MaskError, match="differs"):
         md.attention(pd, x, x, x, doc=np.repeat([0, 1], [40, 60]))
-    with pytest.raises(MaskError, match="reads q"):
-        md.attention(md.plan(maskc.compile("mask m = where(q >= k)"), 100, 1, block=16),
-                     x, x, x)
     sel = maskc.compile("mask m(input idx) = causal & blocks(16, select(idx))")
     idx = np.zeros((7, 1), dtype=np.int64)
-    ps = md.plan(sel, 100, 1, block=16, idx=idx)  # planning works for chosen masks
+    ps = md.plan(sel, 100, 1, block=16, idx=idx)
     assert ps.stats()["visited_max"] == 7
-    with pytest.raises(MaskError, match="select"):
-        md.attention(ps, x, x, x)
+    # per-sequence calls to a named backend refuse selections: say which backend runs them
+    with pytest.raises(MaskError, match="backend='auto' or 'tiles'"):
+        md.attention(ps, x, x, x, backend="reference")
 
 
 def test_one_rank_without_torch_distributed():
@@ -226,44 +237,67 @@ def test_one_rank_without_torch_distributed():
 
 # ------------------------------------------------------------------ over gloo
 
-def _case(spec, rank, world, group, backend, n=301, kv_extra=0):
-    dtype = torch.float64 if backend == "reference" else torch.float32
+def _prepare(key, spec, backend, world, n=301, kv_extra=0, batch=2) -> dict:
+    """A case: tensors, and one process's output and gradients (computed once, in the
+    test's process)."""
+    dtype = torch.float64 if backend in ("reference", "auto") else torch.float32
     m = maskc.compile(spec)
     g = torch.Generator().manual_seed(1)
-    q = torch.randn(2, 4, n, 8, generator=g, dtype=dtype)
-    k = torch.randn(2, 2, n + kv_extra, 8, generator=g, dtype=dtype)
-    v = torch.randn(2, 2, n + kv_extra, 8, generator=g, dtype=dtype)
-    go = torch.randn(2, 4, n, 8, generator=g, dtype=dtype)
+    q = torch.randn(batch, 4, n, 8, generator=g, dtype=dtype)
+    k = torch.randn(batch, 2, n + kv_extra, 8, generator=g, dtype=dtype)
+    v = torch.randn(batch, 2, n + kv_extra, 8, generator=g, dtype=dtype)
+    go = torch.randn(batch, 4, n, 8, generator=g, dtype=dtype)
     inputs, floats = _inputs(spec, n + kv_extra), _floats(spec, dtype)
     full = [t.clone().requires_grad_() for t in (q, k, v)]
     ref = m.attention(*full, backend="reference", **inputs, **floats)
     (ref * go).sum().backward()
-    p = md.plan(m, n, world, heads=4, kv_len=n + kv_extra, block=16, **inputs)
-    mine = [p.shard(t, rank).requires_grad_() for t in (q, k, v)]
-    out = md.attention(p, *mine, group=group, backend=backend, **floats)
-    (out * p.shard(go, rank)).sum().backward()
-    tol = 1e-12 if dtype == torch.float64 else 2e-5
-    errors = [(out - p.shard(ref.detach(), rank)).abs().max().item()]
-    errors += [(a.grad - p.shard(b.grad, rank)).abs().max().item() for a, b in zip(mine, full)]
-    assert max(errors) < tol, (spec, rank, world, errors)
+    return dict(key=key, spec=spec, backend=backend, world=world, n=n, kv_len=n + kv_extra,
+                tensors=(q, k, v), go=go, inputs=inputs, floats=floats,
+                want=(ref.detach(),) + tuple(t.grad for t in full))
+
+
+def _check(case, rank, group) -> int:
+    """One rank's output and q, k, v gradients against one process's: the plan's chunks
+    per rank."""
+    m = maskc.compile(case["spec"])
+    world = case["world"]
+    p = md.plan(m, case["n"], world, heads=4, kv_len=case["kv_len"], block=16,
+                **case["inputs"])
+    mine = [p.shard(t, rank).requires_grad_() for t in case["tensors"]]
+    out = md.attention(p, *mine, group=group, backend=case["backend"], **case["floats"])
+    (out * p.shard(case["go"], rank)).sum().backward()
+    tol = 1e-12 if out.dtype == torch.float64 else 2e-5
+    got = [out] + [t.grad for t in mine]
+    errors = [(a - p.shard(b, rank)).abs().max().item() for a, b in zip(got, case["want"])]
+    assert max(errors) < tol, (case["key"], rank, world, errors)
     return p.chunks_per_rank
 
 
-def _worker(rank, world, path, results):
+def _cases() -> list[dict]:
+    cases = [_prepare(name, SPECS[name], "reference", 3) for name in sorted(SPECS)]
+    cases.append(_prepare("keys before queries", SPECS["documents"], "reference", 3, n=200,
+                          kv_extra=130))
+    cases += [_prepare(name, ENGINE[name], "auto", 3, n=144 if name == "grid" else 160,
+                       batch=1) for name in sorted(ENGINE)]
+    # two ranks on a subgroup
+    cases += [_prepare("two " + name, SPECS[name], "reference", 2)
+              for name in ("sink-window", "documents")]
+    cases.append(_prepare("two triton", SPECS["sink-window"], "triton", 2, n=150))
+    return cases
+
+
+def _worker(rank, world, path, cases, results):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank,
                             world_size=world)
     chunks = {}
     try:
-        for name in sorted(SPECS):  # three ranks, the default group
-            chunks[name] = _case(SPECS[name], rank, world, None, "reference")
-        chunks["keys before queries"] = _case(SPECS["documents"], rank, world, None,
-                                              "reference", n=200, kv_extra=130)
         sub = dist.new_group([1, 2])  # two ranks whose group ranks are not their ranks
-        if rank in (1, 2):
-            for name in ("sink-window", "documents"):
-                _case(SPECS[name], rank - 1, 2, sub, "reference")
-            _case(SPECS["sink-window"], rank - 1, 2, sub, "triton", n=150)
+        for case in cases:
+            if case["world"] == world:
+                chunks[case["key"]] = _check(case, rank, None)
+            elif rank in (1, 2):
+                _check(case, rank - 1, sub)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -273,16 +307,18 @@ def _worker(rank, world, path, results):
 
 def test_attention_over_gloo_equals_one_process(tmp_path):
     """Forward and backward (q, k, v gradients) of every rank equal to one process's
-    attention: three ranks for every spec family (float64 reference), two ranks on a
-    subgroup, and the Triton kernels (interpreter) on two ranks."""
+    attention: three ranks for every spec family (float64 reference; grids, random blocks,
+    selections and masks reading q on the tile engine), two ranks on a subgroup, and the
+    Triton kernels (interpreter) on two ranks."""
     import torch.multiprocessing as mp
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
     assert os.environ.get("TRITON_INTERPRET") == "1"  # the children inherit it
-    mp.start_processes(_worker, args=(3, str(tmp_path / "rendezvous"), results), nprocs=3,
-                       start_method="spawn")
+    cases = _cases()
+    mp.start_processes(_worker, args=(3, str(tmp_path / "rendezvous"), cases, results),
+                       nprocs=3, start_method="spawn")
     chunks = results.get()
-    assert set(chunks) == set(SPECS) | {"keys before queries"}
+    assert set(chunks) == set(SPECS) | set(ENGINE) | {"keys before queries"}
     assert chunks["causal"] > 1  # causal: work balanced by interleaved chunks
 
 

@@ -37,17 +37,13 @@ def attention(plan: Plan, q, k, v, group=None, backend: str = "auto", scale=None
                             f"{type(plan).__name__}")
     mask, mdef = plan.mask, plan.mask.ir
     span = mask._span()
-    rows = reads_rows(mdef)
-    if rows:
-        raise MaskError(f"mask '{mdef.name}' reads {', '.join(rows)}, which a rank's shard "
-                        f"cannot see (it sees its own rows and lengths); write positions "
-                        f"with p and k", span)
-    chosen = sorted({type(n).__name__.lower() for n in ir.walk(mdef.body)
-                     if isinstance(n, (ir.Random, ir.Select, ir.Keys, ir.Diagonals))})
-    if chosen:
-        raise MaskError(f"maskc.distributed.attention cannot run {', '.join(chosen)} yet "
-                        f"(a rank's call is per-sequence, and those are refused there); "
-                        f"plan() and stats() work", span)
+    engine = _needs_engine(mdef)
+    if backend == "tiles" or (engine and backend == "auto"):
+        engine = engine or "asked for"
+    elif engine:
+        raise MaskError(f"mask '{mdef.name}' {engine}, which per-sequence calls to "
+                        f"backend {backend!r} refuse; use backend='auto' or 'tiles' (the "
+                        f"tile engine, maskc.backends.tiles)", span)
     rank, world = _rank(group)
     if world != plan.world_size:
         raise MaskError(f"the plan is for {plan.world_size} ranks; the process group has "
@@ -78,7 +74,44 @@ def attention(plan: Plan, q, k, v, group=None, backend: str = "auto", scale=None
                                      f"with; make a new plan for it", span)
     kv = torch.cat([k, v], dim=-1)
     got = _Exchange.apply(kv, _Route(plan, rank, group))
+    if engine:
+        return _attend_rows(plan, rank, q, kv, got, k.shape[-1], scale, floats)
     return _attend(plan, rank, q, kv, got, k.shape[-1], backend, scale, floats)
+
+
+def _needs_engine(mdef) -> str | None:
+    """Why a rank's attention must run on the tile engine (``None``: per-sequence calls
+    serve it)."""
+    if mdef.grid is not None:
+        return "is over a grid"
+    chosen = sorted({type(n).__name__.lower() for n in ir.walk(mdef.body)
+                     if isinstance(n, (ir.Random, ir.Select, ir.Keys, ir.Diagonals))})
+    if chosen:
+        return "uses " + ", ".join(chosen)
+    rows = reads_rows(mdef)
+    if rows:
+        return "reads " + ", ".join(rows)
+    return None
+
+
+def _received_rows(plan: Plan, rank: int) -> np.ndarray:
+    """Global key rows of what ``rank`` receives, in the order the exchange delivers them."""
+    recv = plan.recv[rank]
+    T = plan.block
+    parts = [np.arange(a * T, min((b + 1) * T, plan.kv_len), dtype=np.int64)
+             for _, a, b in recv[np.argsort(recv[:, 0], kind="stable")]]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _attend_rows(plan: Plan, rank: int, q, kv, got, d: int, scale, floats):
+    """The tile engine on the rank's query rows and the key rows it holds and received."""
+    import torch
+    from maskc.backends.tiles import attention_rows
+    keys = torch.cat([kv, got], dim=2)
+    k_rows = np.concatenate([plan.rows(rank, keys=True), _received_rows(plan, rank)])
+    return attention_rows(plan.mask.ir, q, keys[..., :d], keys[..., d:], plan.rows(rank),
+                          k_rows, plan.q_len, plan.kv_len, plan.block, scale, plan.ids,
+                          floats)
 
 
 def _per_head(mdef) -> bool:
