@@ -132,3 +132,17 @@ def test_bad_arguments():
         maskc.hf.register("x", mask="causal")
     with pytest.raises(MaskError, match="unknown backend"):
         maskc.hf.register("x", backend="sdpa")
+
+
+def test_the_readme_section_runs():
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## Hugging Face transformers"):]
+    section = section[:section.index("\n## ", 1)]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the project's own README
+    assert scope["tokens"].shape == (2, 20)
+    grads = [p.grad for p in scope["model"].parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0
