@@ -164,6 +164,18 @@ class Mask:
         return build(self.ir, q_len, kv_len, heads, block_q, block_k,
                      evaluate=reference.evaluate, **inputs)
 
+    def plot(self, q_len: int | None = None, kv_len: int | None = None, heads: int = 1, *,
+             block: int | None = None, view: str = "auto", dpi: int = 100, **inputs):
+        """The mask drawn as a :class:`matplotlib.figure.Figure` (``fig.savefig("m.png")``).
+
+        One pixel per pair for small sizes (both lengths at most 512), else tiles (full,
+        partial, empty; at most 256 per side unless ``block`` is given); one panel per
+        distinct head pattern; the spec and statistics in the title. ``view`` forces
+        ``"pairs"`` or ``"tiles"``. Needs matplotlib (``pip install 'maskc[plot]'``).
+        """
+        from maskc.plot import plot
+        return plot(self, q_len, kv_len, heads, block=block, view=view, dpi=dpi, **inputs)
+
     def plan(self, q_len: int | None = None, kv_len: int | None = None, heads: int = 1,
              kv_heads: int | None = None, target: str = "triton", **options):
         """The back half for one size and target: a :class:`maskc.pipeline.KernelPlan`.

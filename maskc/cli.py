@@ -135,10 +135,6 @@ def render(states) -> list[str]:
 
 
 def cmd_show(args) -> int:
-    import numpy as np
-
-    from maskc.api import compile
-
     params = dict(parse_param(p) for p in args.param)
     for what, value in (("--width", args.width), ("--block", args.block),
                         ("--kv-heads", args.kv_heads)):
@@ -149,53 +145,12 @@ def cmd_show(args) -> int:
                             f"{args.width}")
     if args.kv_heads and args.heads % args.kv_heads:
         raise MaskError(f"--heads {args.heads} is not a multiple of --kv-heads {args.kv_heads}")
-    name, notes = args.name, []
-    if name is None:
-        names = _masks_in(_module(args.file))
-        if len(names) > 1:
-            # NOTE: unlike compile(), show picks a mask: the one named after the file, or the first.
-            stem = Path(args.file).stem
-            name = stem if stem in names else names[0]
-            notes.append(f"showing '{name}'; the file also defines "
-                         f"{', '.join(n for n in names if n != name)} (use --name)")
-    m = compile(Path(args.file), name=name, **params)
-    if m.grid is not None and (args.q_len or args.kv_len):
-        notes.append(f"--q-len/--kv-len ignored: the mask is over a grid of "
-                     f"{int(np.prod(m.grid))} tokens")
-    q_len = args.q_len if m.grid is None else None
-    kv_len = args.kv_len if m.grid is None else None
-    if m.grid is None and q_len is None:
-        q_len = 4096
+    m, notes = _chosen_mask(args, params)
+    q_len, kv_len = _lengths(m, args, notes)
     Lq, Lk = resolve_lengths(m.ir, q_len, kv_len)
     check_heads(m.ir, args.heads)
     _check_show_size(m, Lq, Lk, args.block)
-    given = {}
-    for item in args.input:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise MaskError(f"-i expects NAME=LEN,LEN,..., got {item!r}")
-        if key not in m.inputs:
-            raise MaskError(f"mask '{m.name}' has no runtime input '{key}'; its inputs are: "
-                            + (", ".join(m.inputs) or "none"))
-        given[key] = value
-    inputs = {}
-    kinds = input_kinds(m.ir)
-    for name in m.inputs:
-        if kinds[name].kind != "ids":
-            k = kinds[name]
-            width = k.rows(Lk, m.ir.grid) if k.kind == "select" else Lk
-            spec = given.get(name, f"random:{min(4, width)}")
-            inputs[name] = chosen_input(spec, k, Lk, name, m.ir.grid)
-            if name not in given:
-                notes.append(f"{name}: {spec} (pass -i {name}=random:R, a list I,J,... or a "
-                             ".npy file to choose)")
-        elif name in given:
-            inputs[name] = segments(given[name], Lk, name)
-        else:
-            n = 4
-            lens = [Lk // n + (1 if i < Lk % n else 0) for i in range(n)]
-            inputs[name] = segments(",".join(str(x) for x in lens if x), Lk, name)
-            notes.append(f"{name}: {n} equal segments (pass -i {name}=LEN,LEN,... to choose)")
+    inputs = _runtime_inputs(m, Lk, args.input, notes)
     plan_opts = _target_options(args)
     if args.target is not None:  # what that backend runs, and nothing else
         for note in notes:
@@ -228,6 +183,100 @@ def cmd_show(args) -> int:
     print(f"tiles: {full:,} full, {partial:,} partial, {states.size - full - partial:,} empty "
           f"of {states.size:,}; a block-sparse kernel visits {(full + partial) / states.size:.2%}")
     _compiled_view(m, q_len, kv_len, args.heads, args.kv_heads, plan_opts, inputs)
+    return 0
+
+
+def _chosen_mask(args, params: dict):
+    """``(mask, notes)``: the mask ``show`` and ``plot`` draw, ``--name`` or, in a file of
+    several, the one named after the file, else the first (with a note saying so)."""
+    from maskc.api import compile
+    name, notes = args.name, []
+    if name is None:
+        names = _masks_in(_module(args.file))
+        if len(names) > 1:
+            # NOTE: unlike compile(), show picks a mask: the one named after the file, or the first.
+            stem = Path(args.file).stem
+            name = stem if stem in names else names[0]
+            notes.append(f"showing '{name}'; the file also defines "
+                         f"{', '.join(n for n in names if n != name)} (use --name)")
+    return compile(Path(args.file), name=name, **params), notes
+
+
+def _lengths(m, args, notes: list):
+    """``(q_len, kv_len)`` for the API from ``--q-len``/``--kv-len``: ``None`` over a grid
+    (a note when they were given), ``q_len`` 4096 by default."""
+    import numpy as np
+    if m.grid is not None and (args.q_len or args.kv_len):
+        notes.append(f"--q-len/--kv-len ignored: the mask is over a grid of "
+                     f"{int(np.prod(m.grid))} tokens")
+    q_len = args.q_len if m.grid is None else None
+    kv_len = args.kv_len if m.grid is None else None
+    if m.grid is None and q_len is None:
+        q_len = 4096
+    return q_len, kv_len
+
+
+def _runtime_inputs(m, Lk: int, items: list, notes: list) -> dict:
+    """The runtime inputs from ``-i NAME=VALUE`` (ids as segment lengths; selections, keys
+    and diagonals as ``random:R``, a list or a ``.npy`` file); the ones not given are chosen
+    (4 equal segments, ``random:4``) with a note."""
+    given = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MaskError(f"-i expects NAME=LEN,LEN,..., got {item!r}")
+        if key not in m.inputs:
+            raise MaskError(f"mask '{m.name}' has no runtime input '{key}'; its inputs are: "
+                            + (", ".join(m.inputs) or "none"))
+        given[key] = value
+    inputs = {}
+    kinds = input_kinds(m.ir)
+    for name in m.inputs:
+        if kinds[name].kind != "ids":
+            k = kinds[name]
+            width = k.rows(Lk, m.ir.grid) if k.kind == "select" else Lk
+            spec = given.get(name, f"random:{min(4, width)}")
+            inputs[name] = chosen_input(spec, k, Lk, name, m.ir.grid)
+            if name not in given:
+                notes.append(f"{name}: {spec} (pass -i {name}=random:R, a list I,J,... or a "
+                             ".npy file to choose)")
+        elif name in given:
+            inputs[name] = segments(given[name], Lk, name)
+        else:
+            n = 4
+            lens = [Lk // n + (1 if i < Lk % n else 0) for i in range(n)]
+            inputs[name] = segments(",".join(str(x) for x in lens if x), Lk, name)
+            notes.append(f"{name}: {n} equal segments (pass -i {name}=LEN,LEN,... to choose)")
+    return inputs
+
+
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def cmd_plot(args) -> int:
+    """Draw the mask into an image file (LANGUAGE.md section 12; see :mod:`maskc.plot`)."""
+    from maskc.plot import choose, plot
+
+    params = dict(parse_param(p) for p in args.param)
+    if args.output is not None and Path(args.output).suffix.lower() not in PLOT_FORMATS:
+        raise MaskError(f"-o {args.output}: the picture is written as "
+                        f"{', '.join(PLOT_FORMATS)} (name the file with one of them)")
+    m, notes = _chosen_mask(args, params)
+    q_len, kv_len = _lengths(m, args, notes)
+    # NOTE: every size is checked before the inputs are built or anything is drawn
+    _, Lk, *_ = choose(m, q_len, kv_len, args.heads, args.block, args.view)
+    inputs = _runtime_inputs(m, Lk, args.input, notes)
+    fig = plot(m, q_len, kv_len, args.heads, block=args.block, view=args.view, dpi=args.dpi,
+               **inputs)
+    out = Path(args.output) if args.output is not None else Path(f"{m.name}.png")
+    try:
+        fig.savefig(out)
+    except OSError as err:
+        raise MaskError(f"cannot write {out}: {err.strerror or err}") from None
+    print(f"wrote {out}")
+    print(fig.get_suptitle().replace("\n  ", " "))  # the title, its lines unwrapped
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -495,6 +544,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head-dim", type=int, help="the head dim the Triton plan is for "
                                                 "(default 128)")
     s.add_argument("--device", help="the device the plan is for (triton default: cuda)")
+    g = sub.add_parser("plot", help="draw a mask as an image: pairs for small sizes, full, "
+                                    "partial and empty tiles for large ones, a panel per head")
+    g.add_argument("file")
+    g.add_argument("-o", "--output", help="the image to write, .png, .svg or .pdf "
+                                          "(default: MASK.png, after the mask's name)")
+    g.add_argument("--name", help="which mask of the file (default: the one named after the "
+                                  "file, else the first)")
+    g.add_argument("--q-len", type=int, help="query length (default 4096, or the grid's size)")
+    g.add_argument("--kv-len", type=int, help="key length (default: q_len)")
+    g.add_argument("--heads", type=int, default=1)
+    g.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    g.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE",
+                   help="a runtime input, as for maskc show (ids as segment lengths "
+                        "LEN,LEN,...; a selection, keys or diagonals as random:R, I,J,... or "
+                        "a .npy file)")
+    g.add_argument("--view", choices=("auto", "pairs", "tiles"), default="auto",
+                   help="one pixel per pair or tiles (default: pairs up to 512 tokens a side)")
+    g.add_argument("--block", type=int, help="tile size (default: at most 256 tiles a side)")
+    g.add_argument("--dpi", type=int, default=100, help="pixels per inch (default 100)")
     k = sub.add_parser("compile", help="write the generated kernel module")
     k.add_argument("file")
     k.add_argument("--name", help="which mask of the file (needed when it has several)")
@@ -523,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"check": cmd_check, "show": cmd_show, "compile": cmd_compile,
-               "test": cmd_test}[args.command]
+               "test": cmd_test, "plot": cmd_plot}[args.command]
     try:
         return handler(args)
     except MaskError as err:
