@@ -316,7 +316,7 @@ class Mask:
         decode kernel. ``auto`` picks Triton on a GPU (or under ``TRITON_INTERPRET=1`` for
         float16/bfloat16/float32), else the reference.
         """
-        backends = ("auto", "reference", "flex", "flex-eager", "triton")
+        backends = ("auto", "reference", "flex", "flex-eager", "triton", "tiles")
         if not isinstance(backend, str) or backend not in backends:
             raise MaskError(f"unknown backend {backend!r}; available: "
                             + ", ".join(repr(b) for b in backends))
@@ -354,10 +354,13 @@ class Mask:
             # NOTE: FlexAttention on the CPU has no backward, and compiled no log-sum-exp
             # and the Triton kernels take float16, bfloat16 and float32 (float64: the reference)
             kernels = str(q.dtype).removeprefix("torch.") in ("float16", "bfloat16", "float32")
+            # NOTE: training on the CPU: the tile engine (torch operations on the visited
+            # tiles, float32), not the float64 reference
             backend = "reference" if not kernels and on_cpu else \
                 "triton" if q.device.type == "cuda" else \
                 "flex" if not (grad or return_lse) else \
-                "triton" if os.environ.get("TRITON_INTERPRET") == "1" else "reference"
+                "triton" if os.environ.get("TRITON_INTERPRET") == "1" else \
+                "tiles" if not return_lse else "reference"
         if backend in ("flex", "flex-eager") and on_cpu and (grad or (
                 return_lse and backend == "flex")):
             what = "gradients" if grad else "return_lse=True under torch.compile"
@@ -376,6 +379,12 @@ class Mask:
                                     config=config, **inputs, **floats)
         if config is not None:
             raise MaskError(f"config= applies to the Triton backend, not {backend!r}")
+        if backend == "tiles":
+            if return_lse:
+                raise MaskError("backend='tiles' does not return the log-sum-exp; use "
+                                "'reference' or 'triton'")
+            from maskc.backends import tiles
+            return tiles.attention(self.ir, q, k, v, scale, inputs, floats)
         if backend in ("flex", "flex-eager"):
             from maskc.backends import flex
             plan = self.plan(*lengths, Hq, Hkv, target="flex", device=q.device, **inputs)
