@@ -180,9 +180,10 @@ def cmd_show(args) -> int:
         kept, total = int(dense.sum()), dense.size
         print(f"density {kept / total:.2%}: {kept:,} of {total:,} (head, query, key) pairs kept")
         print(f"FLOPs saved against dense attention: {1 - kept / total:.2%}")
-    print(f"tiles: {full:,} full, {partial:,} partial, {states.size - full - partial:,} empty "
-          f"of {states.size:,}; a block-sparse kernel visits {(full + partial) / states.size:.2%}")
-    _compiled_view(m, q_len, kv_len, args.heads, args.kv_heads, plan_opts, inputs)
+    print(f"tiles of {block} x {block}: {full:,} full, {partial:,} partial, "
+          f"{states.size - full - partial:,} empty of {states.size:,}; a block-sparse kernel "
+          f"with these tiles visits {(full + partial) / states.size:.2%}")
+    _compiled_view(m, q_len, kv_len, args.heads, args.kv_heads, plan_opts, inputs, block)
     return 0
 
 
@@ -329,25 +330,41 @@ def _draw(states) -> None:
             print("  " + line)
 
 
-def _compiled_view(m, q_len, kv_len, heads, kv_heads, options, inputs) -> None:
-    """What the Triton backend runs for this mask at this size: its plan (``--target``)."""
+def _kernel_tiles(m, options) -> tuple[int, int]:
+    """``(block_q, block_k)`` of the Triton forward kernel the plan runs with ``options``."""
+    from maskc.pipeline import normalize_options
+    from maskc.passes.tiles import kernel_tiles
+    opts = normalize_options("triton", options)
+    t = kernel_tiles(m.ir, "triton", opts["device"].split(":")[0], opts["dtype"],
+                     opts["head_dim"], opts.get("config"))["fwd"]
+    return t.block_q, t.block_k
+
+
+def _compiled_view(m, q_len, kv_len, heads, kv_heads, options, inputs, block: int) -> None:
+    """What the Triton backend runs for this mask at this size: its plan (``--target``),
+    headed by its forward tiles and the picture's ``block`` (they differ: the picture fits
+    ``--width``, the kernels fit the GPU)."""
     import numpy as np
 
     from maskc.analysis.blocktable import build
+    bq, bk = _kernel_tiles(m, options)
     # NOTE: estimate the tiles a kernel would visit on a sample of query tiles first: a
     # dense pattern at a huge size has more tiles than are worth planning here.
     Lq = q_len or m.ir.grid.numel
-    nq, nk = -(-Lq // 128), -(-(kv_len or Lq) // 128)
+    nq, nk = -(-Lq // bq), -(-(kv_len or Lq) // bk)
     # NOTE: a sampled row may hold a candidate per key tile: at most ~4M candidates in all
     rows = max(1, min(nq, 64, (1 << 22) // nk))
     sample = np.unique(np.linspace(0, nq - 1, rows).astype(np.int64))
-    est = build(m.ir, q_len, kv_len, heads, 128, 128, q_tiles=sample, **inputs).stats
+    est = build(m.ir, q_len, kv_len, heads, bq, bk, q_tiles=sample, **inputs).stats
     visited = (est["full"] + est["partial"]) * nq / len(sample)
+    picture = f"the picture's are {block} x {block}" if (bq, bk) != (block, block) \
+        else "as in the picture"
     if visited > 5e7:
-        print(f"compiled: skipped, about {visited:,.0f} tiles of 128 x 128 would be visited")
+        print(f"compiled: skipped, the Triton forward kernel would visit about "
+              f"{visited:,.0f} tiles of {bq} x {bk} ({picture})")
         return
     print()
-    print("what the Triton kernels run at this size (their own tiles, not the picture's):")
+    print(f"what the Triton kernels run at this size (forward tiles {bq} x {bk}, {picture}):")
     print(m.plan(q_len, kv_len, heads, kv_heads, "triton", **options, **inputs))
 
 

@@ -459,3 +459,31 @@ def test_file_level_errors_point_at_a_mask(capsys):
     assert main(["show", str(EXAMPLES / "longformer.mask"), "--name", "nope"]) == 1
     err = capsys.readouterr().err
     assert "no mask named 'nope'" in err and "mask longformer(" in err and "let " not in err
+
+
+# --------------------------------------------------------------------------- issue 15, item 5
+
+
+def test_show_reports_the_tiles_it_draws_and_the_tiles_the_kernels_run(capsys):
+    """The picture, its statistics and the compiled view name the same tile sizes: the
+    picture's (which fit --width) and the Triton forward kernel's (the plan's)."""
+    code, out, err = run(capsys, "show", EXAMPLES / "mistral.mask", "--q-len", 512)
+    assert code == 0, err
+    assert "tiles 8 x 8 " in out.splitlines()[1]
+    assert len(drawn(out)) == 512 // 8
+    assert "tiles of 8 x 8: " in out
+    fwd = re.search(r"^tiles fwd: (\d+) x (\d+) ", out, flags=re.M)
+    assert fwd, out
+    assert (f"what the Triton kernels run at this size (forward tiles {fwd[1]} x {fwd[2]}, "
+            "the picture's are 8 x 8):") in out
+    # too large to plan: the line that says so uses the forward kernel's tiles as well
+    m = maskc.compile(EXAMPLES / "prefix_lm.mask")
+    tiles = m.plan(256, dtype="float32", head_dim=64).tiles["fwd"]
+    assert (tiles.block_q, tiles.block_k) != (128, 128)
+    code, out, err = run(capsys, "show", EXAMPLES / "prefix_lm.mask", "--q-len", 1 << 24,
+                         "--dtype", "float32", "--head-dim", 64)
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("compiled: skipped"))
+    assert line.endswith(f" tiles of {tiles.block_q} x {tiles.block_k} (the picture's are "
+                         "262144 x 262144)"), line
+    assert "tiles of 262144 x 262144: " in out
