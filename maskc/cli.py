@@ -205,16 +205,57 @@ def _chosen_mask(args, params: dict):
 
 def _lengths(m, args, notes: list):
     """``(q_len, kv_len)`` for the API from ``--q-len``/``--kv-len``: ``None`` over a grid
-    (a note when they were given), ``q_len`` 4096 by default."""
+    (a note when they were given); else segment lengths given with ``-i`` (ids are per key)
+    define the key length, and the query length unless ``--q-len`` says otherwise
+    (``kv_len`` defaults to ``q_len``, so a ``--q-len`` alone must agree with them);
+    ``q_len`` 4096 by default."""
     import numpy as np
     if m.grid is not None and (args.q_len or args.kv_len):
         notes.append(f"--q-len/--kv-len ignored: the mask is over a grid of "
                      f"{int(np.prod(m.grid))} tokens")
     q_len = args.q_len if m.grid is None else None
     kv_len = args.kv_len if m.grid is None else None
+    total = _segment_total(m, args.input) if m.grid is None else None
+    if total is not None:
+        name, n = total
+        if kv_len is not None and kv_len != n:
+            raise MaskError(f"-i {name}: the segment lengths add up to {n:,} keys, but "
+                            f"--kv-len is {kv_len:,} (ids are per key: they must add up to "
+                            f"the key length; drop --kv-len to use {n:,})")
+        if kv_len is None and q_len is not None and q_len != n:
+            raise MaskError(f"-i {name}: the segment lengths add up to {n:,} keys, but "
+                            f"--q-len is {q_len:,} and kv_len defaults to q_len (drop "
+                            f"--q-len to use {n:,} tokens, or add --kv-len {n} for {q_len:,} "
+                            f"queries against {n:,} keys)")
+        kv_len = n
+        q_len = n if q_len is None else q_len
     if m.grid is None and q_len is None:
         q_len = 4096
     return q_len, kv_len
+
+
+def _segment_total(m, items: list):
+    """``(name, sum)`` of the segment lengths given with ``-i NAME=LEN,LEN,...`` for the
+    mask's ids inputs, or ``None``; inputs whose lengths add up differently are an error.
+    (Malformed values are left to :func:`segments`, which says what it expects.)"""
+    kinds = input_kinds(m.ir)
+    totals = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in kinds or kinds[key].kind != "ids":
+            continue
+        try:
+            lens = [int(x) for x in value.split(",") if x.strip()]
+        except ValueError:
+            continue
+        if lens:
+            totals[key] = sum(lens)
+    if len(set(totals.values())) > 1:
+        raise MaskError("-i: the segment lengths of "
+                        + " and ".join(f"{k} add up to {v:,}" for k, v in totals.items())
+                        + ": ids are per key, so every input's lengths add up to the key "
+                          "length")
+    return next(iter(totals.items()), None)
 
 
 def _runtime_inputs(m, Lk: int, items: list, notes: list) -> dict:

@@ -487,3 +487,49 @@ def test_show_reports_the_tiles_it_draws_and_the_tiles_the_kernels_run(capsys):
     assert line.endswith(f" tiles of {tiles.block_q} x {tiles.block_k} (the picture's are "
                          "262144 x 262144)"), line
     assert "tiles of 262144 x 262144: " in out
+
+
+def test_segment_lengths_define_the_lengths(capsys):
+    """`-i doc=300,500,224` needed `--q-len 1024`; the lengths now define it (ids are per
+    key: they give the key length, and the query length unless --q-len says otherwise)."""
+    spec = [EXAMPLES / "packed_documents.mask", "--name", "packed_documents", "--block", 64,
+            "-i", "doc=300,500,224"]
+    doc = np.repeat([0, 1, 2], [300, 500, 224])
+    k = np.arange(1024)[None, :]
+    code, out, err = run(capsys, "show", *spec)
+    assert code == 0, err
+    assert "q_len 1024, kv_len 1024, heads 1" in out
+    q = np.arange(1024)[:, None]
+    mask = (k <= q) & (doc[:, None] == doc[None, :])
+    assert drawn(out) == picture(mask, 64)
+    assert f"{int(mask.sum()):,} of {mask.size:,}" in out
+    for flags in (["--q-len", 1024], ["--kv-len", 1024], ["--q-len", 1024, "--kv-len", 1024]):
+        code, again, err = run(capsys, "show", *spec, *flags)
+        assert code == 0 and again == out, err
+    # fewer queries than keys: --q-len with the keys' length
+    code, out, err = run(capsys, "show", *spec, "--q-len", 512, "--kv-len", 1024)
+    assert code == 0, err
+    assert "q_len 512, kv_len 1024" in out
+    q = np.arange(512)[:, None] + 512
+    assert drawn(out) == picture((k <= q) & (doc[q] == doc[k]), 64)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--q-len", "512"], "the segment lengths add up to 1,024 keys, but --q-len is 512 and "
+                         "kv_len defaults to q_len"),
+    (["--kv-len", "1000"], "the segment lengths add up to 1,024 keys, but --kv-len is 1,000"),
+    (["--q-len", "1024", "--kv-len", "2048"], "but --kv-len is 2,048"),
+])
+def test_segment_lengths_that_disagree_with_the_lengths_given(capsys, flags, message):
+    code, out, err = run(capsys, "show", EXAMPLES / "packed_documents.mask", "--name",
+                         "packed_documents", "-i", "doc=300,500,224", *flags)
+    assert code == 1 and out == ""
+    assert message in err and err.startswith("error: -i doc: ") and "Traceback" not in err
+
+
+def test_segment_lengths_of_two_inputs_must_agree(capsys, tmp_path):
+    spec = write(tmp_path, "mask m(input a, input b) = same(a) & same(b)\n")
+    code, out, err = run(capsys, "show", spec, "-i", "a=3,4", "-i", "b=5")
+    assert code == 1 and "a add up to 7 and b add up to 5" in err
+    code, out, err = run(capsys, "show", spec, "-i", "a=3,4", "-i", "b=5,2", "--block", 1)
+    assert code == 0 and "q_len 7, kv_len 7" in out, err
