@@ -168,11 +168,31 @@ def _chosen_lookup(env, table: np.ndarray, at: np.ndarray) -> np.ndarray:
                            else ()) + (np.clip(at, 0, width - 1),)] & ok
 
 
+_LISTED_MAX = 1 << 24  # a membership table larger than this is not built: rows compared
+
+
 def _select(n: ir.Select, env):
     x = env.inputs[n.input]  # (Bx, Hx, NB, r); P and K are block indices here
     nkb = x.shape[2]
+    if x[..., 0].size * (nkb + 1) > _LISTED_MAX:
+        # NOTE: the table is (NB, NB + 1) per row: 64 GiB at 16M tokens in blocks of 64;
+        # comparing with the r listed entries costs r times the elements instead
+        return _listed_rows(env, x, env.K) & (env.P >= 0)
     table = _cached(env, ("select", n.input), lambda _: True, lambda: listed(x, nkb))
     return _chosen_lookup(env, table, env.K) & (env.P >= 0)
+
+
+def _listed_rows(env, x: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Whether ``at`` is listed in row ``x[b, h, P]`` (``x``: ``(Bx, Hx, NB, r)``), by
+    comparing with the row's entries (padding ``< 0`` never matches a valid ``at``)."""
+    b = np.arange(x.shape[0]).reshape(-1, 1, 1, 1)
+    h = env.Hh if x.shape[1] > 1 else np.zeros((1, 1, 1, 1), dtype=np.int64)
+    out = np.zeros(np.broadcast_shapes(b.shape, np.shape(h), np.shape(env.P), np.shape(at)),
+                   dtype=bool)
+    rows = np.clip(env.P, 0, x.shape[2] - 1)
+    for j in range(x.shape[3]):
+        out |= x[b, h, rows, j] == at
+    return out & (at >= 0)
 
 
 def _keys(n: ir.Keys, env):

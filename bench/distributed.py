@@ -117,13 +117,13 @@ def run_case(spec: str, size: str, world: int, opts: dict) -> dict:
     reset_peak_rss()
     base = peak_rss_mib()
     t0 = time.perf_counter()
-    p = plan(m, q_len, world, block=opts.get("block", BLOCK), **xs)
+    p = plan(m, q_len, world, block=opts.get("block"), **xs)  # None: the planner's default
     t = time.perf_counter() - t0
     mib = peak_rss_mib() - base
     s = p.stats()
     recv = p.recv_tokens()
     own = np.array([len(p.rows(r, keys=True)) for r in range(world)])
-    return {"seconds": t, "mib": mib, "chunks": p.chunks_per_rank, "kv_len": p.kv_len,
+    return {"seconds": t, "mib": mib, "chunks": p.chunks_per_rank, "block": p.block, "kv_len": p.kv_len,
             "visited_max": s["visited_max"], "visited_mean": s["visited_mean"],
             "recv_max": int(recv.max()), "recv_mean": float(recv.mean()),
             "stats_recv_max": s["recv_tokens_max"],
@@ -203,7 +203,8 @@ def main() -> None:
     print(f"# machine: {_machine()}")
     print(f"# command: python {' '.join(sys.argv)}")
     print(f"# date: {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"# one head, tiles of {BLOCK}, self attention; plan time: each run a fresh process, "
+    print(f"# one head, tiles of {BLOCK} (the planner's default: finer below 4 tiles per "
+          f"rank), self attention; plan time: each run a fresh process, "
           f"median of 3 when the first run is under {FAST_S:.0f} s, else 1 run"
           + (" (--quick: one run, in this process)" if args.quick else ""))
     print()
@@ -255,7 +256,7 @@ def _targets(results: dict) -> None:
         per = SIZES[size] // world
         print(f"- {'PASS' if imb <= 0.05 else 'FAIL'}: causal imbalance, {size} tokens, "
               f"{world} ranks: {imb * 100:.1f}% (target <= 5%; {per:,} tokens per rank = "
-              f"{per / BLOCK:g} tile(s) of {BLOCK}, {r['chunks']} chunk(s) per rank)")
+              f"{per / r['block']:g} tile(s) of {r['block']}, {r['chunks']} chunk(s) per rank)")
 
 
 if __name__ == "__main__":

@@ -141,6 +141,17 @@ def test_plan_balance_and_traffic_at_scale():
     assert contiguous.max() / contiguous.mean() > 1.9
 
 
+def test_plan_refines_its_tiles_when_ranks_would_hold_one():
+    """128K tokens over 1,024 ranks is one 128-token tile per rank, which no assignment can
+    balance for causal attention: the default block halves until each rank has 4 tiles."""
+    m = maskc.compile("mask m = causal")
+    p = md.plan(m, 1 << 17, 1024)
+    s = p.stats()
+    assert p.block == 32 and s["visited_max"] / s["visited_mean"] <= 1.05
+    coarse = md.plan(m, 1 << 17, 1024, block=128).stats()  # an explicit block is kept
+    assert coarse["visited_max"] / coarse["visited_mean"] > 1.9
+
+
 def test_plan_with_more_keys_than_queries():
     m = maskc.compile("mask m(input doc) = causal & same(doc)")
     doc = np.repeat(np.arange(4), [100, 60, 90, 80])  # 330 keys, the last 200 are queries

@@ -33,14 +33,17 @@ from maskc.validate import integer, length
 __all__ = ["Plan", "plan", "MAX_WORLD"]
 
 MAX_WORLD = 1 << 16
+DEFAULT_BLOCK = 128
 _CHUNKS_PER_RANK = (1, 2, 4)
 _SLACK = 1.01  # a finer assignment must beat the coarser one by more than this
 
 
-def plan(mask, q_len=None, world_size=None, heads: int = 1, kv_len=None, block: int = 128,
+def plan(mask, q_len=None, world_size=None, heads: int = 1, kv_len=None, block=None,
          **inputs) -> "Plan":
     """Plan context-parallel attention of ``mask`` over ``world_size`` ranks (LANGUAGE.md
-    section 11): see :class:`Plan`."""
+    section 11): see :class:`Plan`. ``block``: the tile size (tokens) of the plan; by
+    default 128, halved (down to 16) while there are fewer than 4 tiles per rank, since
+    one tile per rank cannot be balanced (causal: the last rank would do 2x the mean)."""
     from maskc.api import Mask
     if not isinstance(mask, Mask):
         raise MaskTypeError(f"plan() takes a maskc.Mask (from maskc.compile), got "
@@ -48,8 +51,12 @@ def plan(mask, q_len=None, world_size=None, heads: int = 1, kv_len=None, block: 
     if world_size is None:
         raise MaskError("plan() needs world_size, the number of ranks")
     world = integer(world_size, "world_size", 1, MAX_WORLD, mask._span())
-    block = length(block, "block", mask._span())
     q_len, kv_len = resolve_lengths(mask.ir, q_len, kv_len)
+    if block is None:
+        block = DEFAULT_BLOCK
+        while block > 16 and -(-q_len // block) < 4 * world:
+            block //= 2
+    block = length(block, "block", mask._span())
     rects = visited_rectangles(mask.ir, q_len, kv_len, heads, block,
                                evaluate=_evaluate(), **inputs)
     ids = prepare_inputs(mask.ir, kv_len, inputs, copy=True, heads=heads)
