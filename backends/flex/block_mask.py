@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import mmap
 import threading
 from collections import OrderedDict
 
@@ -21,6 +22,16 @@ def to_block_mask(bm, mask_mod, device=None):
     full there: such tiles are moved to the partial list, exactly as ``create_block_mask``
     would classify them. A head-independent table keeps one head row (FlexAttention's
     ``H=None``).
+
+    The object is the one ``BlockMask.from_kv_blocks`` returns for these forward tables --
+    the same fields, shapes, dtypes (int32), ``seq_lengths`` and ``BLOCK_SIZE``, and the
+    same entries up to each row's count (past it, FlexAttention's "undefined" padding is 0
+    here) -- but the backward tables (``q_*``: per key tile, its query tiles, ascending)
+    come from a transpose of the tile lists here, not from torch's, which builds and
+    argsorts a dense int32 ``k-tiles x q-tiles`` matrix per head (seconds at 1M tokens).
+    FlexAttention's format itself is dense: each of the four index tables is ``B x H x
+    q-tiles x k-tiles`` int32 (268 MB at 1M tokens in tiles of 128); on the CPU only the
+    pages holding entries are written, the rest stay untouched (not resident).
     """
     import torch
     from torch.nn.attention.flex_attention import BlockMask
@@ -31,28 +42,156 @@ def to_block_mask(bm, mask_mod, device=None):
     H = len(rows)
     check_elements(2 * B * H * nq * nk, "FlexAttention's block mask (two B x H x q-tiles x "
                    "k-tiles index tables)")
-    tail_q = bm.q_len % bm.block_q != 0
-    tail_k = bm.kv_len % bm.block_k != 0
-    kv_num = np.zeros((B, H, nq), np.int32)
-    full_num = np.zeros((B, H, nq), np.int32)
-    kv_idx = np.zeros((B, H, nq, nk), np.int32)
-    full_idx = np.zeros((B, H, nq, nk), np.int32)
-    for b in range(B):
-        for h, g in enumerate(rows):
-            for i in range(nq):
-                part = bm.kv_indices[b, g, i, :bm.kv_num_blocks[b, g, i]]
-                full = bm.full_kv_indices[b, g, i, :bm.full_kv_num_blocks[b, g, i]]
-                demote = np.ones(len(full), bool) if (tail_q and i == nq - 1) else \
-                    (full == nk - 1) if tail_k else np.zeros(len(full), bool)
-                part = np.sort(np.concatenate([part, full[demote]]))
-                full = full[~demote]
-                kv_num[b, h, i], full_num[b, h, i] = len(part), len(full)
-                kv_idx[b, h, i, :len(part)] = part
-                full_idx[b, h, i, :len(full)] = full
-    t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    return BlockMask.from_kv_blocks(t(kv_num), t(kv_idx), t(full_num), t(full_idx),
-                                    BLOCK_SIZE=(bm.block_q, bm.block_k), mask_mod=mask_mod,
-                                    seq_lengths=(bm.q_len, bm.kv_len))
+    C = B * H  # (batch, head) cells; heads sharing a group get copies (torch's format)
+    part, full = ((num[:, rows].reshape(C * nq), idx[:, rows].reshape(C * nq, -1))
+                  for num, idx in ((bm.kv_num_blocks, bm.kv_indices),
+                                   (bm.full_kv_num_blocks, bm.full_kv_indices)))
+    part, full = _demote(part, full, nq, nk, bm.q_len % bm.block_q != 0,
+                         bm.kv_len % bm.block_k != 0)
+    out = []
+    for num, idx in (part, full):
+        q_num, q_idx = _transposed(num, idx, C, nq, nk)
+        out += [num.astype(np.int32).reshape(B, H, nq),
+                _widened(num, idx, nk).reshape(B, H, nq, nk),
+                q_num.reshape(B, H, nk), q_idx.reshape(B, H, nk, nq)]
+    kn, ki, qn, qi, fkn, fki, fqn, fqi = (torch.from_numpy(a).to(device) for a in out)
+    return BlockMask(seq_lengths=(int(bm.q_len), int(bm.kv_len)), kv_num_blocks=kn,
+                     kv_indices=ki, full_kv_num_blocks=fkn, full_kv_indices=fki,
+                     q_num_blocks=qn, q_indices=qi, full_q_num_blocks=fqn,
+                     full_q_indices=fqi, BLOCK_SIZE=(int(bm.block_q), int(bm.block_k)),
+                     mask_mod=mask_mod)
+
+
+_CHUNK = 1 << 22  # elements of the dense transpose's temporaries handled at once
+_SPARSE = 16  # tables with fewer than 1/16 of all tiles are transposed by sorting
+
+
+def _entries(num, idx):
+    """The used entries of a padded table (``num (R,)``, ``idx (R, width)``): their rows
+    and key tiles, int64, in table order."""
+    counts = num.astype(np.int64)
+    r = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    pos = np.arange(len(r), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return r, idx.reshape(-1)[r * idx.shape[1] + pos].astype(np.int64)
+
+
+def _padded(r, k, rows):
+    """Entries sorted by row as a padded table ``(num (rows,), idx (rows, width))``, -1
+    past each row's count, as the block analysis gives them."""
+    counts = np.bincount(r, minlength=rows)
+    out = np.full((rows, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int32)
+    pos = np.arange(len(r), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    out[r, pos] = k
+    return counts.astype(np.int32), out
+
+
+def _demote(part, full, nq, nk, tail_q, tail_k):
+    """Full tiles FlexAttention must apply the mask_mod to (it counts a tail tile's padding
+    as masked) moved to the partial tables: every tile of a tail query row, and each row's
+    tail key tile. Rows stay sorted by key tile."""
+    (pn, pi), (fn, fi) = part, full
+    used = np.arange(fi.shape[1]) < fn[:, None]
+    move = np.zeros_like(used)
+    if tail_q:
+        move |= (np.arange(len(fn)) % nq == nq - 1)[:, None]
+    if tail_k:
+        move |= fi == nk - 1
+    move &= used
+    if not move.any():
+        return part, full
+    r, k = _entries(pn, pi)
+    mr, mc = np.nonzero(move)
+    r, k = np.concatenate([r, mr]), np.concatenate([k, fi[mr, mc]])
+    order = np.lexsort((k, r))
+    kr, kc = np.nonzero(used & ~move)
+    return _padded(r[order], k[order], len(pn)), _padded(kr, fi[kr, kc], len(fn))
+
+
+def _widened(num, idx, nk):
+    """A padded table ``(R, width)`` as FlexAttention's ``(R, nk)`` int32, 0 past counts."""
+    R, w = idx.shape
+    out = _zeros(R * nk).reshape(R, nk)
+    step = max(1, _CHUNK // max(w, 1))
+    for a in range(0, R, step):
+        n = num[a:a + step]
+        u = int(n.max(initial=0))  # the used columns of these rows
+        out[a:a + len(n), :u] = np.where(np.arange(u) < n[:, None], idx[a:a + step, :u], 0)
+    return out
+
+
+def _transposed(num, idx, C, nq, nk):
+    """Per cell and key tile, the query tiles holding it, ascending (FlexAttention's
+    ``q_num_blocks (C * nk,)``, ``q_indices (C * nk, nq)``) from per cell and query tile
+    the key tiles (``num (C * nq,)``, ``idx (C * nq, width)``).
+
+    Sparse tables: a stable sort of the entries by (cell, key tile), on 16-bit keys where
+    they fit (numpy's radix sort). Dense ones (causal: half of all tiles): a transposed
+    bit matrix scanned row by row, linear in the tiles -- what torch's argsort of the
+    same matrix costs a sort for.
+    """
+    E = int(num.sum(dtype=np.int64))
+    if E * _SPARSE < C * nq * nk:
+        r, k = _entries(num, idx)
+        cell, q = np.divmod(r, nq)
+        if nk <= 1 << 16 and C <= 1 << 16:
+            # NOTE: two stable passes on 16-bit keys (numpy's radix sort): by key tile, then
+            # cell; query tiles, already ascending in each, stay so
+            order = np.argsort(k.astype(np.uint16), kind="stable")
+            order = order[np.argsort(cell[order].astype(np.uint16), kind="stable")]
+        else:
+            order = np.argsort(cell * nk + k, kind="stable")
+        return _table(cell[order] * nk + k[order], q[order], C * nk, nq)
+    n = C * nk * nq
+    hit = np.zeros(n + 1, dtype=bool)  # (cell, key tile, query tile); [n] takes the padding
+    R, w = idx.shape
+    step = max(1, _CHUNK // max(w, 1))
+    for a in range(0, R, step):
+        cnt = num[a:a + step]
+        u = int(cnt.max(initial=0))  # the used columns of these rows
+        cell, q = np.divmod(np.arange(a, a + len(cnt), dtype=np.int64), nq)
+        flat = (cell * nk * nq + q)[:, None] + idx[a:a + step, :u].astype(np.int64) * nq
+        flat[np.arange(u) >= cnt[:, None]] = n
+        hit[flat] = True
+    hit = hit[:n].reshape(C * nk, nq)
+    counts = np.zeros(C * nk, dtype=np.int32)
+    out = _zeros(n)
+    step = max(1, _CHUNK // nq)
+    for a in range(0, C * nk, step):
+        f = np.flatnonzero(hit[a:a + step])
+        rr, q = np.divmod(f, nq)
+        cnt = np.bincount(rr, minlength=len(hit[a:a + step]))
+        pos = np.arange(len(f), dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        out[a * nq + f - q + pos] = q
+        counts[a:a + len(cnt)] = cnt
+    return counts, out.reshape(C * nk, nq)
+
+
+def _table(r, k, rows, width):
+    """FlexAttention's ``(num_blocks (rows,), indices (rows, width))`` int32 from entries
+    sorted by row; indices past a row's count are 0."""
+    counts = np.bincount(r, minlength=rows)
+    pos = np.arange(len(r), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    out = _zeros(rows * width)
+    out[r * width + pos] = k
+    return counts.astype(np.int32), out.reshape(rows, width)
+
+
+_LAZY_BYTES = 1 << 22  # larger tables are fresh mappings without transparent huge pages
+
+
+def _zeros(n):
+    """``n`` int32 zeros whose pages are only resident once written.
+
+    NOTE: np.zeros is calloc'd, but numpy asks for transparent huge pages on large arrays:
+    the first write in each 2 MiB then zero-fills all of it (with kernel compaction: up to
+    ~1 s per 268 MB table on the 2-core machine), and every row of a table is written at
+    its start, so every huge page was. An anonymous mapping without them faults 4 KiB pages.
+    """
+    if n > 0 and n * 4 >= _LAZY_BYTES and hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf = mmap.mmap(-1, n * 4)
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+        return np.frombuffer(buf, dtype=np.int32)
+    return np.zeros(n, dtype=np.int32)
 
 
 # The most compiled functions kept (least recently used dropped first, with their kernels).
