@@ -174,7 +174,7 @@ _LISTED_MAX = 1 << 24  # a membership table larger than this is not built: rows 
 def _select(n: ir.Select, env):
     x = env.inputs[n.input]  # (Bx, Hx, NB, r); P and K are block indices here
     nkb = x.shape[2]
-    if x[..., 0].size * (nkb + 1) > _LISTED_MAX:
+    if int(np.prod(x.shape[:-1])) * (nkb + 1) > _LISTED_MAX:
         # NOTE: the table is (NB, NB + 1) per row: 64 GiB at 16M tokens in blocks of 64;
         # comparing with the r listed entries costs r times the elements instead
         return _listed_rows(env, x, env.K) & (env.P >= 0)

@@ -169,7 +169,7 @@ def test_console_script_show(venv, tmp_path):
     out = res.stdout
     assert out.startswith("mask longformer: ")
     assert "q_len 256, kv_len 256, heads 1" in out
-    assert "density" in out and "tiles:" in out and "plan for mask longformer" in out
+    assert "density" in out and "tiles of 4 x 4:" in out and "plan for mask longformer" in out
     assert any(ch in out for ch in ("█", "▒"))
     assert res.stderr == ""
 
