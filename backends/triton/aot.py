@@ -62,7 +62,7 @@ class _Module:
         return _Recorder(getattr(self._module, name), self._calls)
 
 
-_LAUNCH_OPTIONS = ("num_warps", "num_stages")
+_LAUNCH_OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion")
 
 
 def _resources(cubin: bytes) -> tuple[int | None, int | None]:
