@@ -81,34 +81,45 @@ def _known(module, name, params):
 
 
 def cmd_check(args) -> int:
-    from maskc.api import compile
-    from maskc.errors import MaskParamError
+    """Every error of each file, in source order (each item parsed and each mask checked on
+    its own: :func:`maskc.frontend.report.check_all`), then ``FILE: N errors``; or
+    ``FILE: ok, N masks``. Exit 1 if any file has an error."""
+    from maskc.api import read_source
+    from maskc.frontend.parser import parse
+    from maskc.frontend.report import check_all
     params = dict(parse_param(p) for p in args.param)
     failed = 0
     for path in args.files:
         try:
-            module = _module(path)
-            declared = {p.name for i in module.items for p in (getattr(i, "params", None) or ())}
-            unknown = [k for k in params if k not in declared]
-            if unknown:
-                raise MaskError(f"{path}: no mask in the file has a parameter '{unknown[0]}'")
-            names = _masks_in(module)
-            skipped = []
-            for name in names:
-                try:
-                    compile(Path(path), name=name, **_known(module, name, params))
-                except MaskParamError as err:
-                    if "has no default" not in err.message:
-                        raise
-                    skipped.append(name)
-            note = f" ({', '.join(skipped)}: needs -p for parameters without defaults)" \
-                if skipped else ""
-            print(f"{path}: ok, {len(names)} mask{'s' if len(names) != 1 else ''}{note}")
+            text, filename = read_source(Path(path))
+            errors = check_all(text, filename, **params)
+            if not errors:
+                module = parse(text, filename)
+                declared = {p.name for i in module.items
+                            for p in (getattr(i, "params", None) or ())}
+                unknown = [k for k in params if k not in declared]
+                if unknown:
+                    raise MaskError(f"{path}: no mask in the file has a parameter "
+                                    f"'{unknown[0]}'")
         except MaskError as err:
+            errors = [err]
+        if errors:
             if args.debug:
-                raise
-            print(err, file=sys.stderr)
+                raise errors[0]
+            for err in errors:
+                print(err, file=sys.stderr)
+            print(f"{path}: {len(errors)} error{'s' if len(errors) != 1 else ''}",
+                  file=sys.stderr)
             failed += 1
+            continue
+        names = _masks_in(module)
+        # NOTE: check_all leaves out a mask with a parameter that has no default and no -p
+        skipped = [i.name for i in module.items if getattr(i, "params", None) is not None
+                   and any(not p.is_input and p.default is None and p.name not in params
+                           for p in i.params)]
+        note = f" ({', '.join(skipped)}: needs -p for parameters without defaults)" \
+            if skipped else ""
+        print(f"{path}: ok, {len(names)} mask{'s' if len(names) != 1 else ''}{note}")
     return 1 if failed else 0
 
 
@@ -188,8 +199,9 @@ def cmd_show(args) -> int:
 
 
 def _chosen_mask(args, params: dict):
-    """``(mask, notes)``: the mask ``show`` and ``plot`` draw, ``--name`` or, in a file of
-    several, the one named after the file, else the first (with a note saying so)."""
+    """``(mask, notes)``: the mask ``show``, ``plot`` and ``compile`` work on, ``--name`` or,
+    in a file of several, the one named after the file, else the first (with a note saying
+    so; ``maskc.compile()`` in Python asks for ``name=`` instead)."""
     from maskc.api import compile
     name, notes = args.name, []
     if name is None:
@@ -198,7 +210,7 @@ def _chosen_mask(args, params: dict):
             # NOTE: unlike compile(), show picks a mask: the one named after the file, or the first.
             stem = Path(args.file).stem
             name = stem if stem in names else names[0]
-            notes.append(f"showing '{name}'; the file also defines "
+            notes.append(f"using '{name}'; the file also defines "
                          f"{', '.join(n for n in names if n != name)} (use --name)")
     return compile(Path(args.file), name=name, **params), notes
 
@@ -410,11 +422,12 @@ def _compiled_view(m, q_len, kv_len, heads, kv_heads, options, inputs, block: in
 
 
 def cmd_compile(args) -> int:
-    from maskc.api import compile
     params = dict(parse_param(p) for p in args.param)
-    m = compile(Path(args.file), name=args.name, **params)
     if args.backend != "triton":
         raise MaskError(f"unknown backend {args.backend!r}; available: triton")
+    m, notes = _chosen_mask(args, params)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     src = m.kernel_source()
     if args.output not in (None, "-"):
         try:
@@ -473,6 +486,145 @@ def _test_config(device: str, kv_len: int):
     return KernelConfig.uniform(128, 128) if kv_len >= 1024 else KernelConfig.uniform(64, 64)
 
 
+# NOTE: the longest side `maskc test` picks by itself (--q-len takes up to TEST_MAX_TOKENS):
+# through the interpreter, 320 tokens in 64 x 64 tiles keep a mask's four cases to about
+# 8 s at 6 heads and take in the examples' 255-token windows; a structure longer than that
+# gets a note instead of a silent pass
+TEST_FIT_TOKENS = {"interpreter": 320, "cuda": 2048}
+TEST_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _structure_tokens(node) -> tuple[int, int]:
+    """``(soft, hard)`` for ``maskc test``'s lengths: the tokens per side that exercise the
+    structure under ``node`` (past a window's reach, the sinks, prefix and global positions;
+    two chunks or periods; three blocks, four of a selection), and the fewest keys it runs
+    with at all (``random(r)`` draws ``r`` distinct key blocks)."""
+    from maskc import ir
+    soft = hard = 0
+    stack = [(node, 1)]  # NOTE: (node, tokens per position): a block's size inside blocks()
+    while stack:
+        n, unit = stack.pop()
+        if isinstance(n, ir.Blocks):
+            soft = max(soft, 3 * unit * n.size)
+            stack.append((n.body, unit * n.size))
+            continue
+        if isinstance(n, ir.Window):
+            soft = max(soft, (max(n.before, n.after) * n.dilation + 2) * unit)
+        elif isinstance(n, ir.Global) and n.positions.intervals:
+            soft = max(soft, (n.positions.intervals[-1][1] + 1) * unit)
+        elif isinstance(n, (ir.Sink, ir.Prefix)):
+            soft = max(soft, (n.n + 1) * unit)
+        elif isinstance(n, ir.Chunk):
+            soft = max(soft, 2 * n.n * unit)
+        elif isinstance(n, (ir.Strided, ir.Fixed)):
+            soft = max(soft, 2 * n.s * unit)
+        elif isinstance(n, ir.Random):
+            soft, hard = max(soft, (n.r + 2) * unit), max(hard, (n.r - 1) * unit + 1)
+        elif isinstance(n, ir.Select):
+            soft = max(soft, 4 * unit)
+        elif isinstance(n, ir.Layout):
+            soft = max(soft, max(len(n.rows), *(len(r) for r in n.rows)) * unit)
+        stack.extend((c, unit) for c in ir.children(n))
+    return soft, hard
+
+
+def _arm_heads(mdef) -> int:
+    """Heads that run every arm of the mask's ``heads { ... }``: each listed head and one
+    more for ``_``, at least 4 and even where heads past the listed ones are kept (so the
+    GQA case groups them), and no head that an arm-list without ``_`` leaves uncovered."""
+    from maskc import ir
+    want, most = 4, None
+    for n in ir.walk(mdef.body):
+        if not isinstance(n, ir.Heads):
+            continue
+        spans = sorted(iv for arm in n.arms if arm.heads is not None for iv in arm.heads.intervals)
+        if any(arm.heads is None for arm in n.arms):
+            top = max((b for _, b in spans), default=0) + 1  # `_` runs on head `top - 1`
+            want = max(want, top + top % 2)
+            continue
+        covered = 0  # the heads 0.. covered before the first gap
+        for a, b in spans:
+            if a > covered:
+                break
+            covered = max(covered, b)
+        most = covered if most is None else min(most, covered)
+    return max(1, min(want, most)) if most is not None else want
+
+
+def _kv_heads(heads: int) -> int:
+    """Key/value heads for the GQA case: ``heads`` over its smallest prime factor (so every
+    key/value head serves 2 or more query heads; 1 for a prime, MQA)."""
+    factor = next((d for d in range(2, heads + 1) if heads % d == 0), 1)
+    return heads // factor
+
+
+def _test_cases(m, args, device: str, limit: int, fit: int, most: int, runner: str
+                ) -> tuple[list, list]:
+    """``(cases, notes)``: the shapes ``maskc test`` runs on mask ``m`` (``--cases`` of them),
+    each ``dict(q_len, kv_len, heads, kv_heads, batch)``. Heads: ``--heads``, or enough to
+    run every arm. Over a grid: its size, GQA, then batch 2 (left out over more than 512
+    tokens unless ``--cases`` asks for it). With ``--kv-len``: that shape (``q_len`` from
+    ``--q-len``, else the same), MHA, MQA, and GQA with batch 2. Else ``Lq == Lk``, ``Lq > Lk`` (MQA), ``Lq < Lk``
+    and GQA with batch 2, from ``--q-len`` or a length that fits the mask's structure (at
+    most ``fit``; over it when the mask needs more keys at all)."""
+    notes = []
+    heads = args.heads
+    if heads is None:
+        heads = _arm_heads(m.ir)
+        if heads > most:
+            notes.append(f"{m.name}: its heads {{ ... }} arms reach head {heads - 1}, but maskc "
+                         f"test runs at most {most} heads {runner}: heads {most} and up are "
+                         "not tested")
+            heads = most
+    g = _kv_heads(heads)
+    if m.grid:
+        n = m.ir.grid.numel
+        if args.q_len is not None or args.kv_len is not None:
+            notes.append(f"{m.name} is over a grid of {n:,} tokens: --q-len and --kv-len do not "
+                         "apply (shrink the grid with -p)")
+        cases = [dict(q_len=n, kv_len=n, heads=heads, kv_heads=g, batch=1),
+                 dict(q_len=n, kv_len=n, heads=heads, kv_heads=heads, batch=2)]
+        if args.cases is None and n > 512:
+            cases = cases[:1]  # NOTE: batch 2 doubles the interpreter's time on a long grid
+    elif args.kv_len is not None:
+        q, k = args.q_len or args.kv_len, args.kv_len
+        cases = [dict(q_len=q, kv_len=k, heads=heads, kv_heads=heads, batch=1),
+                 dict(q_len=q, kv_len=k, heads=heads, kv_heads=1, batch=1),
+                 dict(q_len=q, kv_len=k, heads=heads, kv_heads=g, batch=2)]
+    else:
+        def short(n):  # the shorter side of the Lq > Lk and Lq < Lk cases
+            return n - n // 4 - 1
+        soft, hard = _structure_tokens(m.ir.body)
+        L = args.q_len
+        if L is None:
+            L = min(-(-max(96, soft) // 16) * 16, fit)
+            if L > 96 and _test_config(device, L) is None and _test_config(device, 256):
+                L = 256  # NOTE: 64 x 64 tiles from 256 on: 2.5x faster than 192 tokens' own
+            while L < limit and short(L) < hard:
+                L += 1
+            if soft > L:
+                notes.append(f"{m.name}: its structure spans about {soft:,} tokens, more than "
+                             f"the {L:,} tested by default {runner} (pass --q-len, at most "
+                             f"{limit:,}, or shrink it with -p)")
+        cases = [dict(q_len=L, kv_len=L, heads=heads, kv_heads=heads, batch=1),
+                 dict(q_len=L, kv_len=short(L), heads=heads, kv_heads=1, batch=1),
+                 dict(q_len=short(L), kv_len=L, heads=heads, kv_heads=heads, batch=1),
+                 dict(q_len=L - 3, kv_len=L - 3, heads=heads, kv_heads=g, batch=2)]
+    unique = []
+    for case in cases:  # one head, or a fixed shape, repeats some
+        if case not in unique:
+            unique.append(case)
+    return unique[:args.cases], notes
+
+
+def _sci(x: float, digits: int = 1) -> str:
+    """``3.1e-7``: a short float for ``maskc test``'s lines."""
+    if x == 0:
+        return "0"
+    mant, _, exp = f"{x:.{digits}e}".partition("e")
+    return f"{mant}e{int(exp)}"
+
+
 def chosen_input(spec: str, kind, Lk: int, name: str, grid=None):
     """A selection or a key/diagonal list from the command line: ``random:R`` (R distinct
     entries per row, seeded, the same for every head), ``I,J,...`` (one list for every row),
@@ -502,35 +654,42 @@ def chosen_input(spec: str, kind, Lk: int, name: str, grid=None):
 
 
 def cmd_test(args) -> int:
-    """Property-test the generated Triton kernel of each mask against the reference."""
+    """Property-test the generated Triton kernel of each mask against the reference, forward
+    and backward: a few shapes per mask (:func:`_test_cases`), a line for each saying what
+    ran and its largest errors, then ``N cases passed, M failed``; progress on stderr."""
     import os
-    if args.q_len is not None and args.q_len + 5 > max(TEST_MAX_TOKENS.values()):
-        # NOTE: before torch is imported (a second): over every limit, wherever it runs
-        raise MaskSizeError(f"--q-len must be at most {max(TEST_MAX_TOKENS.values()) - 5:,} "
-                            f"(maskc test runs up to {TEST_MAX_TOKENS['cuda']:,} keys on a GPU, "
-                            f"{TEST_MAX_TOKENS['interpreter']:,} through Triton's interpreter), "
-                            f"got {args.q_len:,}")
+    for flag, n in (("--q-len", args.q_len), ("--kv-len", args.kv_len)):
+        if n is not None and n > max(TEST_MAX_TOKENS.values()):
+            # NOTE: before torch is imported (a second): over every limit, wherever it runs
+            raise MaskSizeError(f"{flag} must be at most {max(TEST_MAX_TOKENS.values()):,} "
+                                f"(maskc test runs up to {TEST_MAX_TOKENS['cuda']:,} keys on a "
+                                f"GPU, {TEST_MAX_TOKENS['interpreter']:,} through Triton's "
+                                f"interpreter), got {n:,}")
+    if args.q_len is not None and args.q_len < 8:
+        raise MaskError(f"--q-len must be at least 8 (maskc test also runs shorter queries), "
+                        f"got {args.q_len}")
+    if args.kv_len is not None and args.kv_len < 1:
+        raise MaskError(f"--kv-len must be at least 1, got {args.kv_len}")
+    if args.cases is not None and args.cases < 1:
+        raise MaskError(f"--cases must be at least 1, got {args.cases}")
     if os.environ.get("TRITON_INTERPRET") != "1":
         import torch
         if not torch.cuda.is_available():
             os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
     from maskc.api import compile
-    from maskc.testing import assert_attention_matches
+    from maskc.testing import DEFAULT_TOLERANCES, assert_attention_matches
 
     params = dict(parse_param(p) for p in args.param)
-    q_len = 96 if args.q_len is None else args.q_len
-    if q_len < 8:
-        raise MaskError(f"--q-len must be at least 8 (the kit also tests q_len - 7), got "
-                        f"{q_len}")
     device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
-    limit = TEST_MAX_TOKENS["interpreter" if device == "cpu" else "cuda"]
+    on = "interpreter" if device == "cpu" else "cuda"
+    limit, most, fit = TEST_MAX_TOKENS[on], TEST_MAX_HEADS[on], TEST_FIT_TOKENS[on]
     runner = "through Triton's interpreter" if device == "cpu" else "on the GPU"
-    most = TEST_MAX_HEADS["interpreter" if device == "cpu" else "cuda"]
-    if not 1 <= args.heads <= most:
+    if args.heads is not None and not 1 <= args.heads <= most:
         raise MaskError(f"--heads must be from 1 to {most} {runner}, got {args.heads}")
-    if q_len + 5 > limit:  # the second shape has q_len + 5 keys
-        raise MaskSizeError(f"--q-len must be at most {limit - 5:,} {runner} (maskc test runs "
-                            f"up to {limit:,} keys), got {q_len:,}")
+    for flag, n in (("--q-len", args.q_len), ("--kv-len", args.kv_len)):
+        if n is not None and n > limit:
+            raise MaskSizeError(f"{flag} must be at most {limit:,} {runner} (maskc test runs "
+                                f"up to {limit:,} keys), got {n:,}")
     module = _module(args.file)
     names = [args.name] if args.name else _masks_in(module)
     masks = [compile(Path(args.file), name=name, **_known(module, name, params))
@@ -540,38 +699,39 @@ def cmd_test(args) -> int:
             raise MaskSizeError(f"mask '{m.name}' is over a grid of {m.ir.grid.numel:,} tokens, "
                                 f"more than the {limit:,} that maskc test runs {runner}: "
                                 f"shrink the grid with -p", m.ir.grid.span or m.ir.span)
-    failed = ran = 0
-    H = args.heads
-    shapes = [dict(q_len=q_len, kv_len=q_len, heads=H, kv_heads=1),  # MQA
-              dict(q_len=q_len - 7, kv_len=q_len + 5, heads=H,
-                   kv_heads=H // 2 if H % 2 == 0 and H > 2 else H, batch=2)]
-    for name, m in zip(names, masks):
-        if m.grid and args.q_len is not None:
-            print(f"note: {name} is over a grid of {m.ir.grid.numel} tokens: --q-len does not "
-                  "apply (shrink the grid with -p)")
-        for shape in shapes:
-            where = f"grid {m.grid}" if m.grid else \
-                f"q_len {shape['q_len']}, kv_len {shape['kv_len']}"
-            config = _test_config(device, shape["kv_len"] if not m.grid else m.ir.grid.numel)
-            tiles = f", tiles {config.fwd.block_q}" if config else ""
-            label = (f"{args.file}: {name} ({where}, heads {shape['heads']}/{shape['kv_heads']}"
-                     f"{tiles})")
-            print(f"{label}: running...", file=sys.stderr, flush=True)  # progress: runs are slow
+    plans = [(m, *_test_cases(m, args, device, limit, fit, most, runner)) for m in masks]
+    atol, rtol = DEFAULT_TOLERANCES[args.dtype]
+    tol = f"tol {_sci(atol, 0)}" if atol == rtol else f"atol {_sci(atol, 0)}, rtol {_sci(rtol, 0)}"
+    total, failed, i = sum(len(cases) for _, cases, _ in plans), 0, 0
+    for m, cases, notes in plans:
+        for note in notes:
+            print(f"note: {note}", flush=True)
+        extent = m.ir.grid.numel if m.grid else \
+            max(max(c["q_len"], c["kv_len"]) for c in cases)
+        config = _test_config(device, extent)  # NOTE: one per mask: every case the same
+        tiles = f", tiles {config.fwd.block_q}" if config else ""
+        for case in cases:
+            i += 1
+            where = f"grid {m.grid}" if m.grid else f"q {case['q_len']} kv {case['kv_len']}"
+            label = (f"{m.name}: {where} heads {case['heads']}/{case['kv_heads']} batch "
+                     f"{case['batch']} {args.dtype}{tiles}")
+            # progress: a case takes seconds through the interpreter
+            print(f"[{i}/{total}] {label}: running...", file=sys.stderr, flush=True)
             try:
-                assert_attention_matches(
-                    lambda q, k, v, **kw: m.attention(q, k, v, backend="triton", return_lse=True,
-                                                      config=config, **kw),
-                    m, device=device, **shape)
-                status = "ok"
+                errors = assert_attention_matches(
+                    lambda q, k, v, **kw: m.attention(q, k, v, backend="triton",
+                                                      return_lse=True, config=config, **kw),
+                    m, device=device, dtype=args.dtype, seed=args.seed, **case)
+                fwd = max(errors.get("output", 0.0), errors.get("lse", 0.0))
+                grads = max((e for n, e in errors.items() if n not in ("output", "lse")),
+                            default=0.0)
+                status = f"ok (fwd max err {_sci(fwd)}, grads {_sci(grads)}; {tol})"
             except AssertionError as err:
                 status, failed = f"FAILED: {err}", failed + 1
             except MaskError as err:  # e.g. a head the mask does not cover: report, go on
                 status, failed = f"FAILED: {str(err).splitlines()[0]}", failed + 1
-            ran += 1
             print(f"{label}: {status}", flush=True)
-            if m.grid:
-                break
-    print(f"{ran - failed} passed, {failed} failed")
+    print(f"{total - failed} case{'s' if total - failed != 1 else ''} passed, {failed} failed")
     return 1 if failed else 0
 
 
@@ -635,13 +795,25 @@ def build_parser() -> argparse.ArgumentParser:
                                     "reference (on the CPU through Triton's interpreter)")
     t.add_argument("file")
     t.add_argument("--name", help="test only this mask of the file")
-    t.add_argument("--q-len", type=int, help="query length (default 96; grids fix it); at "
-                   f"most {TEST_MAX_TOKENS['interpreter'] - 5:,} through Triton's interpreter "
-                   f"(grids: {TEST_MAX_TOKENS['interpreter']:,} tokens), "
-                   f"{TEST_MAX_TOKENS['cuda'] - 5:,} on a GPU")
-    t.add_argument("--heads", type=int, default=4, help="query heads (default 4; at most "
+    t.add_argument("--q-len", type=int, help="query length of the first case; the others "
+                   "run shorter queries or keys (default: fitted to the mask's windows, "
+                   f"chunks and blocks, at most {TEST_FIT_TOKENS['interpreter']:,} through "
+                   f"Triton's interpreter; grids fix it); at most "
+                   f"{TEST_MAX_TOKENS['interpreter']:,} through Triton's interpreter, "
+                   f"{TEST_MAX_TOKENS['cuda']:,} on a GPU")
+    t.add_argument("--kv-len", type=int, help="key length: every case then runs --q-len "
+                   "(default: this) x --kv-len (default: derived from --q-len)")
+    t.add_argument("--heads", type=int, help="query heads (default: enough to run every arm "
+                   "of a heads { ... }, else 4; at most "
                    f"{TEST_MAX_HEADS['interpreter']} through Triton's interpreter, "
                    f"{TEST_MAX_HEADS['cuda']} on a GPU)")
+    t.add_argument("--dtype", choices=TEST_DTYPES, default="float32",
+                   help="q, k and v's dtype, with maskc.testing's tolerance for it "
+                        "(default float32)")
+    t.add_argument("--cases", type=int, help="run only the first N shapes of each mask "
+                   "(default: all: Lq == Lk, Lq > Lk, Lq < Lk, GQA with batch 2)")
+    t.add_argument("--seed", type=int, default=0, help="seed of q, k, v and the runtime "
+                   "inputs (default 0)")
     t.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     return ap
 

@@ -7,8 +7,8 @@ Run by hand from the checkout's root::
 Every case is generated deterministically from ``(seed, kind, index)`` and run in a
 subprocess worker (one worker handles many cases) under a 4 GiB address-space limit
 (``RLIMIT_AS``), so an allocation past it is a ``MemoryError`` the worker reports; a case that
-runs past the 10 s watchdog is a hang (``maskc test`` of a whole file: 10 s per mask in it, as
-it tests one mask after another and prints a line for each), and a worker that dies or hangs
+runs past the 10 s watchdog is a hang (``maskc test``: 30 s per mask of the file, as it
+tests one mask after another and prints a line for each case), and a worker that dies or hangs
 is replaced. Kinds:
 
 - ``spec`` (a): grammar-aware random specs, their dense masks checked against a brute-force
@@ -1398,18 +1398,21 @@ def split_cases(total: int, kinds=KINDS) -> dict[str, int]:
 
 
 def watchdog_s(job) -> float:
-    """The watchdog of one case: :data:`WATCHDOG_S`, or that per mask for ``maskc test``,
-    which runs each mask of a file in turn and prints a line per mask as it goes (its
-    documented cost: up to about 5 s per mask through the interpreter)."""
+    """The watchdog of one case: :data:`WATCHDOG_S`, or three times that per mask for
+    ``maskc test``, which runs each mask of a file in turn, four shapes each at lengths that
+    fit the mask, and prints a line per case as it goes (measured: 6-12 s per example mask
+    through the interpreter, up to 37 s for a file of several)."""
     if job["kind"] != "cli":
         return WATCHDOG_S
     rng = random.Random(f"{job['seed']}/cli/{job['index']}")  # as make_case draws it
     argv = gen_cli(rng, [f"examples/{n}" for n, _ in _WORKER.examples])
     argv = [a for a in argv if a != "--debug"]
-    if not argv or argv[0] != "test" or "--name" in argv or not argv[1].startswith("examples/"):
+    if not argv or argv[0] != "test":
         return WATCHDOG_S
+    if "--name" in argv or not argv[1].startswith("examples/"):
+        return 3 * WATCHDOG_S
     masks = len(re.findall(r"^mask ", (ROOT / argv[1]).read_text(), flags=re.M))
-    return WATCHDOG_S * max(1, masks)
+    return 3 * WATCHDOG_S * max(1, masks)
 
 
 class _Proc:

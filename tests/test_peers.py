@@ -4,9 +4,12 @@ attn-gym is a test dependency; NATTEN's definition comes from its source distrib
 (``pip download natten==0.21.7``; it imports on the CPU), fetched once into pytest's cache.
 """
 
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,13 +84,22 @@ def natten_flex(pytestconfig):
         # NOTE: pip prepares an sdist's metadata even for a download; in an isolated build
         # environment that means installing NATTEN's build requirements (torch with CUDA
         # wheels: 55-86 s). This environment has what egg_info needs: 5 s.
+        # NOTE: test processes (pytest-xdist workers) may get here at once: each downloads
+        # into its own folder and renames what it extracts into place; the first rename wins
+        tmp = Path(tempfile.mkdtemp(dir=root))
         got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-                              "--no-build-isolation", "-d", str(root), NATTEN],
+                              "--no-build-isolation", "-d", str(tmp), NATTEN],
                              capture_output=True, text=True)
         if got.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
             pytest.skip(f"cannot download {NATTEN}: {got.stderr.strip()[-200:]}")
-        with tarfile.open(root / "natten-0.21.7.tar.gz") as tar:
-            tar.extractall(root, filter="data")
+        with tarfile.open(tmp / "natten-0.21.7.tar.gz") as tar:
+            tar.extractall(tmp, filter="data")
+        try:
+            (tmp / "natten-0.21.7").rename(root / "natten-0.21.7")
+        except OSError:  # another process's copy is in place
+            pass
+        shutil.rmtree(tmp, ignore_errors=True)
     sys.path.insert(0, str(src))
     try:
         from natten.backends.flex import get_na_flex_mask

@@ -302,7 +302,7 @@ def test_mutated_examples_with_parameters(case, n):
 BAD = [
     # syntax errors
     ("let a = causal\nmask m = causal &\n", {}, None, maskc.MaskSyntaxError, 2, 18),
-    ("mask m =\n  causal & (window(3)\n", {}, None, maskc.MaskSyntaxError, 2, 22),
+    ("mask m =\n  causal & (window(3)\n", {}, None, maskc.MaskSyntaxError, 2, 12),  # the '('
     ("mask m = causal\nmask n = window(3) )\n", {}, None, maskc.MaskSyntaxError, 2, 20),
     ("mask m =\n  causal $ window(2)\n", {}, None, maskc.MaskSyntaxError, 2, 10),
     ("mask m =\n  window(3) @ causal\n", {}, None, maskc.MaskSyntaxError, 2, 13),

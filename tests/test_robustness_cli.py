@@ -75,7 +75,7 @@ def test_test_help_states_the_limits():
     from maskc.cli import build_parser
     sub = build_parser()._subparsers._group_actions[0].choices["test"]
     text = " ".join(sub.format_help().split())
-    assert f"at most {TEST_MAX_TOKENS['interpreter'] - 5:,} through Triton's interpreter" in text
+    assert f"at most {TEST_MAX_TOKENS['interpreter']:,} through Triton's interpreter" in text
 
 
 def test_test_shows_progress_on_stderr(tmp_path):
@@ -85,8 +85,8 @@ def test_test_shows_progress_on_stderr(tmp_path):
                           "--heads", "1"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     started = [x for x in res.stderr.splitlines() if x.endswith(": running...")]
-    assert len(started) == 2 and "w (q_len 16, kv_len 16, heads 1/1)" in started[0]
-    assert res.stdout.splitlines()[-1] == "2 passed, 0 failed"
+    assert len(started) == 4 and started[0].startswith("[1/4] w: q 16 kv 16 heads 1/1 batch 1")
+    assert res.stdout.splitlines()[-1] == "4 cases passed, 0 failed"
 
 
 def test_show_into_a_closed_pipe_is_quiet():
@@ -115,8 +115,8 @@ def test_test_of_a_long_grid_walks_large_tiles_in_the_interpreter(tmp_path):
                          capture_output=True, text=True, timeout=600,
                          env={**os.environ, "TRITON_INTERPRET": "1"})
     assert res.returncode == 0, res.stderr
-    assert "g (grid (32, 32), heads 1/1, tiles 128): running..." in res.stderr
-    assert res.stdout.splitlines()[-1] == "1 passed, 0 failed"
+    assert "g: grid (32, 32) heads 1/1 batch 1 float32, tiles 128: running..." in res.stderr
+    assert res.stdout.splitlines()[-1] == "1 case passed, 0 failed"
 
 
 def test_test_limits_heads_through_the_interpreter(capsys, monkeypatch):

@@ -183,8 +183,10 @@ def test_crlf_lines_show_without_the_carriage_return():
     source = "mask a = causal\r\nmask m =\r\n  window(-1)\r\n"
     err = _raises(maskc.MaskValueError, source, name="m")
     _located(err, 3, 10, "  window(-1)", "-1")
-    err = _raises(maskc.MaskSyntaxError, "mask m =\r\n  window(\r\n")
-    _located(err, 2, 10, "  window(", "")
+    err = _raises(maskc.MaskSyntaxError, "mask m =\r\n  causal &\r\n")
+    _located(err, 2, 11, "  causal &", "")
+    err = _raises(maskc.MaskSyntaxError, "mask m =\r\n  window(\r\n")  # where it opens
+    _located(err, 2, 9, "  window(", "(")
 
 
 # ---------------------------------------------------------------- A4: overrides out of range

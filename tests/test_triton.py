@@ -164,7 +164,7 @@ def test_test_command_runs_the_kit(capsys):
     from maskc.cli import main
     assert main(["test", str(EXAMPLES / "streamingllm.mask"), "-p", "w=20", "-p", "n=2",
                  "--q-len", "50"]) == 0
-    assert "2 passed, 0 failed" in capsys.readouterr().out
+    assert "4 cases passed, 0 failed" in capsys.readouterr().out
     assert main(["test", str(EXAMPLES / "streamingllm.mask"), "--name", "nope"]) == 1
     assert "no mask named 'nope'" in capsys.readouterr().err  # not a StopIteration
 
@@ -173,12 +173,14 @@ def test_test_command_heads_and_failures_per_mask(tmp_path, capsys):
     from maskc.cli import main
     f = tmp_path / "two.mask"
     f.write_text("mask two = heads { 0: causal, 1: window(3) }\nmask ok = causal\n")
-    assert main(["test", str(f), "--q-len", "16"]) == 1  # 4 heads: 'two' covers only 2
+    assert main(["test", str(f), "--q-len", "16", "--heads", "4"]) == 1  # 'two' covers 2
     out = capsys.readouterr().out
-    assert "head 2 is not covered" in out and "ok (q_len 16, kv_len 16, heads 4/1): ok" in out
-    assert "2 passed, 2 failed" in out  # the second mask still ran
-    assert main(["test", str(f), "--q-len", "16", "--heads", "2"]) == 0
-    assert "4 passed, 0 failed" in capsys.readouterr().out
+    assert "head 2 is not covered" in out
+    assert "ok: q 16 kv 16 heads 4/4 batch 1 float32: ok (fwd max err" in out
+    assert "4 cases passed, 4 failed" in out  # the second mask still ran
+    assert main(["test", str(f), "--q-len", "16"]) == 0  # by default, the heads it covers
+    out = capsys.readouterr().out
+    assert "two: q 16 kv 16 heads 2/2 batch 1" in out and "8 cases passed, 0 failed" in out
 
 
 @pytest.mark.parametrize("golden", sorted(GOLDEN_CASES))

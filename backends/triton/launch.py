@@ -136,8 +136,10 @@ class _Tensors:
                 x = b.inputs[a.source]  # (Bx, Hx, NB, r) or (Bx, Hx, r), int32
                 if a.kind == "listed":
                     x = listed(x, b.kv_len).astype(np.int8)
-                t = torch.as_tensor(np.ascontiguousarray(x if x.size else np.zeros(1, x.dtype)),
-                                    device=self.device)
+                # NOTE: a read-only array (a broadcast view, or one the caller froze) is
+                # copied: torch warns on tensors that share memory it may not write
+                t = torch.as_tensor(np.require(x if x.size else np.zeros(1, x.dtype),
+                                               requirements=("C", "W")), device=self.device)
                 args += [t, x.strides[0] // x.itemsize if x.shape[0] > 1 else 0,
                          x.strides[1] // x.itemsize if x.shape[1] > 1 else 0, x.shape[-1]]
                 continue

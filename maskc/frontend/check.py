@@ -7,6 +7,7 @@ lowers ``where`` predicates. Every error points at the user's text.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, replace
 
 from maskc import ir
@@ -19,7 +20,8 @@ from maskc.frontend.values import what as what_
 from maskc.frontend.primitives import BUILTINS
 from maskc.ir.inputs import input_kinds
 
-__all__ = ["check", "mask_names", "Ctx", "Checker", "MAX_INT", "RESERVED", "ir_too_deep"]
+__all__ = ["check", "check_mask", "mask_names", "Ctx", "Checker", "Unchecked", "MAX_INT",
+           "RESERVED", "ir_too_deep"]
 
 # The largest integer a spec may hold (a size, a position, a grid's token count): lengths
 # stay below 2**31 everywhere (maskc.analysis.sizes).
@@ -45,27 +47,82 @@ def mask_names(module: S.Module) -> list[str]:
     return [it.name for it in module.items if isinstance(it, S.MaskItem)]
 
 
-class Checker:
-    """Checks one module; :meth:`mask` lowers one of its masks with parameter overrides."""
+class Unchecked(Exception):
+    """A use of a name that an item which did not parse defines (:attr:`Checker.broken`):
+    that item's error is the one to report, so the mask using it is not checked further.
+    Never raised by :func:`check`, whose module is whole."""
 
-    def __init__(self, module: S.Module):
+
+class Checker:
+    """Checks one module; :meth:`mask` lowers one of its masks with parameter overrides.
+
+    With ``errors`` (a list), a name defined twice or reserved is appended to it and that
+    item left out, instead of raised; ``broken`` names what items that failed to parse
+    define. Uses of those names, and of reserved names an item failed to redefine, raise
+    :class:`Unchecked`.
+    """
+
+    def __init__(self, module: S.Module, errors: list | None = None,
+                 broken: frozenset[str] = frozenset()):
         self.module = module
         self.lets: dict[str, S.LetItem] = {}
         self.masks: dict[str, S.MaskItem] = {}
+        rejected = set()
         for it in module.items:
             table = self.lets if isinstance(it, S.LetItem) else self.masks
+            err = None
             if it.name in self.lets or it.name in self.masks:
-                raise MaskNameError(f"'{it.name}' is defined twice", it.span)
-            if it.name in BUILTINS or it.name in RESERVED:
-                raise MaskNameError(f"'{it.name}' is a reserved name and cannot be redefined",
+                err = MaskNameError(f"'{it.name}' is defined twice", it.span)
+            elif it.name in BUILTINS or it.name in RESERVED:
+                err = MaskNameError(f"'{it.name}' is a reserved name and cannot be redefined",
                                     it.span)
+                rejected.add(it.name)
+            if err is not None:
+                if errors is None:
+                    raise err
+                errors.append(err)
+                continue
             table[it.name] = it
+        self.broken = (broken | rejected) - set(self.lets) - set(self.masks)
+        self.item: S.MaskItem | None = None  # the mask being checked
         self._expanding: list[str] = []
         self._expansions = 0
 
+    # ------------------------------------------------------------ names
+    def bound(self, name: str, env) -> bool:
+        """Whether ``name`` means something here (a variable, an item, a builtin)."""
+        return (name in env or name in self.lets or name in self.masks or name in BUILTINS
+                or name in ir.PRED_VARS or name == "s")
+
+    def undefined(self, name: str, span: Span | None, env, as_input: bool = False,
+                  builtins: bool = True) -> MaskNameError:
+        """The error for an undefined ``name``: the closest name in scope as a suggestion, or,
+        where a runtime input is needed (``as_input``), how to declare one. A name that an
+        item which did not parse defines raises :class:`Unchecked` instead."""
+        if name in self.broken:
+            raise Unchecked(name)
+        if as_input:
+            scope = [k for k, v in env.items() if isinstance(v, InputV)]
+        else:
+            scope = [*env, *self.lets, *self.masks, *(BUILTINS if builtins else ())]
+        close = difflib.get_close_matches(name, sorted(set(scope) - {name}), n=1)
+        if close:
+            return MaskNameError(f"undefined name '{name}'; did you mean '{close[0]}'?", span)
+        item = self.item
+        if item is not None and self._expanding and any(p.name == name for p in item.params):
+            # NOTE: a macro sees its own parameters only, not those of the mask using it
+            return MaskNameError(f"undefined name '{name}' (a macro sees only its own "
+                                 f"parameters: give '{self._expanding[-1]}' a parameter for "
+                                 "it)", span)
+        if as_input:
+            head = f"mask {item.name}({'..., ' if item.params else ''}" if item else "mask m("
+            return MaskNameError(f"undefined name '{name}' (declare it as an input: "
+                                 f"{head}input {name}) = ...)", span)
+        return MaskNameError(f"undefined name '{name}'", span)
+
     # ------------------------------------------------------------ masks and parameters
     def mask(self, name: str, overrides: dict) -> ir.MaskDef:
-        item = self.masks[name]
+        item = self.item = self.masks[name]
         env: dict[str, Value] = {}
         inputs: list[str] = []
         declared: dict[str, S.Param] = {}
@@ -226,6 +283,8 @@ class Checker:
                 raise MaskTypeError(f"'{name}' is a parameter, not a macro: it cannot be called",
                                     syn.span)
             return env[name]
+        if name in self.broken:
+            raise Unchecked(name)
         if name in self.lets:
             return self._expand(self.lets[name], args, syn, env, ctx)
         if name in BUILTINS:
@@ -238,7 +297,7 @@ class Checker:
                                 syn.span)
         if name in self.masks:
             raise MaskNameError(f"'{name}' is a mask; to reuse it, define it with 'let'", syn.span)
-        raise MaskNameError(f"undefined name '{name}'", syn.span)
+        raise self.undefined(name, syn.span, env)
 
     def _expand(self, let: S.LetItem, args, syn, env, ctx, bind=None, evaluate=None):
         """Expand macro ``let`` at ``syn``: its arguments bound with ``bind(arg syntax)``
@@ -400,7 +459,11 @@ def check(module: S.Module, name: str | None = None, **params) -> ir.MaskDef:
     elif name not in names:
         raise MaskNameError(f"no mask named '{name}'; the file defines: " + ", ".join(names),
                             span)
-    checker = Checker(module)
+    return check_mask(Checker(module), name, params)
+
+
+def check_mask(checker: Checker, name: str, params: dict) -> ir.MaskDef:
+    """Lower mask ``name`` of ``checker``'s module with parameter overrides ``params``."""
     try:
         mdef = checker.mask(name, params)
     except RecursionError:

@@ -116,6 +116,14 @@ def _fixed(ck, syn, args, env, ctx):
     return ir.Fixed(s, c, span=syn.span)
 
 
+def _declared(ck, args, env) -> None:
+    """An undefined name given where a runtime input goes: say how to declare it (rather
+    than only that it is undefined)."""
+    a = next((a for a in args if a.name in (None, "x")), None)
+    if a is not None and isinstance(a.value, S.Name) and not ck.bound(a.value.id, env):
+        raise ck.undefined(a.value.id, a.value.span, env, as_input=True)
+
+
 def _input(ck, value, span, func: str, ctx) -> str:
     if not isinstance(value, InputV):
         raise MaskTypeError(f"{func}() takes a runtime input (declare it with 'input NAME' in "
@@ -126,11 +134,13 @@ def _input(ck, value, span, func: str, ctx) -> str:
 
 
 def _same(ck, syn, args, env, ctx):
+    _declared(ck, args, env)
     a = bind(ck, syn, args, env, ctx, ("x",), {"x": _MISSING})
     return ir.Same(_input(ck, *a["x"], "same", ctx), span=syn.span)
 
 
 def _within(ck, syn, args, env, ctx):
+    _declared(ck, args[:1], env)
     x = bind(ck, syn, args[:1], env, ctx, ("x",), {"x": _MISSING})["x"]
     name = _input(ck, *x, "within", ctx)
     if len(args) != 2 or args[1].name not in (None, "e"):
@@ -193,6 +203,7 @@ def _chosen(cls, func: str):
         if ctx.in_within:
             raise MaskTypeError(f"{func}() cannot be used inside within() (it lists "
                                 "positions of the whole sequence)", syn.span)
+        _declared(ck, args, env)
         value, span = bind(ck, syn, args, env, ctx, ("x",), {"x": _MISSING})["x"]
         if not isinstance(value, InputV):
             raise MaskTypeError(f"{func}() takes a runtime input (declare it with 'input NAME' "

@@ -138,7 +138,7 @@ def _name(ck, syn: S.Name, env, ctx):
     from maskc.frontend.primitives import BUILTINS
     if name in BUILTINS:
         raise MaskTypeError(f"'{name}' is a mask; a score is a float expression", sp)
-    raise MaskNameError(f"undefined name '{name}'", sp)
+    raise ck.undefined(name, sp, env, builtins=False)
 
 
 def _index(ck, syn: S.Index, env, ctx):
@@ -151,7 +151,7 @@ def _index(ck, syn: S.Index, env, ctx):
         if syn.base in ck.lets or v is not None:
             raise MaskTypeError(f"'{syn.base}' is no input: only runtime inputs are indexed",
                                 sp)
-        raise MaskNameError(f"undefined name '{syn.base}' (declare it 'input {syn.base}')", sp)
+        raise ck.undefined(syn.base, sp, env, as_input=True)
     if not isinstance(v, InputV):
         raise MaskTypeError(f"'{syn.base}' is {a_kind(v)}; only runtime inputs are indexed",
                             sp)
@@ -200,6 +200,8 @@ def _call(ck, syn: S.Call, env, ctx):
         check_arity(syn, (1, 1))
         arg = syn.args[0].value
         v = env.get(arg.id) if isinstance(arg, S.Name) else None
+        if isinstance(arg, S.Name) and not ck.bound(arg.id, env):
+            raise ck.undefined(arg.id, arg.span, env, as_input=True)
         if not isinstance(v, InputV):
             raise MaskTypeError("alibi() takes a runtime input, the slopes per head "
                                 "(declare 'input slopes')", arg.span)
@@ -208,6 +210,9 @@ def _call(ck, syn: S.Call, env, ctx):
         from maskc.frontend.primitives import BUILTINS
         if func in BUILTINS:
             raise MaskTypeError(f"'{func}' is a mask; a score is a float expression", sp)
+        if func in ck.broken:
+            from maskc.frontend.check import Unchecked
+            raise Unchecked(func)
         raise MaskNameError(f"unknown function '{func}' in a score (known: "
                             f"{', '.join(ir.SCORE_FUNCS)}, softcap, alibi)", sp)
     check_arity(syn, ir.SCORE_FUNCS[func])
