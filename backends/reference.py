@@ -492,11 +492,13 @@ def score_at(mdef: ir.MaskDef, s, P, Q, K, Hh, Lq: int, Lk: int, tensors: dict):
 
 
 def evaluate(node: ir.Node, P, Q, K, Hh, Lq: int, Lk: int, inputs: dict, grid,
-             K0: int = 0) -> np.ndarray:
+             K0: int = 0, cache: dict | None = None) -> np.ndarray:
     """Evaluate ``node`` on explicit 4-D index arrays (e.g. a few tiles, for block analysis);
-    ``K0``: the first key's position (inputs are read at rows ``position - K0``)."""
+    ``K0``: the first key's position (inputs are read at rows ``position - K0``); ``cache``:
+    a dict kept across calls on the same inputs and lengths (the runs of ``within``'s ids,
+    the tables of selections), so slices of tiles share them."""
     return _eval(node, _Env(P=P, Q=Q, K=K, Hh=Hh, Lq=Lq, Lk=Lk, Lk_outer=Lk, inputs=inputs,
-                            grid=grid, K0=K0))
+                            grid=grid, K0=K0, cache=cache))
 
 
 def run(plan, q, k, v, scale=None, return_lse: bool = False, score_inputs=None):

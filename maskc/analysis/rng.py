@@ -8,6 +8,10 @@ language (it uses only 64-bit integer arithmetic), and independent of numpy's ge
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
+
 import numpy as np
 
 __all__ = ["block_scores", "random_blocks", "random_choice", "random_table"]
@@ -45,19 +49,43 @@ def block_scores(seed: int, query_blocks: np.ndarray, n_key_blocks: int, start: 
         return _mix(h[:, None] ^ kb[None, :])
 
 
+_CHOICES: OrderedDict = OrderedDict()  # the last few choices: bind, block analysis and the
+_CHOICES_KEPT = 8                      # backends ask for the same one (a second each at 1M)
+_CHOICES_LOCK = threading.Lock()
+
+
 def random_choice(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int,
                   span=None) -> np.ndarray:
-    """Int64 ``(len(query_blocks), r)``: the key blocks each query block keeps, ascending.
+    """Int64 ``(len(query_blocks), r)``: the key blocks each query block keeps, ascending
+    (:func:`_choose`; the last few answers are kept, and a copy returned).
 
     The work is a score per (query block, key block): over :func:`maskc.dense_limit` of them
     is a :class:`~maskc.MaskSizeError` (what :func:`random_table` says, so block analysis
-    and the bind stage agree). Memory stays proportional to the answer: scores are computed
-    a slice of rows at a time, and each row's ``r`` smallest are found by partition.
-    """
+    and the bind stage agree), checked before the kept answers are looked at."""
     from maskc.analysis.sizes import check_elements
     query_blocks = np.asarray(query_blocks)
     check_elements(len(query_blocks) * n_key_blocks, f"random()'s table of "
                    f"{len(query_blocks):,} x {n_key_blocks:,} blocks (use larger blocks)", span)
+    key = (int(seed), int(n_key_blocks), int(r), query_blocks.shape,
+           hashlib.blake2b(np.ascontiguousarray(query_blocks, dtype=np.int64).tobytes(),
+                           digest_size=16).digest())
+    with _CHOICES_LOCK:
+        hit = _CHOICES.get(key)
+        if hit is not None:
+            _CHOICES.move_to_end(key)
+            return hit.copy()
+    out = _choose(seed, query_blocks, n_key_blocks, r, span)
+    with _CHOICES_LOCK:
+        _CHOICES[key] = out
+        while len(_CHOICES) > _CHOICES_KEPT:
+            _CHOICES.popitem(last=False)
+    return out.copy()
+
+
+def _choose(seed: int, query_blocks: np.ndarray, n_key_blocks: int, r: int,
+            span=None) -> np.ndarray:
+    """The choice itself. Memory stays proportional to the answer: scores are computed a
+    slice of rows at a time, and each row's ``r`` smallest are found by partition."""
     out = np.zeros((len(query_blocks), r), dtype=np.int64)
     if r == 0:
         return out
