@@ -431,7 +431,9 @@ def _tables(pieces, nq):
         return arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
     pq, pk, var, live = (cat([p[0][i] for p in pieces]) for i in range(4))
     fq, fk = (cat([p[1][i] for p in pieces]) for i in range(2))
-    return (_csr(pq, pk, nq, var), _csr(fq, fk, nq, None), _csr(pq, pk, nq, live)[2])
+    num, idx, (vals, bits) = _csr_many(pq, pk, nq, (var, live))
+    f_num, f_idx, (f_none,) = _csr_many(fq, fk, nq, (None,))
+    return (num, idx, vals), (f_num, f_idx, f_none), bits
 
 
 def _live_bits(body, paths, sig, n) -> np.ndarray:
@@ -452,22 +454,34 @@ def _live_bits(body, paths, sig, n) -> np.ndarray:
 
 
 def _csr(qt, kt, nq, values):
+    """``(counts, idx, val)``: per query tile its key tiles ``idx`` (ascending, padded with
+    -1) and ``values`` (one per tile; ``None``: all -1) laid out alike."""
+    counts, idx, (val,) = _csr_many(qt, kt, nq, (values,))
+    return counts, idx, val
+
+
+def _csr_many(qt, kt, nq, values: tuple):
+    """:func:`_csr` with several value arrays (``None`` for one of all -1), sorted once."""
     counts = np.bincount(qt, minlength=nq)
     width = int(counts.max(initial=0))
     check_elements(nq * width, "the block tables (query tiles x most key tiles in a row)")
-    idx = np.full((nq, max(width, 1)), -1, dtype=np.int32)
-    val = np.full((nq, max(width, 1)), -1, dtype=np.int32)
-    order = None
     if len(qt) > 1:  # the build's tiles come sorted by (query tile, key tile): check it
         dq = np.diff(qt)
         if not ((dq > 0) | ((dq == 0) & (np.diff(kt) > 0))).all():
             order = np.lexsort((kt, qt))
             qt, kt = qt[order], kt[order]
-    pos = np.arange(len(qt)) - np.repeat(np.cumsum(counts) - counts, counts)
-    idx[qt, pos] = kt
-    if values is not None:
-        val[qt, pos] = values if order is None else values[order]
-    return counts.astype(np.int32), idx, val
+            values = tuple(None if v is None else v[order] for v in values)
+    # NOTE: sorted by row, the tiles fill the table's leading cells row by row: one masked
+    # assignment in row-major order (no per-tile row and column index arrays; 33M tiles at 1M
+    # tokens, causal)
+    lead = np.arange(max(width, 1), dtype=np.int32) < counts[:, None]
+    out = []
+    for arr in (kt, *values):
+        t = np.full((nq, max(width, 1)), -1, dtype=np.int32)
+        if arr is not None:
+            t[lead] = arr
+        out.append(t)
+    return counts.astype(np.int32), out[0], tuple(out[1:])
 
 
 def _stack(rows):
