@@ -26,6 +26,8 @@ SPECS = {
     "per-head softcap": ("mask m = causal & heads { 0..1: window(before = 30, after = 0), "
                          "_: sink(8) | window(before = 10, after = 0) } with softcap(5.0)"),
     "bidirectional window": "mask m = window(before = 20, after = 20) | global(3)",
+    # queries 0..2 keep no key: both halves of their merge are empty
+    "empty rows": "mask m = causal & ~prefix(3) & window(before = 60, after = 0)",
 }
 # run by the tile engine (backends/tiles.py): per-sequence calls refuse them
 ENGINE = {
@@ -299,21 +301,32 @@ def _cases() -> list[dict]:
 
 def _worker(rank, world, path, cases, results):
     import torch.distributed as dist
+    from maskc.api import Mask
+    from maskc.distributed import execute
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank,
                             world_size=world)
-    chunks = {}
+    # what a rank does, in order: the per-sequence calls (on which keys) and the wait for
+    # the exchange
+    events = []
+    attention, wait = Mask.attention, execute._Pending.wait
+    Mask.attention = lambda self, *a, **kw: events.append(
+        ("attention", int(kw["kv_valid"].sum()) if "kv_valid" in kw else None)) or \
+        attention(self, *a, **kw)
+    execute._Pending.wait = lambda self: events.append(("wait", self.done)) or wait(self)
+    chunks, orders = {}, {}
     try:
         sub = dist.new_group([1, 2])  # two ranks whose group ranks are not their ranks
         for case in cases:
+            events.clear()
             if case["world"] == world:
                 chunks[case["key"]] = _check(case, rank, None)
             elif rank in (1, 2):
                 _check(case, rank - 1, sub)
+            orders[case["key"]] = [e for e in events if e != ("wait", True)]
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    if rank == 0:
-        results.put(chunks)
+    results.put((rank, chunks, orders))
 
 
 def test_attention_over_gloo_equals_one_process(tmp_path):
@@ -328,9 +341,18 @@ def test_attention_over_gloo_equals_one_process(tmp_path):
     cases = _cases()
     mp.start_processes(_worker, args=(3, str(tmp_path / "rendezvous"), cases, results),
                        nprocs=3, start_method="spawn")
-    chunks = results.get()
+    got = dict((r, (c, o)) for r, c, o in (results.get() for _ in range(3)))
+    chunks = got[0][0]
     assert set(chunks) == set(SPECS) | set(ENGINE) | {"keys before queries"}
     assert chunks["causal"] > 1  # causal: work balanced by interleaved chunks
+    # overlap: a rank that needs others' keys attends to its own before it waits for them,
+    # then to what it received (per-sequence backends; the tile engine waits first)
+    for key in ("causal", "documents", "per-head softcap", "two triton"):
+        rank = 1  # holds chunks that read keys of rank 0 (and its own)
+        order = got[rank][1][key]
+        assert [e[0] for e in order] == ["attention", "wait", "attention"], (key, order)
+        assert order[0][1] > 0 and order[2][1] > 0, (key, order)  # keys of each source
+    assert [e[0] for e in got[1][1]["grid"]] == ["wait"]  # the engine: no Mask.attention
 
 
 def test_the_torchrun_example_runs():

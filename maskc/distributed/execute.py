@@ -3,14 +3,20 @@
 Each rank holds its query rows and the key/value rows it owns (``plan.shard``). It sends
 every other rank exactly the key/value tiles that rank's queries visit (point-to-point,
 one message per pair of ranks that has something to send, batched with
-``torch.distributed.batch_isend_irecv``: NCCL on GPUs, gloo on CPUs) and receives its own.
-Then each run of consecutive query tiles it holds becomes one *sequence* of a
+``torch.distributed.batch_isend_irecv``: NCCL on GPUs, gloo on CPUs) and receives its own;
+the messages are posted and, while they travel, the rank attends to the keys it owns.
+Each run of consecutive query tiles it holds becomes one *sequence* of a
 per-sequence call (LANGUAGE.md section 10): its queries at ``q_offset`` = the run's first
 position, its keys the span of key tiles the run needs, at ``kv_offset`` = the span's
 first position, tiles of the span that no query of the run visits left as zeros (the
 mask never keeps them, so no backend reads them). Every backend that serves per-sequence
-calls therefore runs it, forward and backward; the backward of the exchange sends each
-key/value gradient back to the rank that owns the key, where they are summed.
+calls therefore runs it, forward and backward. It runs twice: on the keys the rank owns
+(the exchange still in flight), then on the keys it received (after waiting for them),
+each with ``kv_valid`` marking its own source's keys, and the two halves are merged by
+their log-sum-exps (``out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse)``,
+differentiable); a backend that cannot return the log-sum-exp (compiled FlexAttention on
+the CPU) waits first and runs once. The backward of the exchange sends each key/value
+gradient back to the rank that owns the key, where they are summed.
 """
 
 from __future__ import annotations
@@ -73,10 +79,14 @@ def attention(plan: Plan, q, k, v, group=None, backend: str = "auto", scale=None
                 raise MaskInputError(f"input '{n}' differs from the one the plan was made "
                                      f"with; make a new plan for it", span)
     kv = torch.cat([k, v], dim=-1)
-    got = _Exchange.apply(kv, _Route(plan, rank, group))
+    route = _Route(plan, rank, group)
+    pending = _Pending()
+    flat = _Exchange.apply(kv, route, pending)  # NOTE: posted, not yet received
     if engine:
-        return _attend_rows(plan, rank, q, kv, got, k.shape[-1], scale, floats)
-    return _attend(plan, rank, q, kv, got, k.shape[-1], backend, scale, floats)
+        return _attend_rows(plan, rank, q, kv, pending.received(flat), k.shape[-1], scale,
+                            floats)
+    return _attend(plan, rank, q, kv, lambda: pending.received(flat), k.shape[-1], backend,
+                   scale, floats)
 
 
 def _needs_engine(mdef) -> str | None:
@@ -169,14 +179,44 @@ def local_rows(plan: Plan, rank: int, lo, hi) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def _exchange(route: _Route, outgoing: dict, incoming: dict) -> None:
-    """Point-to-point: ``outgoing[peer]`` sent, ``incoming[peer]`` filled."""
+def _post(route: _Route, outgoing: dict, incoming: dict) -> list:
+    """Point-to-point, posted: ``outgoing[peer]`` is sent and ``incoming[peer]`` filled once
+    every returned work has been waited for."""
     import torch.distributed as dist
     ops = [dist.P2POp(dist.isend, t, route.peer(p), route.group) for p, t in outgoing.items()]
     ops += [dist.P2POp(dist.irecv, t, route.peer(p), route.group) for p, t in incoming.items()]
-    if ops:
-        for work in dist.batch_isend_irecv(ops):
-            work.wait()
+    return dist.batch_isend_irecv(ops) if ops else []
+
+
+def _exchange(route: _Route, outgoing: dict, incoming: dict) -> None:
+    """Point-to-point: ``outgoing[peer]`` sent, ``incoming[peer]`` filled."""
+    for work in _post(route, outgoing, incoming):
+        work.wait()
+
+
+class _Pending:
+    """The forward exchange in flight: its works, the send buffers they read (kept alive
+    until then) and where each sender's rows land in the flat receive buffer."""
+
+    def __init__(self):
+        self.works, self.keep, self.parts, self.done = [], [], [], False
+
+    def wait(self) -> None:
+        if not self.done:
+            for work in self.works:
+                work.wait()
+            self.works, self.keep, self.done = [], [], True
+
+    def received(self, flat):
+        """``(B, Hkv, rows, 2D)``: the received rows, by sender, once they are all in (the
+        views of ``flat`` are differentiable: their gradients go back through the
+        exchange)."""
+        import torch
+        self.wait()
+        parts = [flat[a:a + n].view(shape) for a, n, shape in self.parts]
+        if not parts:
+            return flat.new_empty(self.empty)
+        return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
 def _exchange_fn():
@@ -187,16 +227,25 @@ def _exchange_fn():
         their gradients go back to the senders, which add them to their own rows'."""
 
         @staticmethod
-        def forward(ctx, kv, route):
+        def forward(ctx, kv, route, pending):
+            """Posts the exchange and returns the flat buffer it fills: read it through
+            ``pending.received`` (which waits), never before."""
             ctx.route = route
             ctx.shape = kv.shape
             B, H, _, D = kv.shape
             out = {p: kv.index_select(2, torch.as_tensor(i, device=kv.device)).contiguous()
                    for p, i in route.send.items()}
-            inc = {p: kv.new_empty((B, H, n, D)) for p, n in route.recv.items()}
-            _exchange(route, out, inc)
-            parts = [inc[p] for p in sorted(inc)]
-            return torch.cat(parts, dim=2) if parts else kv.new_empty((B, H, 0, D))
+            sizes = {p: B * H * n * D for p, n in route.recv.items()}
+            flat = kv.new_empty((sum(sizes.values()),))
+            inc, at = {}, 0
+            for p in sorted(route.recv):  # each sender's rows contiguous: irecv needs it
+                shape = (B, H, route.recv[p], D)
+                inc[p] = flat[at:at + sizes[p]].view(shape)
+                pending.parts.append((at, sizes[p], shape))
+                at += sizes[p]
+            pending.empty = (B, H, 0, D)
+            pending.works, pending.keep = _post(route, out, inc), [out, inc]
+            return flat
 
         @staticmethod
         def backward(ctx, grad):
@@ -204,15 +253,16 @@ def _exchange_fn():
             B, H, _, D = ctx.shape
             grad = grad.contiguous()
             out, at = {}, 0
-            for p in sorted(route.recv):
-                out[p] = grad[:, :, at:at + route.recv[p]].contiguous()
-                at += route.recv[p]
+            for p in sorted(route.recv):  # the flat buffer's layout, as forward made it
+                n = B * H * route.recv[p] * D
+                out[p] = grad[at:at + n].view(B, H, route.recv[p], D)
+                at += n
             inc = {p: grad.new_empty((B, H, len(i), D)) for p, i in route.send.items()}
             _exchange(route, out, inc)
             dkv = grad.new_zeros(ctx.shape)
             for p, i in route.send.items():
                 dkv.index_add_(2, torch.as_tensor(i, device=grad.device), inc[p])
-            return dkv, None
+            return dkv, None, None
 
     return Exchange
 
@@ -220,28 +270,31 @@ def _exchange_fn():
 class _ExchangeProxy:
     _fn = None
 
-    def apply(self, kv, route):
+    def apply(self, kv, route, pending):
         if _ExchangeProxy._fn is None:
             _ExchangeProxy._fn = _exchange_fn()
-        return _ExchangeProxy._fn.apply(kv, route)
+        return _ExchangeProxy._fn.apply(kv, route, pending)
 
 
 _Exchange = _ExchangeProxy()
 
 
-def _attend(plan: Plan, rank: int, q, kv, got, d: int, backend, scale, floats):
-    """The rank's query runs as sequences of one per-sequence call; see the module."""
+def _attend(plan: Plan, rank: int, q, kv, receive, d: int, backend, scale, floats):
+    """The rank's query runs as sequences of per-sequence calls (see the module): on its own
+    keys while ``receive()`` (the received rows; it waits for them) is in flight, then on
+    the received ones, merged by log-sum-exp."""
     import torch
     B, H, _, Dq = q.shape
     runs = plan.runs[rank]
     Dv = kv.shape[-1] - d
     if not len(runs):
+        receive()  # NOTE: still waited for: the sends this rank posted must complete
         return q.new_zeros((B, H, 0, Dv))
     T = plan.block
-    # key tile -> row of cat([own shard, received, one zero row])
-    n_own, n_got = kv.shape[2], got.shape[2]
+    n_own = kv.shape[2]
+    # key tile -> ("own", None) or ("got", first row among the received ones)
     where = {}
-    for j, (a, b) in enumerate(plan.k_runs[rank]):
+    for a, b in plan.k_runs[rank]:
         where.update({int(t): ("own", None) for t in range(a, b)})
     recv = plan.recv[rank]
     order = np.argsort(recv[:, 0], kind="stable")  # received rows come sorted by sender
@@ -250,8 +303,10 @@ def _attend(plan: Plan, rank: int, q, kv, got, d: int, backend, scale, floats):
         for t in range(a, b + 1):
             where[int(t)] = ("got", at)
             at += min((t + 1) * T, plan.kv_len) - t * T
-    zero = n_own + n_got
-    idx_runs, q_rows, meta = [], [], []
+    n_got = at
+    # per run: the span of key tiles it needs, each key slot's source (0 own, 1 received,
+    # -1 none: a tile of the span that no query of the run visits) and its row there
+    src_runs, row_runs, q_rows, meta = [], [], [], []
     shift = plan.kv_len - plan.q_len
     first = 0
     for (a, b), need in zip(runs, plan.run_needs(rank)):
@@ -259,47 +314,100 @@ def _attend(plan: Plan, rank: int, q, kv, got, d: int, backend, scale, floats):
         needed = np.zeros(s1 - s0 + 1, dtype=bool)
         for lo, hi in need:
             needed[lo - s0:hi - s0 + 1] = True
-        parts = []
+        srcs, rows = [], []
         for t in range(s0, s1 + 1):
             n = min((t + 1) * T, plan.kv_len) - t * T
             kind, off = where.get(t, (None, None)) if needed[t - s0] else (None, None)
             if kind == "own":
-                parts.append(local_rows(plan, rank, [t], [t]))
+                srcs.append(np.zeros(n, dtype=np.int8))
+                rows.append(local_rows(plan, rank, [t], [t]))
             elif kind == "got":
-                parts.append(n_own + off + np.arange(n, dtype=np.int64))
+                srcs.append(np.ones(n, dtype=np.int8))
+                rows.append(off + np.arange(n, dtype=np.int64))
             else:
-                parts.append(np.full(n, zero, dtype=np.int64))
-        idx_runs.append(np.concatenate(parts))
+                srcs.append(np.full(n, -1, dtype=np.int8))
+                rows.append(np.zeros(n, dtype=np.int64))
+        src_runs.append(np.concatenate(srcs))
+        row_runs.append(np.concatenate(rows))
         n_q = min(b * T, plan.q_len) - a * T
         q_rows.append((first, n_q))
         first += n_q
         meta.append((a * T + shift, s0 * T))
     J = len(runs)
     Lq = max(n for _, n in q_rows)
-    Ls = max(len(i) for i in idx_runs)
-    pool = torch.cat([kv, got, kv.new_zeros((B, kv.shape[1], 1, kv.shape[3]))], dim=2)
-    idx = np.full((J, Ls), zero, dtype=np.int64)
-    for j, i in enumerate(idx_runs):
-        idx[j, :len(i)] = i
-    gathered = pool.index_select(2, torch.as_tensor(idx.reshape(-1), device=kv.device))
-    gathered = gathered.view(B, kv.shape[1], J, Ls, kv.shape[3]).transpose(1, 2)
-    gathered = gathered.reshape(B * J, kv.shape[1], Ls, kv.shape[3])
-    ks, vs = gathered[..., :d], gathered[..., d:]
+    Ls = max(len(i) for i in src_runs)
+    src = np.full((J, Ls), -1, dtype=np.int8)
+    row = np.zeros((J, Ls), dtype=np.int64)
+    for j, (sr, rw) in enumerate(zip(src_runs, row_runs)):
+        src[j, :len(sr)], row[j, :len(rw)] = sr, rw
+    dev = q.device
     qs = torch.stack([torch.nn.functional.pad(q[:, :, s:s + n], (0, 0, 0, Lq - n))
                       for s, n in q_rows], dim=1).reshape(B * J, H, Lq, Dq)
-    dev = q.device
-    lens = torch.tensor([n for _, n in q_rows] * B, dtype=torch.int32, device=dev)
-    kv_lens = torch.tensor([len(i) for i in idx_runs] * B, dtype=torch.int32, device=dev)
-    q_off = torch.tensor([m[0] for m in meta] * B, dtype=torch.int32, device=dev)
-    kv_off = torch.tensor([m[1] for m in meta] * B, dtype=torch.int32, device=dev)
+    seqs = dict(
+        q_lens=torch.tensor([n for _, n in q_rows] * B, dtype=torch.int32, device=dev),
+        kv_lens=torch.tensor([len(i) for i in src_runs] * B, dtype=torch.int32, device=dev),
+        q_offset=torch.tensor([m[0] for m in meta] * B, dtype=torch.int32, device=dev),
+        kv_offset=torch.tensor([m[1] for m in meta] * B, dtype=torch.int32, device=dev))
     ids = {}
     for name, x in plan.ids.items():  # (Bx, kv_len), read at the spans' key rows
         rows = np.stack([np.minimum(m[1] + np.arange(Ls), plan.kv_len - 1) for m in meta])
         sel = x[:, rows]  # (Bx, J, Ls)
         sel = np.broadcast_to(sel, (B,) + sel.shape[1:]).reshape(B * J, Ls)
         ids[name] = torch.as_tensor(np.array(sel), device=dev)  # a writable copy
-    out = plan.mask.attention(qs, ks, vs, scale=scale, backend=backend, q_lens=lens,
-                              kv_lens=kv_lens, q_offset=q_off, kv_offset=kv_off,
-                              **ids, **floats)
+
+    def keys(pool, which):
+        """The spans' keys and values from ``pool`` (rows of one source, then a zero row)
+        and which key slots hold that source's keys (``kv_valid``)."""
+        zero = pool.shape[2]
+        pool = torch.cat([pool, pool.new_zeros((B, pool.shape[1], 1, pool.shape[3]))], dim=2)
+        idx = np.where(src == which, row, zero).reshape(-1)
+        g = pool.index_select(2, torch.as_tensor(idx, device=dev))
+        g = g.view(B, pool.shape[1], J, Ls, pool.shape[3]).transpose(1, 2)
+        g = g.reshape(B * J, pool.shape[1], Ls, pool.shape[3])
+        valid = torch.as_tensor(np.broadcast_to(src == which, (B, J, Ls)).reshape(B * J, Ls)
+                                .copy(), device=dev)
+        return g[..., :d], g[..., d:], valid
+
+    def call(pool, which, lse: bool):
+        ks, vs, valid = keys(pool, which)
+        return plan.mask.attention(qs, ks, vs, scale=scale, backend=backend, kv_valid=valid,
+                                   return_lse=lse, **seqs, **ids, **floats)
+
+    own, got = bool((src == 0).any()), n_got > 0 and bool((src == 1).any())
+    if not (own and got) or not _returns_lse(backend, dev):
+        # one call: on everything the rank holds (after the exchange, when it needs it)
+        pool = torch.cat([kv, receive()], dim=2) if got else kv
+        if got:
+            both = np.where(src == 1, row + n_own, row)
+            src_all = np.where(src >= 0, 0, -1)
+            src, row = src_all.astype(np.int8), both
+        else:
+            receive()
+        out = call(pool, 0, False)
+    else:
+        out_a, lse_a = call(kv, 0, True)  # NOTE: while the exchange is in flight
+        out_b, lse_b = call(receive(), 1, True)
+        out = _merge(out_a, lse_a, out_b, lse_b)
     out = out.view(B, J, H, Lq, Dv)
     return torch.cat([out[:, j, :, :n] for j, (_, n) in enumerate(q_rows)], dim=2)
+
+
+def _returns_lse(backend: str, device) -> bool:
+    """Whether per-sequence calls to ``backend`` return the log-sum-exp (with its gradient)
+    here: every backend but compiled FlexAttention on the CPU."""
+    return not (backend == "flex" and device.type == "cpu")
+
+
+def _merge(out_a, lse_a, out_b, lse_b):
+    """Attention over two disjoint key sets from each one's output and log-sum-exp; a row
+    with no key in either keeps zeros (its weights are 0, and so are their gradients)."""
+    import torch
+    # NOTE: no logaddexp: its gradient at (-inf, -inf) is NaN, which the backends' backward
+    # would spread from an empty row into dk and dv (0 * NaN)
+    m = torch.maximum(lse_a, lse_b)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    wa, wb = torch.exp(lse_a - m), torch.exp(lse_b - m)  # in [0, 1]; 0 for an empty half
+    total = wa + wb
+    total = torch.where(total == 0, torch.ones_like(total), total)
+    return ((out_a * wa.unsqueeze(-1) + out_b * wb.unsqueeze(-1)) /
+            total.unsqueeze(-1)).to(out_a.dtype)
