@@ -300,14 +300,17 @@ class Mask:
         ``-inf``). ``backend``: ``"reference"`` (float64, exact), ``"triton"`` (the generated
         kernels; CUDA, or the CPU with ``TRITON_INTERPRET=1``), ``"flex"`` (FlexAttention with
         this mask's block mask, through ``torch.compile``), ``"flex-eager"`` (the same without
-        compiling) or ``"auto"`` (``"triton"`` on CUDA tensors, ``"flex"`` elsewhere, but
-        ``"reference"`` -- or ``"triton"`` under ``TRITON_INTERPRET=1`` -- where FlexAttention
-        on the CPU cannot serve the call: gradients, or ``return_lse``).
+        compiling), ``"tiles"`` (the tile engine: torch operations on the visited tiles,
+        forward and backward, no log-sum-exp) or ``"auto"``: ``"triton"`` on CUDA tensors;
+        on the CPU ``"flex"`` (compiled: a new length compiles for seconds) without
+        gradients or ``return_lse``, else ``"triton"`` under ``TRITON_INTERPRET=1``, else
+        ``"tiles"`` with gradients and ``"reference"`` for ``return_lse``; float64 inputs
+        on the CPU always get ``"reference"``.
         ``config`` (Triton only) is a ``maskc.backends.triton.KernelConfig`` of tile sizes,
         warps and stages for the three kernels; by default they are chosen by device, dtype,
         head dim and the mask's block structure.
 
-        Serving (LANGUAGE.md section 10): ``q_lens``/``kv_lens`` (int tensors ``(B,)``) give
+        Serving (docs/language.md section 13): ``q_lens``/``kv_lens`` (int tensors ``(B,)``) give
         each sequence its own lengths, ``q_offset``/``kv_offset`` the absolute positions of
         its first query and key, ``kv_valid`` (bool ``(B, Lk)``) the keys it may attend, and
         ``page_table`` (int ``(B, P)``) reads ``k``/``v`` as paged caches ``(num_pages, Hkv,

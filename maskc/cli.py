@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from maskc.errors import MaskError, MaskInputError, MaskSizeError
+from maskc.errors import MaskError, MaskInputError, MaskSizeError, MaskSyntaxError
 from maskc.ir.inputs import input_kinds
 from maskc.ir.pretty import pretty_mask
 from maskc.ir.scores import pretty_score
@@ -41,7 +41,15 @@ def parse_param(text: str):
     name, sep, value = text.partition("=")
     if not sep or not re.fullmatch(r"[A-Za-z_]\w*", name.strip()):
         raise MaskError(f"-p expects name=value, got {text!r}")
-    syn = parse_expr(value, f"-p {name.strip()}")
+    try:
+        syn = parse_expr(value, f"-p {name.strip()}")
+    except MaskSyntaxError as err:
+        if "," in value and not value.strip().startswith(("[", "(")):
+            # NOTE: a list or tuple needs its brackets, as in a .mask file
+            raise MaskSyntaxError(f"{err.message} (a list is written -p {name.strip()}="
+                                  f"[{value.strip()}], a tuple ({value.strip()}))",
+                                  err.span) from None
+        raise
     return name.strip(), to_python(Checker(Module(())).eval(syn, {}, Ctx()))
 
 
@@ -327,10 +335,10 @@ def cmd_plot(args) -> int:
         fig.savefig(out)
     except OSError as err:
         raise MaskError(f"cannot write {out}: {err.strerror or err}") from None
+    for note in notes:  # NOTE: first, as show prints them: which mask, which lengths
+        print(f"note: {note}")
     print(f"wrote {out}")
     print(fig.get_suptitle().replace("\n  ", " "))  # the title, its lines unwrapped
-    for note in notes:
-        print(f"note: {note}")
     return 0
 
 

@@ -81,7 +81,7 @@ def register(name: str = "maskc", mask=None, backend: str = "auto") -> str:
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError as err:
         raise MaskError("maskc.hf needs Hugging Face transformers: pip install "
-                        "'maskc[hf]'") from err
+                        "'maskc[hf]' (or pip install 'transformers>=5.0')") from err
     if not isinstance(name, str) or not name:
         raise MaskTypeError(f"name must be a non-empty str, got {name!r}")
     if mask is not None and not isinstance(mask, maskc.Mask) and not callable(mask):

@@ -392,6 +392,16 @@ def test_show_malformed_param(capsys, param):
     assert "error" in err and "Traceback" not in err
 
 
+def test_a_list_without_brackets_gets_a_hint(capsys):
+    code, out, err = run(capsys, "show", EXAMPLES / "longformer.mask", "-p", "g=0,5")
+    assert code == 1
+    assert "-p g:1:2: error: unexpected ','" in err
+    assert "a list is written -p g=[0,5], a tuple (0,5)" in err
+    code, out, err = run(capsys, "show", EXAMPLES / "longformer.mask", "-p", "g=[0,5]",
+                         "--q-len", "512")
+    assert code == 0 and "global([0, 5])" in out
+
+
 def test_show_picks_mask_of_multi_mask_file(capsys):
     code, out, _ = run(capsys, "show", EXAMPLES / "longformer.mask", "--q-len", 256)
     assert code == 0

@@ -251,3 +251,18 @@ def test_block_mask_needs_no_n_squared_work():
     bm = m.flex_block_mask(1 << 17, block_size=128)  # create_block_mask needs ~30 s here
     assert bm.kv_num_blocks.shape == (1, 1, 1024)
     assert int(bm.full_kv_num_blocks.sum() + bm.kv_num_blocks.sum()) == 3069
+
+
+def test_flex_eager_runs_without_torchs_unfused_warning():
+    """backend='flex-eager' asks for the unfused path: torch's warning that flex_attention
+    ran without torch.compile is not shown (any other warning still is)."""
+    import warnings
+    m = maskc.compile("mask m = causal & window(before = 7, after = 0)")
+    q = torch.randn(1, 2, 64, 16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = m.attention(q, q, q, backend="flex-eager")
+    assert not [w for w in seen if "torch.compile" in str(w.message)], [str(w.message)
+                                                                           for w in seen]
+    ref = m.attention(q.double(), q.double(), q.double(), backend="reference")
+    assert torch.allclose(out.double(), ref, atol=1e-5)
