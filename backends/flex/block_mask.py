@@ -154,16 +154,17 @@ def _transposed(num, idx, C, nq, nk):
         hit[flat] = True
     hit = hit[:n].reshape(C * nk, nq)
     counts = np.zeros(C * nk, dtype=np.int32)
-    out = _zeros(n)
+    out = _zeros(n).reshape(C * nk, nq)
     step = max(1, _CHUNK // nq)
+    cols = np.arange(nq, dtype=np.int32)
     for a in range(0, C * nk, step):
-        f = np.flatnonzero(hit[a:a + step])
-        rr, q = np.divmod(f, nq)
-        cnt = np.bincount(rr, minlength=len(hit[a:a + step]))
-        pos = np.arange(len(f), dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        out[a * nq + f - q + pos] = q
+        rows = hit[a:a + step]
+        cnt = rows.sum(axis=1)
+        # NOTE: a row's query tiles, ascending, fill its leading cells: in row-major order
+        # the set bits' columns are exactly the values of those cells
+        out[a:a + step][cols < cnt[:, None]] = np.nonzero(rows)[1]
         counts[a:a + len(cnt)] = cnt
-    return counts, out.reshape(C * nk, nq)
+    return counts, out
 
 
 def _table(r, k, rows, width):
