@@ -314,7 +314,7 @@ class Mask:
         each sequence its own lengths, ``q_offset``/``kv_offset`` the absolute positions of
         its first query and key, ``kv_valid`` (bool ``(B, Lk)``) the keys it may attend, and
         ``page_table`` (int ``(B, P)``) reads ``k``/``v`` as paged caches ``(num_pages, Hkv,
-        page_size, D)``. Every backend runs them (FlexAttention without runtime inputs);
+        page_size, D)``. Every backend runs them (selections and random blocks: none yet);
         with at most 16 queries per sequence and no gradient the Triton backend runs its
         decode kernel. ``auto`` picks Triton on a GPU (or under ``TRITON_INTERPRET=1`` for
         float16/bfloat16/float32), else the reference.

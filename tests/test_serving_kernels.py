@@ -272,12 +272,49 @@ def test_compiled_flex_decodes_from_a_paged_cache():
     torch.testing.assert_close(out.double(), want, **F32)
 
 
-def test_flex_refuses_what_its_sequence_mask_mod_cannot_read():
+@pytest.mark.parametrize("spec", ["mask m(input doc) = causal & same(doc)",
+                                  "mask m(input doc) = within(doc, causal & window(before = 4, "
+                                  "after = 0) | sink(2))",
+                                  "mask m(input doc) = same(doc) & heads { 0: causal, _: all }"])
+def test_flex_reads_runtime_ids_of_sequences_at_key_rows(spec):
+    """FlexAttention with per-sequence lengths and offsets reads ids at key rows (position
+    less the sequence's kv_offset, nothing outside its keys), as the reference does."""
+    m = maskc.compile(spec)
+    q, k, v = qkv(3, 2, 1, 20, 40, D=16, seed=5)
+    rng = np.random.default_rng(1)
+    doc = torch.tensor(np.sort(rng.integers(0, 5, (3, 40)), axis=1))
+    kw = dict(q_lens=torch.tensor([20, 7, 3]), kv_lens=torch.tensor([40, 13, 25]),
+              kv_offset=torch.tensor([0, 9, 3]), q_offset=torch.tensor([20, 20, 25]),
+              kv_valid=torch.tensor(rng.random((3, 40)) > 0.1))
+    out, lse = m.attention(*_f32(q, k, v), backend="flex-eager", return_lse=True, doc=doc, **kw)
+    want, wlse = m.attention(q, k, v, backend="reference", return_lse=True, doc=doc, **kw)
+    torch.testing.assert_close(out.double(), want, **F32)
+    torch.testing.assert_close(lse.double(), wlse, **F32)
+    from maskc.backends.flex.mask_mod import make_sequence_mask_mod, torch_inputs
+    from maskc.analysis.sequences import bind_sequences
+    seqs = bind_sequences(m.ir, q, k, **kw)
+    mod = make_sequence_mask_mod(m.ir, 2, seqs, 40, "cpu", torch_inputs(m.ir, 40, {"doc": doc}))
+    assert "kv_offset_b" in mod.source and "row_q" in mod.source  # read at key rows
+
+
+def test_compiled_flex_reads_runtime_ids_of_sequences():
     m = maskc.compile("mask m(input doc) = causal & same(doc)")
+    q, k, v = qkv(2, 2, 1, 12, 30, D=16, seed=6)
+    doc = torch.tensor([[0] * 10 + [1] * 20, [2] * 5 + [3] * 25])
+    kw = dict(q_lens=torch.tensor([12, 4]), kv_lens=torch.tensor([30, 9]),
+              kv_offset=torch.tensor([0, 4]), q_offset=torch.tensor([18, 10]))
+    with torch.no_grad():
+        out = m.attention(*_f32(q, k, v), backend="flex", doc=doc, **kw)
+    want = m.attention(q, k, v, backend="reference", doc=doc, **kw)
+    torch.testing.assert_close(out.double(), want, **F32)
+
+
+def test_flex_refuses_selections_with_sequences():
+    m = maskc.compile("mask m(input idx) = causal & blocks(4, select(idx))")
     q = torch.randn(1, 1, 8, 16)
-    with pytest.raises(maskc.MaskError, match="does not take runtime inputs yet"):
-        m.attention(q, q, q, q_lens=torch.tensor([5]), doc=torch.zeros(1, 8, dtype=torch.long),
-                    backend="flex-eager")
+    with pytest.raises(maskc.MaskError, match="per-sequence"):
+        m.attention(q, q, q, q_lens=torch.tensor([5]), backend="flex-eager",
+                    idx=torch.zeros(2, 1, dtype=torch.long))
 
 
 @pytest.mark.parametrize("page_size", [1, 5, 48])

@@ -415,7 +415,9 @@ def attention_sequences(plan, seqs, q, k, v, scale=None, return_lse=False, compi
                                                          x.shape[3]) for x in (k, v))
     Lq, Lk = q.shape[2], k.shape[2]
     device = q.device
-    mod = make_sequence_mask_mod(plan.mdef, plan.heads, seqs, Lk, device)
+    from maskc.backends.flex.mask_mod import torch_inputs
+    ids = torch_inputs(plan.mdef, Lk, plan.bound.inputs, device) if plan.mdef.inputs else {}
+    mod = make_sequence_mask_mod(plan.mdef, plan.heads, seqs, Lk, device, ids)
     bm = _demoted(plan.sequence_map("fwd", seqs, Lq, Lk), seqs)
     block = to_block_mask(bm, mod, device)
     score_mod = None

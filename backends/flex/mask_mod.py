@@ -99,14 +99,17 @@ def _tensor(x, env: Env):
     return x
 
 
-def _gather(g: _Gen, table: str, rows: int, length: int, pos, lo: int, hi: int, hint: str):
+def _gather(g: _Gen, table: str, rows: int, length: int, pos, lo: int, hi: int, hint: str,
+            limit=None):
     """``table[b, pos]`` at a clamped index, and whether ``pos`` (within ``lo..hi`` for indices
-    in range) is inside ``0..length-1`` (folded when the bounds decide it)."""
+    in range) is inside ``0..length-1`` (folded when the bounds decide it), or inside
+    ``0..limit-1`` for a ``limit`` computed per pair (a sequence's key count)."""
     e = g.e
     row = table if rows == 1 else e.let(f"{table}[b.clamp(0, {rows - 1})]", f"{table}_b")
     val = e.let(f"{row}[{pos}.clamp(0, {g.scalar(length - 1, 'kv_last')})]", hint)
-    ok = e.and_(True if lo >= 0 else e.cmp(Op.GE, pos, 0),
-                True if hi < length else e.cmp(Op.LT, pos, g.scalar(length, "kv_len")))
+    below = e.cmp(Op.LT, pos, limit) if limit is not None else \
+        True if hi < length else e.cmp(Op.LT, pos, g.scalar(length, "kv_len"))
+    ok = e.and_(True if lo >= 0 else e.cmp(Op.GE, pos, 0), below)
     return val, e.let(ok, f"ok_{hint}")
 
 
@@ -115,13 +118,28 @@ def _input(g: _Gen, name: str, x: torch.Tensor, hint: str) -> str:
     return g.capture(("input", hint), lambda: x[0] if x.shape[0] == 1 else x, hint)
 
 
+def _rows(g: _Gen, env: Env):
+    """``(query row, key row, query bounds, key bounds)``: where runtime inputs are read (rows
+    are positions less the key offset ``k0``, LANGUAGE.md section 10). With an offset per
+    sequence the bounds are unknown here: every range check is emitted, rows in range being
+    those below the sequence's key count (``_gather``'s ``limit``)."""
+    st = env.extra
+    if isinstance(env.k0, int) and env.k0 == 0:
+        return env.P, env.K, (st.p_lo, st.p_hi, None), (0, st.k_hi, None)
+    e = g.e
+    unknown = (-1, st.Lk_outer, env.Lk)
+    return (e.let(e.sub(env.P, env.k0), "row_q"), e.let(e.sub(env.K, env.k0), "row_k"),
+            unknown, unknown)
+
+
 def _same(g: _Gen, n: ir.Same, env: Env):
-    e, st, x = g.e, env.extra, g.inputs[n.input]
+    e, x = g.e, g.inputs[n.input]
     t = _input(g, n.input, x, n.input)
     e.note(f"same({n.input})")
     B, L = x.shape
-    xq, okq = _gather(g, t, B, L, env.P, st.p_lo, st.p_hi, f"{n.input}_q")
-    xk, okk = _gather(g, t, B, L, env.K, 0, st.k_hi, f"{n.input}_k")
+    rq, rk, bq, bk = _rows(g, env)
+    xq, okq = _gather(g, t, B, L, rq, *bq[:2], f"{n.input}_q", bq[2])
+    xk, okk = _gather(g, t, B, L, rk, *bk[:2], f"{n.input}_k", bk[2])
     return e.let(e.and_(e.cmp(Op.EQ, xq, xk), okq, okk), f"same_{n.input}")
 
 
@@ -151,16 +169,19 @@ def _within(g: _Gen, n: ir.Within, env: Env):
         return g.capture((hint, n.input), lambda: t[0] if B == 1 else t, f"{n.input}_{hint}")
     e.note(f"within({n.input}): positions from the start of the run")
     starts = table(0, "start")
-    sq, _ = _gather(g, starts, B, L, env.P, st.p_lo, st.p_hi, "start_q")
-    sk, _ = _gather(g, starts, B, L, env.K, 0, st.k_hi, "start_k")
-    P = e.let(e.sub(env.P, sq), f"p_{n.input}")
-    K = e.let(e.sub(env.K, sk), f"k_{n.input}")
+    rq, rk, bq, bk = _rows(g, env)
+    sq, _ = _gather(g, starts, B, L, rq, *bq[:2], "start_q", bq[2])
+    sk, _ = _gather(g, starts, B, L, rk, *bk[:2], "start_k", bk[2])
+    P = e.let(e.sub(rq, sq), f"p_{n.input}")
+    K = e.let(e.sub(rk, sk), f"k_{n.input}")
     lens = lambda: table(1, "len")  # noqa: E731
-    lq = lambda: _gather(g, lens(), B, L, env.P, st.p_lo, st.p_hi, "len_q")[0]  # noqa: E731
-    lk = lambda: _gather(g, lens(), B, L, env.K, 0, st.k_hi, "len_k")[0]  # noqa: E731
+    lq = lambda: _gather(g, lens(), B, L, rq, *bq[:2], "len_q", bq[2])[0]  # noqa: E731
+    lk = lambda: _gather(g, lens(), B, L, rk, *bk[:2], "len_k", bk[2])[0]  # noqa: E731
     # NOTE: P - start(P) lies in [0, P] for P in range; out of range, start is start(0) = 0.
-    inner = replace(env, P=P, Q=P, K=K, Lq=lq, Lk=lk, p_nonneg=env.p_nonneg and st.p_lo >= 0,
-                    extra=replace(st, p_lo=min(st.p_lo, 0), p_hi=max(st.p_hi, 0)))
+    # Inside, positions are rows of the run (k0 = 0).
+    nonneg = env.p_nonneg and bq[0] >= 0
+    inner = replace(env, P=P, Q=P, K=K, Lq=lq, Lk=lk, p_nonneg=nonneg, k0=0,
+                    extra=replace(st, p_lo=min(bq[0], 0), p_hi=max(bq[1], 0)))
     return e.and_(same, g.mask(n.body, inner))
 
 
@@ -445,7 +466,7 @@ def _sequence_pair(g: _Gen, info, kv_len: int) -> Env:
     st = _Static(p_lo=int(lo.min()), p_hi=int(hi.max()),
                  k_hi=int((info[:, 3] + info[:, 1]).max()) - 1, Lk_outer=kv_len)
     return Env(P=P, Q="q_idx", K=K, h="h", Lq=lq, Lk=lk, p_nonneg=st.p_lo >= 0, grid=None,
-               extra=st)
+               extra=st, k0=ko)
 
 
 def sequence_supported(mdef: ir.MaskDef) -> str | None:
@@ -457,18 +478,23 @@ def sequence_supported(mdef: ir.MaskDef) -> str | None:
         if isinstance(n, ir.Blocks) and any(isinstance(x, ir.PVar) and x.name in ("Lq", "Lk")
                                             for x in ir.walk(n)):
             return "a 'where' inside blocks(...) that reads Lq or Lk"
-    if mdef.inputs:
-        return "runtime inputs"
+    kinds = input_kinds(mdef)
+    chosen = [n for n in mdef.inputs if kinds[n].kind != "ids"]
+    if chosen:
+        return f"input '{chosen[0]}' ({kinds[chosen[0]].kind})"
     return None
 
 
-def make_sequence_mask_mod(mdef: ir.MaskDef, heads: int, seqs, kv_len: int, device):
+def make_sequence_mask_mod(mdef: ir.MaskDef, heads: int, seqs, kv_len: int, device,
+                           inputs: dict | None = None):
     """The mask of a batch of sequences as one FlexAttention ``mask_mod``: sequence ``b``'s
     pair ``(q_idx, kv_idx)`` is the mask at its lengths with its query at ``q_idx +
     q_offset[b]`` and key at ``kv_idx + kv_offset[b]``, kept only for ``q_idx < q_lens[b]``,
-    ``kv_idx < kv_lens[b]`` and ``kv_valid[b, kv_idx]``; ``.source`` is the generated text."""
+    ``kv_idx < kv_lens[b]`` and ``kv_valid[b, kv_idx]``; runtime ids (``inputs``, as
+    :func:`torch_inputs` returns them, ``(B, kv_len)``) are read at key rows, position less
+    the sequence's ``kv_offset``; ``.source`` is the generated text."""
     info = torch.from_numpy(seqs.info()).long()
-    g = _Gen(mdef, heads, {}, device)
+    g = _Gen(mdef, heads, inputs or {}, device)
     env = _sequence_pair(g, info, kv_len)
     e = g.e
     keep = e.and_(g.mask(mdef.body, env), e.and_(f"q_idx < {env.Lq}", f"kv_idx < {env.Lk}"))
@@ -481,9 +507,10 @@ def make_sequence_mask_mod(mdef: ir.MaskDef, heads: int, seqs, kv_len: int, devi
                            "b, h, q_idx, kv_idx", expr)
     # NOTE: captured as views marked static, as make_score_mod does (Inductor's CPU template
     # failed to compile a score_mod beside this mask_mod otherwise: 'cur_qSplitSize2')
-    tensors = [t.view(t.shape) for t in tensors]
+    tensors = [t.view(t.shape) if isinstance(t, torch.Tensor) else t for t in tensors]
     for t in tensors:
-        torch._dynamo.mark_static(t)
+        if isinstance(t, torch.Tensor):
+            torch._dynamo.mark_static(t)
     mod = _maker(src, mdef.name)(*tensors)
     mod.source = src
     return mod
