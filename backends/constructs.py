@@ -35,7 +35,7 @@ class Env:
     grid: ir.Grid | None
     extra: object = None
     # the key offset: runtime inputs are indexed by key rows, row = position - k0
-    # (LANGUAGE.md section 10; 0 inside within(...), whose positions are rows of a run)
+    # (docs/language.md section 13; 0 inside within(...), whose positions are rows of a run)
     k0: object = 0
 
 
@@ -108,7 +108,7 @@ def _neighborhood(r, n: ir.Neighborhood, env):
         e.note(f"neighborhood, axis {label}: kernel {K}" + (f", dilation {d}" if d > 1 else "")
                + (f", stride {s}" if s > 1 else "") + (", causal" if causal else ""))
         qi, ki = coord(r, env, "q", i), coord(r, env, "k", i)
-        if d > 1:  # NATTEN's rule on the dilation group of the query (LANGUAGE.md section 2)
+        if d > 1:  # NATTEN's rule on the dilation group of the query (docs/language.md section 4)
             g = e.let(e.mod(qi, d, True), f"group_{label}")
             ng = e.let(e.floordiv(e.sub(size + d - 1, g), d, True), f"ng_{label}")
             qi = e.let(e.floordiv(qi, d, True), f"q{label}_d")

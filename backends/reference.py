@@ -316,7 +316,7 @@ def dense(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, **inputs) -
 def dense_at(mdef: ir.MaskDef, q_len, kv_len, heads: int, q_offset: int | None,
              kv_offset: int, inputs: dict) -> np.ndarray:
     """:func:`dense` with the query at absolute position ``q + q_offset`` and the key at
-    ``k + kv_offset`` (LANGUAGE.md section 10; ``None``: ``kv_len - q_len``)."""
+    ``k + kv_offset`` (docs/language.md section 13; ``None``: ``kv_len - q_len``)."""
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
     q_offset = kv_len - q_len if q_offset is None else q_offset
     heads = check_heads(mdef, heads)
@@ -551,7 +551,7 @@ def dense_from_plan(plan, kernel: str = "fwd") -> np.ndarray:
 def run_sequences(mdef: ir.MaskDef, seqs, q, k, v, scale=None, return_lse: bool = False,
                   inputs: dict | None = None, score_inputs: dict | None = None):
     """Reference attention with per-sequence lengths, offsets, key validity and paged caches
-    (LANGUAGE.md section 10): each sequence is the mask at its own lengths and offsets,
+    (docs/language.md section 13): each sequence is the mask at its own lengths and offsets,
     attended in float64; query rows past its length give zeros (lse ``-inf``)."""
     import torch
 

@@ -1,4 +1,4 @@
-"""Scores (``with SCORE``, LANGUAGE.md section 9) rendered as float source, once for every
+"""Scores (``with SCORE``, docs/language.md section 11) rendered as float source, once for every
 generating backend: the Triton kernels and the FlexAttention ``score_mod``.
 
 :func:`render` walks a :class:`~maskc.ir.Score` through :data:`LOWERINGS` (one entry per

@@ -2,7 +2,7 @@
 
 ``maskc.compile(source, name=None, **params)`` parses a `.mask` spec and returns a
 :class:`Mask`; ``Mask.dense()`` gives the exact boolean mask and ``Mask.attention()`` runs
-attention with it. See README.md and LANGUAGE.md for the language.
+attention with it. See README.md and docs/language.md for the language.
 """
 
 from maskc.api import Mask, compile, set_dense_limit, dense_limit

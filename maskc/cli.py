@@ -316,7 +316,7 @@ PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
 def cmd_plot(args) -> int:
-    """Draw the mask into an image file (LANGUAGE.md section 12; see :mod:`maskc.plot`)."""
+    """Draw the mask into an image file (the README; see :mod:`maskc.plot`)."""
     from maskc.plot import choose, plot
 
     params = dict(parse_param(p) for p in args.param)

@@ -1,5 +1,5 @@
 """Estimators: choose the blocks, keys and diagonals that ``select``/``keys``/``diagonals`` read
-(LANGUAGE.md section 8), from the queries and keys themselves.
+(docs/language.md section 10), from the queries and keys themselves.
 
 Each returns ``int32`` tensors on the device of its inputs, rows in ascending order padded
 with ``-1`` at the end, computed with tensor operations only (no ``.item()``, nothing that

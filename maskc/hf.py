@@ -1,4 +1,4 @@
-"""Hugging Face transformers drop-in: ``maskc.hf.register()`` (LANGUAGE.md section 12).
+"""Hugging Face transformers drop-in: ``maskc.hf.register()`` (the README).
 
 ``register(name)`` adds two functions to transformers under ``name``: an attention function
 (``AttentionInterface``) and a mask function (``AttentionMaskInterface``). The mask function

@@ -18,7 +18,7 @@ nothing itself: the tiles, the token layout and the head groups it uses are the 
    (each chosen primitive ``none``), and each call merges the tiles its tensors choose into
    those tables on the device;
 7. **sequences** (:mod:`maskc.passes.sequences`), for a call with lengths, offsets or valid
-   keys per sequence (LANGUAGE.md section 10): ``KernelPlan.sequence_map`` gives each
+   keys per sequence (docs/language.md section 13): ``KernelPlan.sequence_map`` gives each
    sequence its own tables at a kernel's tiles (the plan is at the tensors' lengths).
 
 The forward kernel's tables are built by :func:`plan`; the backward kernels' (dq, dk/dv) on

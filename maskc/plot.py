@@ -1,4 +1,4 @@
-"""Pictures of a mask (LANGUAGE.md section 12): ``Mask.plot(...)`` and ``maskc plot``.
+"""Pictures of a mask (the README): ``Mask.plot(...)`` and ``maskc plot``.
 
 Two views:
 

@@ -53,7 +53,7 @@ def _composite(fn):
 
 @_composite
 def primitive_specs(draw, runtime: bool = True) -> str:
-    """One primitive of LANGUAGE.md section 2 with small random parameters, as source text."""
+    """One primitive of docs/language.md section 4 with small random parameters, as source text."""
     from hypothesis import strategies as st
     n = st.integers(0, 12)
     pos = st.integers(1, 12)
@@ -95,7 +95,7 @@ def specs(draw, max_terms: int = 3, runtime: bool = True) -> str:
 @_composite
 def chosen_specs(draw, max_terms: int = 2) -> str:
     """A mask ``m`` mixing static primitives with a selection, keys or diagonals
-    (LANGUAGE.md section 8), composed as the content-chosen methods do: the chosen part
+    (docs/language.md section 10), composed as the content-chosen methods do: the chosen part
     ``|``-ed with static structure, the whole ``&``-ed with more (``runtime_inputs`` makes
     the inputs it reads)."""
     from hypothesis import strategies as st
@@ -131,7 +131,7 @@ def shapes(draw, max_len: int = 96, dtypes=("float32",), max_heads: int = 4) -> 
 def runtime_inputs(mask: Mask, kv_len: int, seed: int = 0) -> dict:
     """Inputs for every ``input`` of ``mask``: packed-document ids of random lengths; for a
     selection, 3 random key blocks (or padding) per query block, and 5 random keys or
-    diagonals for a list (LANGUAGE.md section 8), the same for every head; for a float input
+    diagonals for a list (docs/language.md section 10), the same for every head; for a float input
     of the score (section 9), a float32 torch tensor of 8 random entries per axis (indices
     past them are clamped)."""
     from maskc.ir.inputs import input_kinds

@@ -394,7 +394,7 @@ def _demoted(bm, seqs):
 
 def attention_sequences(plan, seqs, q, k, v, scale=None, return_lse=False, compiled=True,
                         score_inputs=None):
-    """``flex_attention`` over a batch of sequences (LANGUAGE.md section 10): the block mask
+    """``flex_attention`` over a batch of sequences (docs/language.md section 13): the block mask
     from each sequence's own tables (``passes.sequences``) and one mask_mod that reads each
     sequence's lengths, offsets and valid keys. A paged cache is gathered into ``(B, Hkv,
     P * page_size, D)`` first (FlexAttention reads no page table: a copy)."""

@@ -120,7 +120,7 @@ def _input(g: _Gen, name: str, x: torch.Tensor, hint: str) -> str:
 
 def _rows(g: _Gen, env: Env):
     """``(query row, key row, query bounds, key bounds)``: where runtime inputs are read (rows
-    are positions less the key offset ``k0``, LANGUAGE.md section 10). With an offset per
+    are positions less the key offset ``k0``, docs/language.md section 13). With an offset per
     sequence the bounds are unknown here: every range check is emitted, rows in range being
     those below the sequence's key count (``_gather``'s ``limit``)."""
     st = env.extra
@@ -453,7 +453,7 @@ def _pair(g: _Gen, q_len: int, kv_len: int, extra, literal_shift: bool = False) 
 
 
 def _sequence_pair(g: _Gen, info, kv_len: int) -> Env:
-    """The environment of one pair of sequence ``b`` (LANGUAGE.md section 10): its lengths
+    """The environment of one pair of sequence ``b`` (docs/language.md section 13): its lengths
     and offsets read from the captured ``info`` (int64 ``(B, 4)``: q_len, kv_len, q_offset,
     kv_offset); the static bounds cover every sequence (``info`` on the host)."""
     e = g.e

@@ -231,7 +231,7 @@ class _Tensors:
 
 
 class SequenceArgs:
-    """One call's sequences (LANGUAGE.md section 10) as kernel arguments: ``info`` (int32
+    """One call's sequences (docs/language.md section 13) as kernel arguments: ``info`` (int32
     ``(B, 4)``: lengths and offsets), ``valid`` (int8 ``(B, Lk)``, the keys ``kv_valid``
     keeps) and ``pages`` (int32 ``(B, P)``, the page table), each with its batch stride;
     absent ones are a placeholder the kernels never read (their flag is off)."""

@@ -136,7 +136,7 @@ def _gather(r: Renderer, ptr: str, pos, of: str, env: Env, hint: str):
 
 def _rows(r: Renderer, env: Env):
     """The key rows of the query's and the key's positions (``position - k0``): where runtime
-    inputs are read (LANGUAGE.md section 10)."""
+    inputs are read (docs/language.md section 13)."""
     if env.k0 == 0:
         return env.P, env.K
     e = r.e

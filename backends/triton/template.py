@@ -12,7 +12,7 @@ Everything the kernels read at run time (lengths, strides, block tables, runtime
 is an argument; tile sizes, warps and pipelining depth are launch options (constexprs), so
 one generated module serves every length and every kernel configuration.
 
-Batches of sequences (LANGUAGE.md section 10) take three flags: ``SEQ`` (each batch entry's
+Batches of sequences (docs/language.md section 13) take three flags: ``SEQ`` (each batch entry's
 lengths and offsets from ``info``, with its own tables), ``VALID`` (keys ``kv_valid`` drops,
 in every tile) and ``PAGED`` (keys and values through a page table; forward and decode
 only). :data:`DECODE` holds the decode kernel (a few queries per sequence, GQA heads packed

@@ -302,7 +302,7 @@ def build(mdef: ir.MaskDef, q_len=None, kv_len=None, heads: int = 1, block_q: in
     elements. ``q_tiles`` restricts the analysis to some query tiles, for cost estimates on
     a sample: the tables then have one row per sampled tile. ``offsets`` = ``(q_offset,
     kv_offset)`` puts query ``q`` at position ``q + q_offset`` and key ``k`` at ``k +
-    kv_offset`` (LANGUAGE.md section 10; the default is ``(kv_len - q_len, 0)``).
+    kv_offset`` (docs/language.md section 13; the default is ``(kv_len - q_len, 0)``).
     """
     q_len, kv_len = resolve_lengths(mdef, q_len, kv_len)
     block_k = block_q if block_k is None else block_k

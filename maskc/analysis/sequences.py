@@ -1,4 +1,4 @@
-"""Per-sequence lengths, offsets, key validity and paged caches (LANGUAGE.md section 10):
+"""Per-sequence lengths, offsets, key validity and paged caches (docs/language.md section 13):
 the arguments of ``Mask.attention`` checked once, before any backend runs.
 
 :func:`bind_sequences` turns ``q_lens``, ``kv_lens``, ``q_offset``, ``kv_offset``,

@@ -73,7 +73,7 @@ def prepare_inputs(mdef: ir.MaskDef, kv_len: int, inputs: dict, copy: bool = Fal
 
 
 def split_score_inputs(mdef: ir.MaskDef, inputs: dict, device=None) -> tuple[dict, dict]:
-    """``(mask inputs, score inputs)``: the float inputs of the score (LANGUAGE.md section 9)
+    """``(mask inputs, score inputs)``: the float inputs of the score (docs/language.md section 11)
     checked -- each a floating torch tensor with one axis per index the score reads it with,
     no axis empty, on ``device`` (q's) when given -- and the rest left for
     :func:`prepare_inputs`."""

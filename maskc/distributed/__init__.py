@@ -1,4 +1,4 @@
-"""Context parallelism on ``torch.distributed`` (LANGUAGE.md section 11).
+"""Context parallelism on ``torch.distributed`` (the README's "Many GPUs").
 
 :func:`plan` (pure host work) balances query tiles over ranks by the tiles they really
 visit and lists the key/value tiles each rank needs from each other rank;

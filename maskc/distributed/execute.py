@@ -6,7 +6,7 @@ one message per pair of ranks that has something to send, batched with
 ``torch.distributed.batch_isend_irecv``: NCCL on GPUs, gloo on CPUs) and receives its own;
 the messages are posted and, while they travel, the rank attends to the keys it owns.
 Each run of consecutive query tiles it holds becomes one *sequence* of a
-per-sequence call (LANGUAGE.md section 10): its queries at ``q_offset`` = the run's first
+per-sequence call (docs/language.md section 13): its queries at ``q_offset`` = the run's first
 position, its keys the span of key tiles the run needs, at ``kv_offset`` = the span's
 first position, tiles of the span that no query of the run visits left as zeros (the
 mask never keeps them, so no backend reads them). Every backend that serves per-sequence

@@ -40,8 +40,8 @@ _SLACK = 1.01  # a finer assignment must beat the coarser one by more than this
 
 def plan(mask, q_len=None, world_size=None, heads: int = 1, kv_len=None, block=None,
          **inputs) -> "Plan":
-    """Plan context-parallel attention of ``mask`` over ``world_size`` ranks (LANGUAGE.md
-    section 11): see :class:`Plan`. ``block``: the tile size (tokens) of the plan; by
+    """Plan context-parallel attention of ``mask`` over ``world_size`` ranks (the README's
+    "Many GPUs"): see :class:`Plan`. ``block``: the tile size (tokens) of the plan; by
     default 128, halved (down to 16) while there are fewer than 4 tiles per rank, since
     one tile per rank cannot be balanced (causal: the last rank would do 2x the mean)."""
     from maskc.api import Mask

@@ -28,7 +28,7 @@ __all__ = ["check", "check_mask", "mask_names", "Ctx", "Checker", "Unchecked", "
 MAX_INT = S.MAX_INT
 # NOTE: expansion is bounded so a file of doubling macros cannot build an exponential tree.
 MAX_EXPANSIONS = 20_000
-# NOTE: q, p, k, h, Lq, Lk may name parameters (LANGUAGE.md's own natten(h, w, k) does);
+# NOTE: q, p, k, h, Lq, Lk may name parameters (docs/language.md's own natten(h, w, k) example does);
 # inside `where` the predicate variables shadow them.
 RESERVED = frozenset({"_"})
 

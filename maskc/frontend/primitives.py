@@ -1,7 +1,7 @@
 """The builtin primitives of the language: argument binding, validation, IR construction.
 
 ``BUILTINS`` maps each name to a function ``(checker, syntax, args, env, ctx) -> value``.
-Each validates its arguments against LANGUAGE.md and reports errors at the argument.
+Each validates its arguments as docs/language.md section 4 states and reports errors at the argument.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def _random(ck, syn, args, env, ctx):
 
 def _chosen(cls, func: str):
     """``select(x)`` (inside ``blocks`` only), ``keys(x)``, ``diagonals(x)`` (outside): a
-    runtime input listing what the content chose (LANGUAGE.md section 8)."""
+    runtime input listing what the content chose (docs/language.md section 10)."""
     def build(ck, syn, args, env, ctx):
         if cls is ir.Select:
             _needs_blocks(ctx, syn, func)

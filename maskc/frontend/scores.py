@@ -1,4 +1,4 @@
-"""Lowering scores, the float expression after ``with`` (LANGUAGE.md section 9).
+"""Lowering scores, the float expression after ``with`` (docs/language.md section 11).
 
 A score mixes two types: integer expressions (positions, heads, lengths, grid coordinates;
 lowered to the predicate IR, :class:`~maskc.ir.Pred`, with ``//`` and ``%``) and float

@@ -1,7 +1,7 @@
 """The meaning of grid masks, written once for every stage and backend.
 
 Row-major coordinates of flat token indices and NATTEN's generalized neighborhood rule on
-one axis (LANGUAGE.md section 2). Both take NumPy arrays or torch tensors (pass
+one axis (docs/language.md section 4). Both take NumPy arrays or torch tensors (pass
 ``torch.minimum`` and a ``clamp(min=)`` for tensors), so the reference, FlexAttention and
 the block analysis share the same definition.
 """

@@ -1,4 +1,4 @@
-"""What each runtime input of a mask is, from where the mask uses it (LANGUAGE.md section 8).
+"""What each runtime input of a mask is, from where the mask uses it (docs/language.md section 10).
 
 An input is one of four kinds, decided by the primitives that read it:
 

@@ -186,7 +186,7 @@ class Blocks(Node):
 @dataclass(frozen=True, slots=True)
 class TileBlocks(Node):
     """Over a grid: ``body`` evaluated on tile indices, a token's tile the row-major index of
-    its ``shape[0] x ... x shape[d-1]`` tile among the grid's tiles (LANGUAGE.md section 8)."""
+    its ``shape[0] x ... x shape[d-1]`` tile among the grid's tiles (docs/language.md section 10)."""
 
     shape: tuple[int, ...]
     body: Node

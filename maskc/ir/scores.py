@@ -1,4 +1,4 @@
-"""Scores (LANGUAGE.md section 9): printing, simplifying and differentiating the IR of
+"""Scores (docs/language.md section 11): printing, simplifying and differentiating the IR of
 ``with SCORE``.
 
 The IR keeps structure (a softcap stays :class:`~maskc.ir.Softcap`, an ALiBi an

@@ -1,6 +1,6 @@
 """Chosen tiles: the kernels' tables for ``select``/``keys``/``diagonals``, merged on the device.
 
-Requires: a verified mask whose chosen primitives (LANGUAGE.md section 8) occur only
+Requires: a verified mask whose chosen primitives (docs/language.md section 10) occur only
 positively (never under ``~``), over no grid, for the Triton target, with the selections
 given as torch tensors. Guarantees: a :class:`ChosenTiles` whose ``static`` bound is the
 mask with every chosen primitive replaced by ``none`` (its tables are the plan's block

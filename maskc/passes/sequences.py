@@ -1,4 +1,4 @@
-"""Per-sequence tables (LANGUAGE.md section 10): the plan's stage for a batch of sequences.
+"""Per-sequence tables (docs/language.md section 13): the plan's stage for a batch of sequences.
 
 Requires: a :class:`~maskc.pipeline.KernelPlan` at the tensors' lengths (its tiles) and the
 call's checked :class:`~maskc.analysis.sequences.Sequences`.
