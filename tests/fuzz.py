@@ -1237,6 +1237,19 @@ class Worker:
         scale = call.get("scale")
         if call.get("backend") not in ("flex-eager", "triton"):
             return
+        serving = ("q_lens", "kv_lens", "q_offset", "kv_offset", "kv_valid", "page_table")
+        if any(a in call for a in serving):
+            # NOTE: per-sequence calls against the float64 reference on the same arguments
+            # (itself checked against per-sequence formulas in tests/test_sequences.py); the
+            # dense attention below knows nothing of lengths, offsets or valid keys
+            ref = m.attention(q.double(), k.double(), v.double(),
+                              **{**call, "backend": "reference", "return_lse": False})
+            tol = {torch.float64: 1e-8, torch.float32: 1e-4}.get(q.dtype, 5e-2)
+            err = (o.double() - ref).abs().max().item()
+            if not err <= tol:
+                raise Mismatch(f"{q.dtype} per-sequence attention differs from the float64 "
+                               f"reference by {err:.3g} (tol {tol})")
+            return
         ln = () if m.grid else (q.shape[2], k.shape[2])
         dense = torch.from_numpy(np.asarray(m.dense(*ln, heads=q.shape[1], **kw)))
         if dense.ndim == 3:
