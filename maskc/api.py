@@ -422,6 +422,8 @@ class Mask:
             backend = "triton" if kernels and (q.device.type == "cuda" or
                                                os.environ.get("TRITON_INTERPRET") == "1") \
                 else "reference"
+        if inputs and any(isinstance(n, ir.Within) for n in ir.walk(self.ir.body)):
+            inputs = self._ids_of_sequences(seqs, k, inputs)
         if backend == "triton":
             from maskc.backends import triton
             return triton.attention(self, q, k, v, scale=scale, return_lse=return_lse,
@@ -451,6 +453,28 @@ class Mask:
         xs = sizes.prepare_inputs(self.ir, Lk, inputs)
         from maskc.backends import reference
         return reference.run_sequences(self.ir, seqs, q, k, v, scale, return_lse, xs, floats)
+
+    def _ids_of_sequences(self, seqs, k, inputs: dict) -> dict:
+        """Ids ``(B, Lk)`` that end each sequence's last document at its ``kv_lens[b]``: keys
+        past it are never read (LANGUAGE.md section 10), so the runs ``within`` measures
+        (each document's start and length: its ``k``, ``Lq``, ``Lk``) stop there on every
+        backend, as the reference's per-sequence masks do (found by review: the kernels and
+        FlexAttention measured runs over the whole row)."""
+        Lk = seqs.page_table.shape[1] * seqs.page_size if seqs.page_table is not None \
+            else k.shape[2]
+        xs = sizes.prepare_inputs(self.ir, Lk, inputs, copy=True)
+        out = dict(inputs)
+        lens = np.asarray(seqs.kv_lens)
+        past = np.arange(Lk)[None, :] >= lens[:, None]
+        for name, x in xs.items():
+            x = np.array(np.broadcast_to(x, (seqs.batch, Lk)))
+            # NOTE: a run of its own after each sequence's keys: 0, or 1 where the last key's
+            # id is 0 (runs are contiguous: an equal id further back does not join it)
+            last = x[np.arange(seqs.batch), np.clip(lens - 1, 0, max(Lk - 1, 0))] if Lk else \
+                np.zeros(seqs.batch, dtype=x.dtype)
+            x[past] = np.broadcast_to((last == 0).astype(x.dtype)[:, None], x.shape)[past]
+            out[name] = x
+        return out
 
     def _span(self) -> Span | None:
         return self.ir.span

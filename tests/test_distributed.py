@@ -37,6 +37,9 @@ ENGINE = {
     "reads q": "mask m = where(q >= k + 3) & window(before = 50, after = 0)",
     "grid": ("mask m over grid(y = 12, x = 12) = neighborhood((5, 5)) "
              "with softcap(4.0)"),
+    # positions inside a document: a shard's key span may begin inside one (found by review)
+    "within positions": ("mask m(input doc) = within(doc, causal & window(before = 3, "
+                         "after = 0) & where k % 2 == 0)"),
 }
 DOC_LENGTHS = [50, 7, 100, 44, 60, 40]  # 301 tokens
 
@@ -45,9 +48,12 @@ def _inputs(spec: str, n: int) -> dict:
     if "select(idx)" in spec:
         nb = -(-n // 16)
         return {"idx": np.random.default_rng(0).integers(-1, nb, (4, nb, 3))}
-    if "same(doc)" in spec:
+    if "same(doc)" in spec or "within(doc" in spec:
         lengths = list(DOC_LENGTHS)
         lengths[-1] += n - sum(lengths)
+        if lengths[-1] <= 0:  # fewer tokens: the first documents, the last one cut
+            ends = np.minimum(np.cumsum(DOC_LENGTHS), n)
+            lengths = [int(x) for x in np.diff(np.concatenate([[0], ends])) if x > 0]
         return {"doc": np.repeat(np.arange(len(lengths)), lengths)}
     return {}
 

@@ -275,10 +275,13 @@ def test_compiled_flex_decodes_from_a_paged_cache():
 @pytest.mark.parametrize("spec", ["mask m(input doc) = causal & same(doc)",
                                   "mask m(input doc) = within(doc, causal & window(before = 4, "
                                   "after = 0) | sink(2))",
-                                  "mask m(input doc) = same(doc) & heads { 0: causal, _: all }"])
+                                  "mask m(input doc) = same(doc) & heads { 0: causal, _: all }",
+                                  # a document's Lk inside within stops at the sequence's keys
+                                  "mask m(input doc) = within(doc, where k >= Lk - 2)"])
 def test_flex_reads_runtime_ids_of_sequences_at_key_rows(spec):
-    """FlexAttention with per-sequence lengths and offsets reads ids at key rows (position
-    less the sequence's kv_offset, nothing outside its keys), as the reference does."""
+    """FlexAttention and the Triton kernels with per-sequence lengths and offsets read ids at
+    key rows (position less the sequence's kv_offset, nothing outside its keys), and a
+    document that runs past a sequence's keys ends there, as the reference's masks do."""
     m = maskc.compile(spec)
     q, k, v = qkv(3, 2, 1, 20, 40, D=16, seed=5)
     rng = np.random.default_rng(1)
@@ -286,10 +289,11 @@ def test_flex_reads_runtime_ids_of_sequences_at_key_rows(spec):
     kw = dict(q_lens=torch.tensor([20, 7, 3]), kv_lens=torch.tensor([40, 13, 25]),
               kv_offset=torch.tensor([0, 9, 3]), q_offset=torch.tensor([20, 20, 25]),
               kv_valid=torch.tensor(rng.random((3, 40)) > 0.1))
-    out, lse = m.attention(*_f32(q, k, v), backend="flex-eager", return_lse=True, doc=doc, **kw)
     want, wlse = m.attention(q, k, v, backend="reference", return_lse=True, doc=doc, **kw)
-    torch.testing.assert_close(out.double(), want, **F32)
-    torch.testing.assert_close(lse.double(), wlse, **F32)
+    for backend in ("flex-eager", "triton"):
+        out, lse = m.attention(*_f32(q, k, v), backend=backend, return_lse=True, doc=doc, **kw)
+        torch.testing.assert_close(out.double(), want, **F32)
+        torch.testing.assert_close(lse.double(), wlse, **F32)
     from maskc.backends.flex.mask_mod import make_sequence_mask_mod, torch_inputs
     from maskc.analysis.sequences import bind_sequences
     seqs = bind_sequences(m.ir, q, k, **kw)

@@ -101,7 +101,24 @@ def _needs_engine(mdef) -> str | None:
     rows = reads_rows(mdef)
     if rows:
         return "reads " + ", ".join(rows)
+    if any(isinstance(n, ir.Within) and not _shift_free(n.body) for n in ir.walk(mdef.body)):
+        # NOTE: a per-sequence call gets the ids of its key span only, so a document that
+        # began before the span would seem to begin at it: positions inside within() would
+        # be wrong (found by review: `where k % 2 == 0` inside within)
+        return "reads positions inside within()"
     return None
+
+
+def _shift_free(node) -> bool:
+    """Whether ``node`` depends on positions only through ``p - k`` (causal, windows, and
+    their combinations): the same wherever a document starts."""
+    if isinstance(node, (ir.Causal, ir.Window, ir.Const)):
+        return True
+    if isinstance(node, (ir.And, ir.Or)):
+        return all(_shift_free(t) for t in node.terms)
+    if isinstance(node, ir.Not):
+        return _shift_free(node.body)
+    return False
 
 
 def _received_rows(plan: Plan, rank: int) -> np.ndarray:
