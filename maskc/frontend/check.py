@@ -53,6 +53,9 @@ class Unchecked(Exception):
     Never raised by :func:`check`, whose module is whole."""
 
 
+_SUGGEST_FROM = 256  # most names (beside the builtins) an unknown name is compared with
+
+
 class Checker:
     """Checks one module; :meth:`mask` lowers one of its masks with parameter overrides.
 
@@ -67,6 +70,8 @@ class Checker:
         self.module = module
         self.lets: dict[str, S.LetItem] = {}
         self.masks: dict[str, S.MaskItem] = {}
+        self._close: dict = {}  # suggestions found, per name and scope (undefined())
+        self._by_len = None     # item names by length, for _nearest
         rejected = set()
         for it in module.items:
             table = self.lets if isinstance(it, S.LetItem) else self.masks
@@ -94,6 +99,27 @@ class Checker:
         return (name in env or name in self.lets or name in self.masks or name in BUILTINS
                 or name in ir.PRED_VARS or name == "s")
 
+    def _nearest(self, name: str, names: set, env) -> set:
+        """Of many names in scope, those compared with an unknown ``name``: the builtins, the
+        local names, and up to :data:`_SUGGEST_FROM` items nearest in length (difflib's ratio
+        falls with the length difference; a file of thousands of masks otherwise costs a
+        comparison with each of them per unknown name)."""
+        by_len = self._by_len
+        if by_len is None or by_len[0] != (len(self.lets), len(self.masks)):
+            table: dict[int, list] = {}
+            for n in sorted({*self.lets, *self.masks}):
+                table.setdefault(len(n), []).append(n)
+            by_len = self._by_len = ((len(self.lets), len(self.masks)), table)
+        table = by_len[1]
+        near: list = []
+        for d in range(0, max(table, default=0) + len(name) + 1):
+            for length in {len(name) - d, len(name) + d}:
+                near += table.get(length, ())
+            if len(near) >= _SUGGEST_FROM:
+                break
+        keep = set(near[:_SUGGEST_FROM]) | set(BUILTINS) | set(env)
+        return names & keep
+
     def undefined(self, name: str, span: Span | None, env, as_input: bool = False,
                   builtins: bool = True) -> MaskNameError:
         """The error for an undefined ``name``: the closest name in scope as a suggestion, or,
@@ -105,7 +131,15 @@ class Checker:
             scope = [k for k, v in env.items() if isinstance(v, InputV)]
         else:
             scope = [*env, *self.lets, *self.masks, *(BUILTINS if builtins else ())]
-        close = difflib.get_close_matches(name, sorted(set(scope) - {name}), n=1)
+        # NOTE: one search per distinct (name, scope): a file repeating one typo in each of
+        # thousands of masks searched every mask name each time (quadratic: 27 s for 4,000)
+        key = (name, as_input, builtins, tuple(env), len(self.lets), len(self.masks))
+        if key not in self._close:
+            names = set(scope) - {name}
+            if len(names) > _SUGGEST_FROM:
+                names = self._nearest(name, names, env)
+            self._close[key] = difflib.get_close_matches(name, sorted(names), n=1)
+        close = self._close[key]
         if close:
             return MaskNameError(f"undefined name '{name}'; did you mean '{close[0]}'?", span)
         item = self.item
