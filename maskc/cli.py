@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from maskc.errors import MaskError, MaskInputError, MaskSizeError, MaskSyntaxError
+from maskc.errors import MaskError, MaskInputError, MaskParamError, MaskSizeError, MaskSyntaxError
 from maskc.ir.inputs import input_kinds
 from maskc.ir.pretty import pretty_mask
 from maskc.ir.scores import pretty_score
@@ -584,6 +584,19 @@ def _test_cases(m, args, device: str, limit: int, fit: int, most: int, runner: s
                          f"test runs at most {most} heads {runner}: heads {most} and up are "
                          "not tested")
             heads = most
+        from maskc import ir
+        listed = sorted({h for n in ir.walk(m.ir.body) if isinstance(n, ir.Heads)
+                         for arm in n.arms if arm.heads is not None
+                         for a, b in arm.heads.intervals for h in range(a, min(b, a + 4096))})
+        if listed and listed[0] > 0 and not any(
+                arm.heads is None for n in ir.walk(m.ir.body) if isinstance(n, ir.Heads)
+                for arm in n.arms):
+            raise MaskError(f"mask '{m.name}': head 0 is covered by no arm of its heads {{ ... }} "
+                            "(and there is no '_' arm), so no head count runs it", m.ir.span)
+        untested = [h for h in listed if h >= heads]
+        if untested and heads <= most and not any(h >= most for h in untested):
+            notes.append(f"{m.name}: the arms for head(s) {', '.join(map(str, untested))} are "
+                         f"not tested: head {heads} is covered by no arm (add a '_' arm)")
     g = _kv_heads(heads)
     if m.grid:
         n = m.ir.grid.numel
@@ -610,6 +623,11 @@ def _test_cases(m, args, device: str, limit: int, fit: int, most: int, runner: s
                 L = 256  # NOTE: 64 x 64 tiles from 256 on: 2.5x faster than 192 tokens' own
             while L < limit and short(L) < hard:
                 L += 1
+            if short(L) < hard:
+                raise MaskSizeError(f"mask '{m.name}' needs at least {hard:,} keys (its random "
+                                    f"blocks), more than maskc test runs {runner} (up to "
+                                    f"{limit:,}): use larger blocks or fewer random blocks "
+                                    "with -p", m.ir.span)
             if soft > L:
                 notes.append(f"{m.name}: its structure spans about {soft:,} tokens, more than "
                              f"the {L:,} tested by default {runner} (pass --q-len, at most "
@@ -680,6 +698,8 @@ def cmd_test(args) -> int:
         raise MaskError(f"--kv-len must be at least 1, got {args.kv_len}")
     if args.cases is not None and args.cases < 1:
         raise MaskError(f"--cases must be at least 1, got {args.cases}")
+    if not 0 <= args.seed < 2 ** 32:
+        raise MaskError(f"--seed must be from 0 to 2**32 - 1, got {args.seed}")
     if os.environ.get("TRITON_INTERPRET") != "1":
         import torch
         if not torch.cuda.is_available():
@@ -700,8 +720,21 @@ def cmd_test(args) -> int:
                                 f"up to {limit:,} keys), got {n:,}")
     module = _module(args.file)
     names = [args.name] if args.name else _masks_in(module)
-    masks = [compile(Path(args.file), name=name, **_known(module, name, params))
-             for name in names]
+    masks, skipped = [], []
+    for name in names:
+        try:
+            masks.append(compile(Path(args.file), name=name, **_known(module, name, params)))
+        except MaskParamError as err:
+            # NOTE: a mask of the file that needs -p is left out (as check does), unless asked
+            # for by name
+            if args.name or "has no default" not in err.message:
+                raise
+            skipped.append(name)
+    if skipped:
+        print(f"note: not tested: {', '.join(skipped)} (parameters without defaults: pass "
+              "them with -p, or --name)", flush=True)
+    if not masks:
+        raise MaskError(f"{args.file}: no mask to test without -p values")
     for m in masks:  # NOTE: every mask is checked before the first one runs
         if m.grid and m.ir.grid.numel > limit:
             raise MaskSizeError(f"mask '{m.name}' is over a grid of {m.ir.grid.numel:,} tokens, "
@@ -835,7 +868,11 @@ def main(argv: list[str] | None = None) -> int:
     except MaskError as err:
         if args.debug:
             raise
-        print(err, file=sys.stderr)
+        # NOTE: the library's hint names its Python keyword; here the flag is -p
+        message = re.sub(r"pass it to maskc\.compile\(\.\.\., (\w+)=\.\.\.\)",
+                         r"pass it with -p \1=VALUE", err.message)
+        print(err if message == err.message else MaskError(message, err.span),
+              file=sys.stderr)
         return 1
     except BrokenPipeError:  # `maskc show ... | head`: the reader has all it wants
         # NOTE: point stdout at devnull so the interpreter's final flush does not fail again

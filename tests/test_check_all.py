@@ -335,3 +335,14 @@ def test_thousands_of_unknown_names_are_checked_in_linear_time():
         assert large < 4 * small + 0.5, (distinct, small, large)
     _, errors = seconds(300, False)
     assert "did you mean 'window'?" in str(errors[0])
+
+
+def test_a_refused_character_inside_a_word_reports_only_itself():
+    """Found by review: `wíndow` also gave "undefined name 'w'" (the text before the
+    character was checked as a whole item); a stray character after a whole item still
+    leaves that item checked."""
+    from maskc.frontend import check_all
+    text = "mask a = causal\nmask b = w\u00edndow(3)\nmask c = sink(2) $\nmask d = windw(2)\n"
+    got = [(e.line, e.column, e.message) for e in check_all(text, "u.mask")]
+    assert got == [(2, 11, "unexpected character 'í'"), (3, 18, "unexpected character '$'"),
+                   (4, 10, "undefined name 'windw'; did you mean 'window'?")]

@@ -132,3 +132,28 @@ def test_no_library_warning_leaks(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Warning" not in res.stdout + res.stderr, res.stderr
     assert res.stdout.splitlines()[-1] == "2 cases passed, 0 failed"
+
+
+def test_what_no_run_can_test_is_said_before_running(tmp_path, capsys):
+    """Found by review: random blocks needing more keys than the interpreter's limit ran
+    four failing cases; a heads { } without head 0 ran four failing cases; a bad --seed
+    failed inside numpy; a mask needing -p stopped the whole file."""
+    f = tmp_path / "r.mask"
+    f.write_text("mask r = blocks(64, random(20, seed = 1))\n")
+    assert main(["test", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert "needs at least 1,217 keys" in err and "up to 1,024" in err
+    f.write_text("mask h = heads { 1..4: causal }\n")
+    assert main(["test", str(f)]) == 1
+    assert "head 0 is covered by no arm" in capsys.readouterr().err
+    f.write_text("mask h = heads { 0: causal, 2: window(2) }\n")
+    assert main(["test", str(f), "--cases", "1"]) == 0
+    assert "the arms for head(s) 2 are not tested" in capsys.readouterr().out
+    assert main(["test", str(f), "--seed", "-1"]) == 1
+    assert "--seed must be from 0" in capsys.readouterr().err
+    f.write_text("mask a(w) = window(w)\nmask b = causal\n")
+    assert main(["test", str(f), "--cases", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "not tested: a (parameters without defaults" in out and cases_of(out)[0][0] == "b"
+    assert main(["test", str(f), "--name", "a"]) == 1
+    assert "pass it with -p w=VALUE" in capsys.readouterr().err

@@ -449,6 +449,11 @@ def parse_until_error(src: Source, begin: int = 0):
                   if not m.group().startswith("#")), begin)
     broken = keywords[-1] if keywords else first
     error = _syntax_error(src, err, base, broken)
+    if whole and isinstance(err, UnexpectedCharacters):
+        # NOTE: a character the lexer refuses inside a word (`wíndow`) cuts the item short:
+        # the text before it may parse (`mask b = w`) but is not what was written
+        at = err.pos_in_stream + base
+        whole = at == 0 or text[at - 1].isspace()
     if whole:  # the error is after a complete item: what is broken begins there
         broken = (err.pos_in_stream if isinstance(err, UnexpectedCharacters)
                   else err.token.start_pos) + base
