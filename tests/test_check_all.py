@@ -346,3 +346,12 @@ def test_a_refused_character_inside_a_word_reports_only_itself():
     got = [(e.line, e.column, e.message) for e in check_all(text, "u.mask")]
     assert got == [(2, 11, "unexpected character 'í'"), (3, 18, "unexpected character '$'"),
                    (4, 10, "undefined name 'windw'; did you mean 'window'?")]
+
+
+def test_a_refused_mask_is_still_a_mask_of_the_file():
+    """Found by review: `let a` then `mask a` also said "the file defines no mask"."""
+    from maskc.frontend import check_all
+    got = [(e.line, e.message) for e in check_all("let a = causal\nmask a = a\n", "d.mask")]
+    assert got == [(2, "'a' is defined twice")]
+    got = [e.message for e in check_all("let a = causal\n", "d.mask")]
+    assert got == ["the file defines no mask (add 'mask NAME = ...')"]

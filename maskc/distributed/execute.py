@@ -82,11 +82,17 @@ def attention(plan: Plan, q, k, v, group=None, backend: str = "auto", scale=None
     route = _Route(plan, rank, group)
     pending = _Pending()
     flat = _Exchange.apply(kv, route, pending)  # NOTE: posted, not yet received
-    if engine:
-        return _attend_rows(plan, rank, q, kv, pending.received(flat), k.shape[-1], scale,
-                            floats)
-    return _attend(plan, rank, q, kv, lambda: pending.received(flat), k.shape[-1], backend,
-                   scale, floats)
+    try:
+        if engine:
+            return _attend_rows(plan, rank, q, kv, pending.received(flat), k.shape[-1], scale,
+                                floats)
+        return _attend(plan, rank, q, kv, lambda: pending.received(flat), k.shape[-1],
+                       backend, scale, floats)
+    finally:
+        # NOTE: also when the local attention raises: the peers' messages posted for this
+        # rank are taken, so the error reaches the user instead of a hang at the next
+        # collective of the group (idempotent after a normal run)
+        pending.wait()
 
 
 def _needs_engine(mdef) -> str | None:

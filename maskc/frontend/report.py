@@ -85,7 +85,10 @@ def check_all(text: str, filename: str = "<string>", /, **params) -> list[MaskEr
     broken = frozenset(name for name, x in parsed if isinstance(x, MaskError) and name)
     module = S.Module(items, span=Span(Source(text, filename), 1, 1, 1, 2))
     checker = Checker(module, errors=errors, broken=broken)
-    if not checker.masks and not any(isinstance(x, MaskError) for _, x in parsed):
+    # NOTE: a mask the checker refused (defined twice, a reserved name) is still a mask of
+    # the file: only a file with none at all is told it defines none, as compile() says
+    if not any(isinstance(x, S.MaskItem) for x in items) and \
+            not any(isinstance(x, MaskError) for _, x in parsed):
         span = items[0].span if items else module.span
         errors.append(MaskNameError("the file defines no mask (add 'mask NAME = ...')", span))
     for item in checker.masks.values():
