@@ -101,14 +101,7 @@ def cmd_check(args) -> int:
         try:
             text, filename = read_source(Path(path))
             errors = check_all(text, filename, **params)
-            if not errors:
-                module = parse(text, filename)
-                declared = {p.name for i in module.items
-                            for p in (getattr(i, "params", None) or ())}
-                unknown = [k for k in params if k not in declared]
-                if unknown:
-                    raise MaskError(f"{path}: no mask in the file has a parameter "
-                                    f"'{unknown[0]}'")
+            module = None if errors else parse(text, filename)  # the names of a clean file
         except MaskError as err:
             errors = [err]
         if errors:
@@ -215,7 +208,7 @@ def _chosen_mask(args, params: dict):
     if name is None:
         names = _masks_in(_module(args.file))
         if len(names) > 1:
-            # NOTE: unlike compile(), show picks a mask: the one named after the file, or the first.
+            # NOTE: unlike maskc.compile(), the commands pick one: named after the file, or first
             stem = Path(args.file).stem
             name = stem if stem in names else names[0]
             notes.append(f"using '{name}'; the file also defines "
@@ -536,26 +529,36 @@ def _structure_tokens(node) -> tuple[int, int]:
     return soft, hard
 
 
+def _head_arms(mdef) -> list[tuple[list, bool]]:
+    """Per ``heads { ... }`` of the mask: its arms' head intervals (sorted, end exclusive)
+    and whether it has a ``_`` arm."""
+    from maskc import ir
+    return [(sorted(iv for arm in n.arms if arm.heads is not None for iv in arm.heads.intervals),
+             any(arm.heads is None for arm in n.arms))
+            for n in ir.walk(mdef.body) if isinstance(n, ir.Heads)]
+
+
+def _covered(spans) -> int:
+    """The heads ``0..c-1`` that ``spans`` (sorted intervals) cover before the first gap."""
+    covered = 0
+    for a, b in spans:
+        if a > covered:
+            break
+        covered = max(covered, b)
+    return covered
+
+
 def _arm_heads(mdef) -> int:
     """Heads that run every arm of the mask's ``heads { ... }``: each listed head and one
     more for ``_``, at least 4 and even where heads past the listed ones are kept (so the
     GQA case groups them), and no head that an arm-list without ``_`` leaves uncovered."""
-    from maskc import ir
     want, most = 4, None
-    for n in ir.walk(mdef.body):
-        if not isinstance(n, ir.Heads):
-            continue
-        spans = sorted(iv for arm in n.arms if arm.heads is not None for iv in arm.heads.intervals)
-        if any(arm.heads is None for arm in n.arms):
+    for spans, default in _head_arms(mdef):
+        if default:
             top = max((b for _, b in spans), default=0) + 1  # `_` runs on head `top - 1`
             want = max(want, top + top % 2)
-            continue
-        covered = 0  # the heads 0.. covered before the first gap
-        for a, b in spans:
-            if a > covered:
-                break
-            covered = max(covered, b)
-        most = covered if most is None else min(most, covered)
+        else:
+            most = _covered(spans) if most is None else min(most, _covered(spans))
     return max(1, min(want, most)) if most is not None else want
 
 
@@ -584,17 +587,13 @@ def _test_cases(m, args, device: str, limit: int, fit: int, most: int, runner: s
                          f"test runs at most {most} heads {runner}: heads {most} and up are "
                          "not tested")
             heads = most
-        from maskc import ir
-        listed = sorted({h for n in ir.walk(m.ir.body) if isinstance(n, ir.Heads)
-                         for arm in n.arms if arm.heads is not None
-                         for a, b in arm.heads.intervals for h in range(a, min(b, a + 4096))})
-        if listed and listed[0] > 0 and not any(
-                arm.heads is None for n in ir.walk(m.ir.body) if isinstance(n, ir.Heads)
-                for arm in n.arms):
+        arms = _head_arms(m.ir)
+        if any(not default and _covered(spans) == 0 for spans, default in arms):
             raise MaskError(f"mask '{m.name}': head 0 is covered by no arm of its heads {{ ... }} "
                             "(and there is no '_' arm), so no head count runs it", m.ir.span)
-        untested = [h for h in listed if h >= heads]
-        if untested and heads <= most and not any(h >= most for h in untested):
+        untested = sorted({h for spans, _ in arms for a, b in spans
+                           for h in range(max(a, heads), min(b, most))})
+        if untested and max(b for spans, _ in arms for _, b in spans) <= most:
             notes.append(f"{m.name}: the arms for head(s) {', '.join(map(str, untested))} are "
                          f"not tested: head {heads} is covered by no arm (add a '_' arm)")
     g = _kv_heads(heads)

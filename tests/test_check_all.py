@@ -355,3 +355,15 @@ def test_a_refused_mask_is_still_a_mask_of_the_file():
     assert got == [(2, "'a' is defined twice")]
     got = [e.message for e in check_all("let a = causal\n", "d.mask")]
     assert got == ["the file defines no mask (add 'mask NAME = ...')"]
+
+
+def test_an_unknown_parameter_is_reported_with_the_other_errors(tmp_path, capsys):
+    """`-p w=3` where no mask declares `w` is an error beside the file's own (it used to be
+    looked for only in files without any other error)."""
+    from maskc.cli import main
+    f = tmp_path / "b.mask"
+    f.write_text("mask a = windw(2)\n")
+    assert main(["check", str(f), "-p", "w=3"]) == 1
+    err = capsys.readouterr().err
+    assert "undefined name 'windw'" in err and "no mask in the file has a parameter 'w'" in err
+    assert err.rstrip().endswith("b.mask: 2 errors")

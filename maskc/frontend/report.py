@@ -71,8 +71,9 @@ def _resume(text: str, broken: int) -> int | None:
 def check_all(text: str, filename: str = "<string>", /, **params) -> list[MaskError]:
     """Every error in the `.mask` source ``text``, in source order (``[]`` when it is clean).
 
-    ``params`` override parameters of the masks that declare them (as ``maskc check -p``);
-    a mask with a parameter that has no default and is not given is not checked. Each error
+    ``params`` override parameters of the masks that declare them (as ``maskc check -p``;
+    one that no mask declares is an error); a mask with a parameter that has no default and
+    is not given is not checked. Each error
     is the one :func:`maskc.compile` would raise for it, with the same line and column; an
     error inside a macro used by several masks is reported once.
     """
@@ -84,6 +85,11 @@ def check_all(text: str, filename: str = "<string>", /, **params) -> list[MaskEr
     items = tuple(x for _, x in parsed if not isinstance(x, MaskError))
     broken = frozenset(name for name, x in parsed if isinstance(x, MaskError) and name)
     module = S.Module(items, span=Span(Source(text, filename), 1, 1, 1, 2))
+    declared = {p.name for x in items for p in (getattr(x, "params", None) or ())}
+    unknown = [k for k in params if k not in declared]
+    if unknown and not broken:  # (a mask that did not parse may declare it)
+        errors.append(MaskError(f"{filename}: no mask in the file has a parameter "
+                                f"'{unknown[0]}'"))
     checker = Checker(module, errors=errors, broken=broken)
     # NOTE: a mask the checker refused (defined twice, a reserved name) is still a mask of
     # the file: only a file with none at all is told it defines none, as compile() says
