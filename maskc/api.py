@@ -462,18 +462,17 @@ class Mask:
         FlexAttention measured runs over the whole row)."""
         Lk = seqs.page_table.shape[1] * seqs.page_size if seqs.page_table is not None \
             else k.shape[2]
-        xs = sizes.prepare_inputs(self.ir, Lk, inputs, copy=True)
+        xs = sizes.prepare_inputs(self.ir, Lk, inputs)
         out = dict(inputs)
         lens = np.asarray(seqs.kv_lens)
         past = np.arange(Lk)[None, :] >= lens[:, None]
         for name, x in xs.items():
-            x = np.array(np.broadcast_to(x, (seqs.batch, Lk)))
+            x = np.broadcast_to(x, (seqs.batch, Lk))
             # NOTE: a run of its own after each sequence's keys: 0, or 1 where the last key's
             # id is 0 (runs are contiguous: an equal id further back does not join it)
             last = x[np.arange(seqs.batch), np.clip(lens - 1, 0, max(Lk - 1, 0))] if Lk else \
                 np.zeros(seqs.batch, dtype=x.dtype)
-            x[past] = np.broadcast_to((last == 0).astype(x.dtype)[:, None], x.shape)[past]
-            out[name] = x
+            out[name] = np.where(past, (last == 0).astype(x.dtype)[:, None], x)
         return out
 
     def _span(self) -> Span | None:

@@ -239,8 +239,7 @@ def _resolve(node, rects: Rects, an: Analysis, evaluate,
                     for x in (rects.Lq, rects.Lk))
         m = evaluate(node, P=P_[:, None, :, None], Q=Q_[:, None, :, None],
                      K=K_[:, None, None, :], Hh=np.full((1, 1, 1, 1), an.head),
-                     Lq=Lq_, Lk=Lk_, inputs=inputs, grid=an.grid, K0=an.k0,
-                     **({} if shared is None else {"cache": shared}))
+                     Lq=Lq_, Lk=Lk_, inputs=inputs, grid=an.grid, K0=an.k0, cache=shared)
         m = np.broadcast_to(m, (len(P_), 1, wq, wk))
         any_[sl], all_[sl] = m.any(axis=(1, 2, 3)), m.all(axis=(1, 2, 3))
     return any_, all_

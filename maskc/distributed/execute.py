@@ -378,38 +378,32 @@ def _attend(plan: Plan, rank: int, q, kv, receive, d: int, backend, scale, float
         sel = np.broadcast_to(sel, (B,) + sel.shape[1:]).reshape(B * J, Ls)
         ids[name] = torch.as_tensor(np.array(sel), device=dev)  # a writable copy
 
-    def keys(pool, which):
-        """The spans' keys and values from ``pool`` (rows of one source, then a zero row)
-        and which key slots hold that source's keys (``kv_valid``)."""
+    def call(pool, use, rows, lse: bool):
+        """Attention over the spans' key slots ``use`` (``kv_valid``), read from ``pool`` at
+        ``rows`` (every other slot reads an appended zero row)."""
         zero = pool.shape[2]
         pool = torch.cat([pool, pool.new_zeros((B, pool.shape[1], 1, pool.shape[3]))], dim=2)
-        idx = np.where(src == which, row, zero).reshape(-1)
-        g = pool.index_select(2, torch.as_tensor(idx, device=dev))
+        g = pool.index_select(2, torch.as_tensor(np.where(use, rows, zero).reshape(-1),
+                                                 device=dev))
         g = g.view(B, pool.shape[1], J, Ls, pool.shape[3]).transpose(1, 2)
         g = g.reshape(B * J, pool.shape[1], Ls, pool.shape[3])
-        valid = torch.as_tensor(np.broadcast_to(src == which, (B, J, Ls)).reshape(B * J, Ls)
-                                .copy(), device=dev)
-        return g[..., :d], g[..., d:], valid
-
-    def call(pool, which, lse: bool):
-        ks, vs, valid = keys(pool, which)
-        return plan.mask.attention(qs, ks, vs, scale=scale, backend=backend, kv_valid=valid,
-                                   return_lse=lse, **seqs, **ids, **floats)
+        valid = torch.as_tensor(np.broadcast_to(use, (B, J, Ls)).reshape(B * J, Ls).copy(),
+                                device=dev)
+        return plan.mask.attention(qs, g[..., :d], g[..., d:], scale=scale, backend=backend,
+                                   kv_valid=valid, return_lse=lse, **seqs, **ids, **floats)
 
     own, got = bool((src == 0).any()), n_got > 0 and bool((src == 1).any())
     if not (own and got) or not _returns_lse(backend, dev):
         # one call: on everything the rank holds (after the exchange, when it needs it)
-        pool = torch.cat([kv, receive()], dim=2) if got else kv
-        if got:
-            both = np.where(src == 1, row + n_own, row)
-            src_all = np.where(src >= 0, 0, -1)
-            src, row = src_all.astype(np.int8), both
+        received = receive()
+        if got:  # received rows follow the rank's own in the pool
+            out = call(torch.cat([kv, received], dim=2), src >= 0,
+                       np.where(src == 1, row + n_own, row), False)
         else:
-            receive()
-        out = call(pool, 0, False)
+            out = call(kv, src == 0, row, False)
     else:
-        out_a, lse_a = call(kv, 0, True)  # NOTE: while the exchange is in flight
-        out_b, lse_b = call(receive(), 1, True)
+        out_a, lse_a = call(kv, src == 0, row, True)  # NOTE: while the exchange is in flight
+        out_b, lse_b = call(receive(), src == 1, row, True)
         out = _merge(out_a, lse_a, out_b, lse_b)
     out = out.view(B, J, H, Lq, Dv)
     return torch.cat([out[:, j, :, :n] for j, (_, n) in enumerate(q_rows)], dim=2)
