@@ -104,13 +104,11 @@ class Checker:
         local names, and up to :data:`_SUGGEST_FROM` items nearest in length (difflib's ratio
         falls with the length difference; a file of thousands of masks otherwise costs a
         comparison with each of them per unknown name)."""
-        by_len = self._by_len
-        if by_len is None or by_len[0] != (len(self.lets), len(self.masks)):
-            table: dict[int, list] = {}
+        if self._by_len is None:  # (the items are fixed once the checker is made)
+            self._by_len = {}
             for n in sorted({*self.lets, *self.masks}):
-                table.setdefault(len(n), []).append(n)
-            by_len = self._by_len = ((len(self.lets), len(self.masks)), table)
-        table = by_len[1]
+                self._by_len.setdefault(len(n), []).append(n)
+        table = self._by_len
         near: list = []
         for d in range(0, max(table, default=0) + len(name) + 1):
             for length in {len(name) - d, len(name) + d}:
@@ -133,7 +131,7 @@ class Checker:
             scope = [*env, *self.lets, *self.masks, *(BUILTINS if builtins else ())]
         # NOTE: one search per distinct (name, scope): a file repeating one typo in each of
         # thousands of masks searched every mask name each time (quadratic: 27 s for 4,000)
-        key = (name, as_input, builtins, tuple(env), len(self.lets), len(self.masks))
+        key = (name, as_input, builtins, tuple(env))
         if key not in self._close:
             names = set(scope) - {name}
             if len(names) > _SUGGEST_FROM:
